@@ -1,0 +1,29 @@
+"""Which weights each model family loads, and how."""
+
+from __future__ import annotations
+
+from typing import Literal
+
+from prefect.blocks.core import Block
+from pydantic import Field
+
+
+class ModelRegistry(Block):
+    """Per family: a folder, a single-file checkpoint or a hub id; none means the embedded model."""
+
+    _block_type_name = "Generation Model Registry"
+    _description = "Model sources, dtype, scheduler and device for the SDXL and WAN renderers."
+
+    sdxl_source: str | None = Field(
+        default=None, description="Folder, .safetensors checkpoint or hub id for SDXL."
+    )
+    sdxl_scheduler: str = Field(
+        default="EulerDiscreteScheduler", description="diffusers scheduler class for SDXL."
+    )
+    wan_source: str | None = Field(default=None, description="Folder or hub id for WAN 2.1 T2V.")
+    wan_vace_source: str | None = Field(
+        default=None, description="Folder or hub id of the WAN VACE transformer (references)."
+    )
+    dtype: Literal["auto", "float32", "float16", "bfloat16"] = "auto"
+    device: str = Field(default="auto", description="'auto', 'cpu', 'cuda' or 'cuda:N'.")
+    torch_compile: bool = Field(default=False, description="Compile the denoiser on CUDA.")

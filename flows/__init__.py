@@ -1,0 +1,1 @@
+"""Prefect flows: generation, outbox re-delivery, backfill and cleanup."""

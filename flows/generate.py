@@ -1,0 +1,159 @@
+"""The generation flow: validate -> render -> encode -> upload -> metadata -> signed callback.
+
+Every run ends with exactly one terminal callback: ``completed`` with every rendered asset, or
+``failed`` with the error's message, type, code and retryability, also when the payload itself is
+refused (before any render) and when the process crashes (the ``on_crashed`` hook).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import shutil
+import time
+from typing import Any
+
+from prefect import flow, get_run_logger
+from prefect import Flow
+from prefect.client.schemas.objects import FlowRun
+from prefect.events import emit_event
+from prefect.runtime import flow_run as current_flow_run
+from prefect.states import State
+from pydantic import BaseModel
+
+from genjobs.assets import scratch_dir
+from genjobs.callback.payload import CallbackPayload, failure_payload
+from genjobs.errors import JobCancelled, JobError
+from genjobs.jobs.payload import raw_job_id
+from genjobs.jobs.plan import RenderPlan
+from genjobs.runtime import get_runtime
+from genjobs.storage.base import asset_path, thumbnail_path
+from tasks.callback import deliver_callback
+from tasks.encode import encode_assets
+from tasks.metadata import assemble_metadata
+from tasks.render import render_assets
+from tasks.upload import remove_uploads, upload_asset
+from tasks.validate import validate_job
+
+
+class JobOutcome(BaseModel):
+    """What a generation run returns: small, no secrets."""
+
+    job_id: str
+    status: str
+    assets: list[str]
+    thumbnails: list[str | None]
+    callback_status_code: int
+    callback_skipped: bool
+    error_code: str | None = None
+
+
+def _flow_run_name() -> str:
+    job = current_flow_run.get_parameters().get("job")
+    return f"job-{raw_job_id(job) or 'unidentified'}"
+
+
+def _planned_paths(plan: RenderPlan) -> list[str]:
+    paths = []
+    for index in range(plan.num_images):
+        paths += [
+            asset_path(plan.user_id, plan.job_id, index, plan.extension),
+            thumbnail_path(plan.user_id, plan.job_id, index),
+        ]
+    return paths
+
+
+def _emit_outcome(job_id: str, status: str, payload: CallbackPayload) -> None:
+    emit_event(
+        event=f"genjobs.job.{status}",
+        resource={"prefect.resource.id": f"genjobs.job.{job_id}"},
+        payload={
+            "error_code": payload.metadata.get("error_code"),
+            "assets": [a.url for a in payload.assets],
+        },
+    )
+
+
+async def _report_failure(job: Any, error: BaseException, plan: RenderPlan | None) -> None:
+    """Remove partial uploads, then send the one failed callback (when the job has an id)."""
+    logger = get_run_logger()
+    job_id = plan.job_id if plan else raw_job_id(job)
+    if plan is not None:
+        await remove_uploads(plan.job_id, _planned_paths(plan))
+    if job_id is None:
+        logger.error("The payload has no usable 'id', so no failed callback can be sent: %s", error)
+        return
+    payload = failure_payload(job_id, error)
+    _emit_outcome(job_id, "failed", payload)
+    await deliver_callback(payload)
+
+
+async def _on_abnormal_end(flow: Flow[..., Any], flow_run: FlowRun, state: State[Any]) -> None:
+    """Crash or cancellation: the body could not send its terminal callback, so send it here."""
+    job = flow_run.parameters.get("job")
+    if state.is_cancelled() or state.is_cancelling():
+        error: JobError = JobCancelled("The job was cancelled before it finished")
+    else:
+        error = JobError(
+            f"The worker crashed while running the job: {state.message}",
+            code="WORKER_CRASHED",
+            retryable=True,
+        )
+    await _report_failure(job, error, None)
+
+
+@flow(
+    name="generate-job",
+    flow_run_name=_flow_run_name,
+    on_crashed=[_on_abnormal_end],
+    on_cancellation=[_on_abnormal_end],
+)
+async def generate_job(job: dict[str, Any]) -> JobOutcome:
+    """Render one job from the app and report it to the backend.
+
+    Args:
+        job: The job payload exactly as queue-job sends it (contract section 2): ``id``,
+            ``user_id``, ``type``, ``prompt``, ``config``, ``metadata``, ``negative_prompt``...
+    """
+    logger = get_run_logger()
+    settings = get_runtime().settings
+    started = time.perf_counter()
+    plan: RenderPlan | None = None
+    try:
+        plan = validate_job(job)
+        batch = render_assets(plan)
+        encoded = encode_assets(batch)
+        upload = upload_asset.with_options(
+            retries=settings.upload_retries,
+            retry_delay_seconds=[
+                settings.upload_retry_base_seconds * 2**i for i in range(settings.upload_retries)
+            ],
+        )
+        uploaded = await asyncio.gather(
+            *(upload(asset, plan.user_id, plan.job_id) for asset in encoded)
+        )
+        payload = assemble_metadata(
+            plan, batch.details, list(uploaded), time.perf_counter() - started
+        )
+    except Exception as exc:
+        logger.error("Job %s failed: %s", plan.job_id if plan else raw_job_id(job), exc)
+        await _report_failure(job, exc, plan)
+        raise
+    finally:
+        if plan is not None:
+            shutil.rmtree(scratch_dir(settings.work_dir, plan.job_id), ignore_errors=True)
+    receipt = await deliver_callback(payload)
+    _emit_outcome(plan.job_id, "completed", payload)
+    logger.info(
+        "Job %s completed with %d asset(s) in %.2f s.",
+        plan.job_id,
+        len(payload.assets),
+        time.perf_counter() - started,
+    )
+    return JobOutcome(
+        job_id=plan.job_id,
+        status="completed",
+        assets=[a.url for a in payload.assets],
+        thumbnails=[a.thumbnail_url for a in payload.assets],
+        callback_status_code=receipt.status_code,
+        callback_skipped=receipt.skipped,
+    )

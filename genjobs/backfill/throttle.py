@@ -1,0 +1,27 @@
+"""An asyncio rate limit: at most ``rate`` starts per second, spaced evenly."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+
+
+class RateLimiter:
+    """Spaces calls to :meth:`wait` at least ``1 / rate`` seconds apart (None: no limit)."""
+
+    def __init__(self, rate: float | None):
+        if rate is not None and rate <= 0:
+            raise ValueError(f"max_objects_per_second must be positive, got {rate}")
+        self.interval = 1.0 / rate if rate else 0.0
+        self._next = 0.0
+        self._lock = asyncio.Lock()
+
+    async def wait(self) -> None:
+        if not self.interval:
+            return
+        async with self._lock:
+            now = time.monotonic()
+            delay = self._next - now
+            self._next = max(now, self._next) + self.interval
+        if delay > 0:
+            await asyncio.sleep(delay)

@@ -1,0 +1,1 @@
+"""The signed ``job-callback``: payload, signature, delivery and the durable outbox."""

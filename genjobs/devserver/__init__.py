@@ -1,0 +1,1 @@
+"""Local stand-ins for the backend, for development and tests: callback receiver, storage."""

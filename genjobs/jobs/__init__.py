@@ -1,0 +1,1 @@
+"""The job contract: the payload model, the job-type table and the render plan."""

@@ -1,0 +1,192 @@
+"""Pydantic models of the job payload (the flow parameter ``job``), contract section 2.
+
+:func:`parse_job` is the one entry point: it turns a raw dict into a :class:`Job` or raises
+:class:`~genjobs.errors.InvalidPayload` / :class:`~genjobs.errors.UnsupportedJobType` with a
+message that names the offending field and value.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any, Literal
+from uuid import UUID
+
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    StrictBool,
+    StrictFloat,
+    StrictInt,
+    StrictStr,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
+
+from genjobs.errors import InvalidPayload
+from genjobs.jobs.types import JobTypeSpec, job_type_spec, normalise_job_type
+
+MAX_SEED = 2_147_483_647
+MAX_PROMPT_CHARS = 4000
+MAX_URL_CHARS = 4096
+MIN_SIDE, MAX_SIDE = 256, 2048
+
+
+def clamp_num_images(requested: int) -> int:
+    """Contract rule: at most 1 -> 1, at most 3 -> 3, anything more -> 6."""
+    if requested <= 1:
+        return 1
+    if requested <= 3:
+        return 3
+    return 6
+
+
+def parse_resolution(value: str) -> tuple[int, int]:
+    """Parse ``"WxH"`` into (width, height); both multiples of 8 within the supported range."""
+    parts = value.lower().split("x")
+    if len(parts) != 2 or not all(p.isdigit() and len(p) <= 5 for p in parts):
+        raise ValueError(f"must look like '1024x1024', got {value!r}")
+    width, height = int(parts[0]), int(parts[1])
+    for side in (width, height):
+        if not MIN_SIDE <= side <= MAX_SIDE or side % 8:
+            raise ValueError(
+                f"sides must be multiples of 8 between {MIN_SIDE} and {MAX_SIDE}, got {value!r}"
+            )
+    return width, height
+
+
+def _finite(value: float | None) -> float | None:
+    if value is not None and not math.isfinite(value):
+        raise ValueError(f"must be a finite number, got {value!r}")
+    return value
+
+
+Number = StrictInt | StrictFloat
+
+
+class JobConfig(BaseModel):
+    """``job.config``. Unknown keys are ignored, as the backend may add some."""
+
+    model_config = ConfigDict(extra="ignore", frozen=True)
+
+    pipeline: Literal["txt2img", "img2img", "video"] | None = None
+    num_images: StrictInt = 1
+    num_inference_steps: StrictInt | None = Field(default=None, ge=10, le=50)
+    guidance_scale: Number | None = Field(default=None, ge=1.0, le=20.0)
+    denoise_strength: Number | None = Field(default=None, ge=0.0, le=1.0)
+    resolution: StrictStr | None = None
+    seed: StrictInt | None = Field(default=None, ge=0, le=MAX_SEED)
+    image: StrictStr | None = Field(default=None, max_length=MAX_URL_CHARS)
+    first_frame: StrictStr | None = Field(default=None, max_length=MAX_URL_CHARS)
+    last_frame: StrictStr | None = Field(default=None, max_length=MAX_URL_CHARS)
+    sample_solver: Literal["dpm++", "unipc"] | None = None
+
+    _finite_numbers = field_validator("guidance_scale", "denoise_strength")(_finite)
+
+    @field_validator("resolution")
+    @classmethod
+    def _valid_resolution(cls, value: str | None) -> str | None:
+        if value is not None:
+            parse_resolution(value)
+        return value
+
+
+VideoReferenceMode = Literal["none", "single", "start", "end", "both"]
+
+
+class RequestMetadata(BaseModel):
+    """``job.metadata``: free-form; the keys the renderers read are typed here."""
+
+    model_config = ConfigDict(extra="allow", frozen=True)
+
+    exact_copy_mode: StrictBool = False
+    reference_mode: Literal["modify", "copy"] | None = None
+    reference_image_url: StrictStr | None = Field(default=None, max_length=MAX_URL_CHARS)
+    denoise_strength: Number | None = Field(default=None, ge=0.0, le=1.0)
+    reference_strength: Number | None = Field(default=None, ge=0.0, le=1.0)
+    video_reference_mode: VideoReferenceMode | None = None
+    start_reference_url: StrictStr | None = Field(default=None, max_length=MAX_URL_CHARS)
+    end_reference_url: StrictStr | None = Field(default=None, max_length=MAX_URL_CHARS)
+
+    _finite_numbers = field_validator("denoise_strength", "reference_strength")(_finite)
+
+
+class Job(BaseModel):
+    """A validated job payload. ``type`` is already normalised."""
+
+    model_config = ConfigDict(extra="ignore", frozen=True)
+
+    id: UUID
+    user_id: UUID
+    type: StrictStr
+    prompt: StrictStr = Field(default="", max_length=MAX_PROMPT_CHARS)
+    config: JobConfig = JobConfig()
+    metadata: RequestMetadata = RequestMetadata()
+    negative_prompt: StrictStr | None = Field(default=None, max_length=MAX_PROMPT_CHARS)
+    compel_enabled: StrictBool = False
+    compel_weights: StrictStr | None = Field(default=None, max_length=MAX_PROMPT_CHARS)
+    job_id: StrictStr | None = None
+    job_type: StrictStr | None = None
+    quality: StrictStr | None = None
+    format: StrictStr | None = None
+    content_type: StrictStr | None = None
+
+    @model_validator(mode="before")
+    @classmethod
+    def _type_from_legacy(cls, data: Any) -> Any:
+        if isinstance(data, dict) and data.get("type") is None and "job_type" in data:
+            data = {**data, "type": data["job_type"]}
+        return data
+
+    @field_validator("type")
+    @classmethod
+    def _normalise_type(cls, value: str) -> str:
+        return normalise_job_type(value)
+
+    @field_validator("id", "user_id", mode="before")
+    @classmethod
+    def _uuid_text(cls, value: Any) -> Any:
+        if not isinstance(value, str | UUID):
+            raise ValueError(f"must be a UUID string, got {type(value).__name__}")
+        return value
+
+    @property
+    def spec(self) -> JobTypeSpec:
+        return job_type_spec(self.type)
+
+
+def _field_name(loc: tuple[int | str, ...]) -> str:
+    return ".".join(str(part) for part in loc if part not in ("function-after", "function-before"))
+
+
+def _describe(value: Any) -> str:
+    text = repr(value)
+    return text if len(text) <= 80 else text[:77] + "..."
+
+
+def parse_job(raw: Any) -> Job:
+    """Validate a raw payload; errors name the field and value. Also checks the job type."""
+    if not isinstance(raw, dict):
+        raise InvalidPayload(f"Field 'job' must be an object, got {type(raw).__name__}")
+    try:
+        job = Job.model_validate(raw)
+    except ValidationError as exc:
+        first = exc.errors(include_url=False)[0]
+        field = _field_name(first["loc"]) or "job"
+        shown = "missing" if first["type"] == "missing" else _describe(first.get("input"))
+        raise InvalidPayload(f"Field '{field}' is invalid ({shown}): {first['msg']}") from None
+    job.spec  # noqa: B018 - raises UnsupportedJobType for out-of-scope and unknown types
+    return job
+
+
+def raw_job_id(raw: Any) -> str | None:
+    """The job id to report a refusal under, even when the payload is otherwise invalid."""
+    if not isinstance(raw, dict):
+        return None
+    value = raw.get("id", raw.get("job_id"))
+    if isinstance(value, UUID):
+        return str(value)
+    if isinstance(value, str) and 0 < len(value) <= 200:
+        return value
+    return None

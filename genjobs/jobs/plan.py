@@ -1,0 +1,265 @@
+"""Turn a validated :class:`Job` into a :class:`RenderPlan`: every effective value, decided once.
+
+The plan is what the renderer executes and what the metadata reports, so requested and effective
+values can never drift apart (predecessor defect 16).
+"""
+
+from __future__ import annotations
+
+import math
+import secrets
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict
+
+from genjobs.errors import InvalidPayload, ReferenceModeUnsupported
+from genjobs.jobs.payload import MAX_SEED, Job, clamp_num_images, parse_resolution
+from genjobs.jobs.types import WAN_FPS, WAN_SAMPLE_SHIFT, Family, OutputKind
+
+DEFAULT_RESOLUTION = "1024x1024"
+DEFAULT_MODIFY_STRENGTH = 0.5
+EXACT_COPY_MAX_STRENGTH = 0.05
+EXACT_COPY_MIN_STRENGTH = 0.02
+EXACT_COPY_DEFAULT_STEPS = 15
+
+# Upstream Wan 2.1 default negative prompt; diffusers does not apply it on its own.
+WAN_DEFAULT_NEGATIVE_PROMPT = (
+    "色调艳丽，过曝，静态，细节模糊不清，字幕，风格，作品，画作，画面，静止，整体发灰，最差质量，"
+    "低质量，JPEG压缩残留，丑陋的，残缺的，多余的手指，画得不好的手部，画得不好的脸部，畸形的，"
+    "毁容的，形态畸形的肢体，手指融合，静止不动的画面，杂乱的背景，三条腿，背景人很多，倒着走"
+)
+
+Mode = Literal["txt2img", "img2img", "copy", "t2v", "frame"]
+ReferenceRole = Literal["image", "first_frame", "last_frame"]
+
+
+class ReferenceInput(BaseModel):
+    """One reference image the render needs: where it comes from and what it is for."""
+
+    model_config = ConfigDict(frozen=True)
+
+    role: ReferenceRole
+    url: str
+
+
+class RenderPlan(BaseModel):
+    """Everything a render needs, with effective values only. Small and serialisable."""
+
+    model_config = ConfigDict(frozen=True)
+
+    job_id: str
+    user_id: str
+    job_type: str
+    family: Family
+    output: OutputKind
+    mode: Mode
+    prompt: str
+    negative_prompt: str | None
+    width: int
+    height: int
+    steps: int
+    guidance_scale: float
+    strength: float | None = None
+    num_images: int
+    base_seed: int
+    seed_source: Literal["request", "random"]
+    seeds: tuple[int, ...]
+    num_frames: int | None = None
+    fps: int | None = None
+    sample_solver: str | None = None
+    sample_shift: float | None = None
+    reference_mode: str = "none"
+    references: tuple[ReferenceInput, ...] = ()
+
+    @property
+    def denoising_steps(self) -> int:
+        """Steps the scheduler really runs: ``int(steps * strength)`` for image-to-image."""
+        if self.strength is None:
+            return self.steps
+        return int(self.steps * self.strength)
+
+    @property
+    def extension(self) -> str:
+        return "mp4" if self.output == "video" else "png"
+
+
+def draw_base_seed(count: int) -> int:
+    """A random base in [1, MAX_SEED - count + 1], so every ``base + i`` is a valid seed."""
+    return 1 + secrets.randbelow(MAX_SEED - count)
+
+
+def _seeds(job: Job, count: int) -> tuple[int, Literal["request", "random"], tuple[int, ...]]:
+    if job.config.seed is not None:  # 0 is a valid seed
+        base, source = job.config.seed, "request"
+    else:
+        base, source = draw_base_seed(count), "random"
+    return base, source, tuple(base + i for i in range(count))  # type: ignore[return-value]
+
+
+def plan_job(job: Job, *, base_seed: int | None = None) -> RenderPlan:
+    """Decide every effective value of a job. ``base_seed`` pins a random base (resubmits)."""
+    spec = job.spec
+    if job.compel_enabled:
+        raise InvalidPayload(
+            "Field 'compel_enabled' is invalid (True): prompt weighting is not supported; "
+            "send the plain prompt",
+            code="COMPEL_UNSUPPORTED",
+        )
+    plan = _plan_sdxl(job) if spec.family == "sdxl" else _plan_wan(job)
+    if base_seed is not None and job.config.seed is None:
+        seeds = tuple(base_seed + i for i in range(plan.num_images))
+        plan = plan.model_copy(update={"base_seed": base_seed, "seeds": seeds})
+    return plan
+
+
+def _common(job: Job, count: int) -> dict[str, Any]:
+    base, source, seeds = _seeds(job, count)
+    return {
+        "job_id": str(job.id),
+        "user_id": str(job.user_id),
+        "job_type": job.type,
+        "family": job.spec.family,
+        "output": job.spec.output,
+        "num_images": count,
+        "base_seed": base,
+        "seed_source": source,
+        "seeds": seeds,
+    }
+
+
+def _plan_sdxl(job: Job) -> RenderPlan:
+    spec, config, meta = job.spec, job.config, job.metadata
+    width, height = parse_resolution(config.resolution or DEFAULT_RESOLUTION)
+    count = clamp_num_images(config.num_images)
+    steps = config.num_inference_steps or spec.steps
+    guidance = float(
+        config.guidance_scale if config.guidance_scale is not None else spec.guidance_scale
+    )
+    reference_url = meta.reference_image_url
+    wants_reference = meta.exact_copy_mode or config.pipeline == "img2img" or meta.reference_mode
+    common = _common(job, count)
+
+    if not wants_reference:
+        return RenderPlan(
+            **common,
+            mode="txt2img",
+            prompt=job.prompt,
+            negative_prompt=job.negative_prompt,
+            width=width,
+            height=height,
+            steps=steps,
+            guidance_scale=guidance,
+        )
+    if not reference_url:
+        raise InvalidPayload(
+            "Field 'metadata.reference_image_url' is required for image-to-image jobs (missing)"
+        )
+    references = (ReferenceInput(role="image", url=reference_url),)
+    denoise = (
+        meta.denoise_strength if meta.denoise_strength is not None else config.denoise_strength
+    )
+
+    if meta.exact_copy_mode or meta.reference_mode == "copy":
+        strength = min(
+            denoise if denoise is not None else EXACT_COPY_MAX_STRENGTH, EXACT_COPY_MAX_STRENGTH
+        )
+        strength = max(strength, EXACT_COPY_MIN_STRENGTH)
+        requested = config.num_inference_steps or EXACT_COPY_DEFAULT_STEPS
+        copy_steps = max(requested, math.ceil(1 / strength - 1e-9))
+        return RenderPlan(
+            **common,
+            mode="copy",
+            prompt="",
+            negative_prompt=None,
+            width=width,
+            height=height,
+            steps=copy_steps,
+            guidance_scale=1.0,
+            strength=strength,
+            reference_mode="copy",
+            references=references,
+        )
+
+    if denoise is not None:
+        strength = float(denoise)
+    elif meta.reference_strength is not None:
+        strength = 1.0 - float(meta.reference_strength)
+    else:
+        strength = DEFAULT_MODIFY_STRENGTH
+    if int(steps * strength) < 1:
+        raise InvalidPayload(
+            f"Field 'metadata.denoise_strength' is invalid ({strength}): with {steps} steps "
+            "no denoising step would run (steps x strength must be at least 1)"
+        )
+    return RenderPlan(
+        **common,
+        mode="img2img",
+        prompt=job.prompt,
+        negative_prompt=job.negative_prompt,
+        width=width,
+        height=height,
+        steps=steps,
+        guidance_scale=guidance,
+        strength=strength,
+        reference_mode="modify",
+        references=references,
+    )
+
+
+def _video_references(job: Job) -> tuple[str, tuple[ReferenceInput, ...]]:
+    config, meta = job.config, job.metadata
+    mode = meta.video_reference_mode or "none"
+    image = config.image or meta.reference_image_url
+    first = config.first_frame or meta.start_reference_url
+    last = config.last_frame or meta.end_reference_url
+    wanted: dict[str, tuple[tuple[ReferenceRole, str | None, str], ...]] = {
+        "none": (),
+        "single": (("image", image, "config.image"),),
+        "start": (("first_frame", first, "config.first_frame"),),
+        "end": (("last_frame", last, "config.last_frame"),),
+        "both": (
+            ("first_frame", first, "config.first_frame"),
+            ("last_frame", last, "config.last_frame"),
+        ),
+    }
+    references = []
+    for role, url, field in wanted[mode]:
+        if not url:
+            raise InvalidPayload(
+                f"Field '{field}' is required for video_reference_mode {mode!r} (missing)"
+            )
+        references.append(ReferenceInput(role=role, url=url))
+    return mode, tuple(references)
+
+
+def _plan_wan(job: Job) -> RenderPlan:
+    spec, config = job.spec, job.config
+    assert spec.fixed_size is not None and spec.frames is not None
+    width, height = spec.fixed_size
+    mode, references = _video_references(job)
+    if spec.output == "image" and references:
+        raise ReferenceModeUnsupported(
+            f"Field 'metadata.video_reference_mode' ({mode!r}) is not supported for "
+            f"single-frame job type {job.type}"
+        )
+    steps = config.num_inference_steps or spec.steps
+    guidance = float(
+        config.guidance_scale if config.guidance_scale is not None else spec.guidance_scale
+    )
+    negative = job.negative_prompt if job.negative_prompt else WAN_DEFAULT_NEGATIVE_PROMPT
+    return RenderPlan(
+        **_common(job, 1),
+        mode="t2v" if spec.output == "video" else "frame",
+        prompt=job.prompt,
+        negative_prompt=negative,
+        width=width,
+        height=height,
+        steps=steps,
+        guidance_scale=guidance,
+        num_frames=spec.frames,
+        fps=WAN_FPS,
+        sample_solver=config.sample_solver or "dpm++",
+        sample_shift=WAN_SAMPLE_SHIFT,
+        reference_mode=mode,
+        references=references,
+    )

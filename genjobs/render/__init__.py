@@ -1,0 +1,1 @@
+"""Renderers: the only modules that import torch and diffusers."""

@@ -1,0 +1,108 @@
+"""Typed settings read from the environment (prefix ``GENJOBS_``).
+
+The predecessor's names keep working: ``SUPABASE_URL``, ``SUPABASE_SERVICE_KEY`` and
+``JOB_CALLBACK_SECRET``. With none of them set the embedded default is used: a local storage
+folder, a local callback receiver and the tiny embedded models.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Literal
+
+from pydantic import AliasChoices, Field, SecretStr
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+DEFAULT_HOME = Path(".genjobs")
+
+
+class Settings(BaseSettings):
+    """Connection facts, secrets and knobs. Read once at the edge, passed inward as arguments."""
+
+    model_config = SettingsConfigDict(env_prefix="GENJOBS_", extra="ignore", populate_by_name=True)
+
+    home: Path = Field(default=DEFAULT_HOME, description="Folder for local state.")
+    supabase_url: str | None = Field(
+        default=None, validation_alias=AliasChoices("GENJOBS_SUPABASE_URL", "SUPABASE_URL")
+    )
+    supabase_service_key: SecretStr | None = Field(
+        default=None,
+        validation_alias=AliasChoices("GENJOBS_SUPABASE_SERVICE_KEY", "SUPABASE_SERVICE_KEY"),
+    )
+    job_callback_secret: SecretStr | None = Field(
+        default=None,
+        validation_alias=AliasChoices("GENJOBS_JOB_CALLBACK_SECRET", "JOB_CALLBACK_SECRET"),
+    )
+    callback_bearer: SecretStr | None = Field(
+        default=None, description="Gateway bearer token; defaults to the service key."
+    )
+    callback_url: str | None = Field(
+        default=None, description="Defaults to {SUPABASE_URL}/functions/v1/job-callback."
+    )
+    supabase_block: str | None = Field(
+        default=None, description="Name of a SupabaseConnection block to use instead."
+    )
+    callback_block: str | None = Field(
+        default=None, description="Name of a JobCallbackEndpoint block to use instead."
+    )
+    models_block: str | None = Field(
+        default=None, description="Name of a ModelRegistry block to use instead."
+    )
+    bucket: str = "workspace-temp"
+    storage_root: Path | None = Field(
+        default=None, description="Local storage folder; defaults to {home}/storage."
+    )
+    storage_timeout_seconds: float = 60.0
+    callback_timeout_seconds: float = 30.0
+    callback_retry_window_seconds: float = 900.0
+    callback_retry_base_seconds: float = 2.0
+    upload_retries: int = 4
+    upload_retry_base_seconds: float = 1.0
+    upload_concurrency: int = 6
+    reference_timeout_seconds: float = 30.0
+    reference_max_bytes: int = 25 * 1024 * 1024
+    reference_allow_hosts: tuple[str, ...] = ()
+
+    device: str = Field(default="auto", description="'auto', 'cpu', 'cuda' or 'cuda:N'.")
+    dtype: Literal["auto", "float32", "float16", "bfloat16"] = "auto"
+    sdxl_source: str | None = Field(
+        default=None, description="Folder, .safetensors checkpoint or hub id; none: embedded."
+    )
+    sdxl_scheduler: str = "EulerDiscreteScheduler"
+    wan_source: str | None = Field(default=None, description="Folder or hub id; none: embedded.")
+    wan_vace_source: str | None = Field(
+        default=None, description="VACE transformer folder or hub id for WAN reference frames."
+    )
+    model_cache: Path | None = Field(
+        default=None, description="Folder for the embedded models; defaults to {home}/models."
+    )
+    torch_compile: bool = False
+    png_compress_level: int = Field(default=1, ge=0, le=9)
+
+    @property
+    def uses_supabase_storage(self) -> bool:
+        return bool(self.supabase_url and self.supabase_service_key)
+
+    @property
+    def resolved_callback_url(self) -> str | None:
+        if self.callback_url:
+            return self.callback_url
+        if self.supabase_url:
+            return self.supabase_url.rstrip("/") + "/functions/v1/job-callback"
+        return None
+
+    @property
+    def resolved_storage_root(self) -> Path:
+        return self.storage_root or self.home / "storage"
+
+    @property
+    def work_dir(self) -> Path:
+        return self.home / "work"
+
+    @property
+    def model_dir(self) -> Path:
+        return self.model_cache or self.home / "models"
+
+    @property
+    def outbox_dir(self) -> Path:
+        return self.home / "outbox"

@@ -1,0 +1,1 @@
+"""Storage backends: a local folder (the embedded default) and Supabase Storage."""

@@ -1,0 +1,105 @@
+"""The storage interface every backend implements, and the contract's object paths."""
+
+from __future__ import annotations
+
+import builtins
+
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Protocol
+
+from genjobs.errors import StorageError
+
+MIME_BY_EXTENSION = {
+    "png": "image/png",
+    "jpg": "image/jpeg",
+    "jpeg": "image/jpeg",
+    "webp": "image/webp",
+    "mp4": "video/mp4",
+    "webm": "video/webm",
+    "mov": "video/quicktime",
+    "mpeg": "video/mpeg",
+}
+
+
+def asset_path(user_id: str, job_id: str, index: int, extension: str) -> str:
+    """``{user_id}/{job_id}/{index}.{ext}``: the bucket-relative path of an original asset."""
+    return f"{user_id}/{job_id}/{index}.{extension}"
+
+
+def thumbnail_path(user_id: str, job_id: str, index: int) -> str:
+    """``{user_id}/{job_id}/{index}.thumb.webp``: the sibling poster workspace-actions expects."""
+    return f"{user_id}/{job_id}/{index}.thumb.webp"
+
+
+def job_prefix(user_id: str, job_id: str) -> str:
+    return f"{user_id}/{job_id}/"
+
+
+@dataclass(frozen=True)
+class StoredObject:
+    """What a successful put returns: bucket-relative path, byte count, content type."""
+
+    bucket: str
+    path: str
+    size: int
+    content_type: str
+
+
+@dataclass(frozen=True)
+class ObjectInfo:
+    """One listed object (folders are not listed)."""
+
+    path: str
+    size: int
+    content_type: str | None
+    created_at: datetime | None
+    etag: str | None = None
+
+
+class StorageBackend(Protocol):
+    """Synchronous object storage. Every method raises :class:`StorageError` on failure."""
+
+    def put(self, bucket: str, path: str, data: bytes, content_type: str) -> StoredObject:
+        """Store ``data`` at ``path`` with exactly ``content_type``, overwriting (upsert)."""
+        ...
+
+    def get(self, bucket: str, path: str) -> bytes:
+        """Read an object; a missing one raises StorageError with status "404"."""
+        ...
+
+    def list(self, bucket: str, prefix: str = "") -> builtins.list[ObjectInfo]:
+        """Every object under ``prefix`` (recursively), sorted by path."""
+        ...
+
+    def copy(
+        self, bucket: str, source: str, destination: str, destination_bucket: str | None = None
+    ) -> None:
+        """Copy an object, server-side where the store can."""
+        ...
+
+    def remove(self, bucket: str, paths: builtins.list[str]) -> builtins.list[str]:
+        """Delete objects; returns the paths that existed and were removed."""
+        ...
+
+
+CROSS_BUCKET_COPY_FLAG = "server_side_copy_across_buckets"
+"""Attribute a backend sets to True when ``copy(..., destination_bucket=other)`` runs on the
+server (``POST /object/copy`` with ``destinationBucket``) instead of through the client."""
+
+
+def copies_across_buckets_server_side(storage: object) -> bool:
+    """Whether ``storage.copy`` into another bucket moves no bytes through this process."""
+    return bool(getattr(storage, CROSS_BUCKET_COPY_FLAG, False))
+
+
+def check_relative_path(path: str) -> str:
+    """Refuse absolute paths, empty segments and ``..`` before they reach any store."""
+    parts = path.split("/")
+    if not path or path.startswith("/") or any(p in ("", ".", "..") for p in parts):
+        raise StorageError(
+            f"Object path {path!r} is not a clean relative path",
+            status="400",
+            code="INVALID_OBJECT_PATH",
+        )
+    return path

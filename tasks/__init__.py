@@ -1,0 +1,1 @@
+"""Prefect tasks: one step or one side effect each."""

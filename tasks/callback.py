@@ -1,0 +1,73 @@
+"""Deliver the signed callback; what cannot be delivered waits in the durable outbox."""
+
+from __future__ import annotations
+
+import httpx
+from prefect import get_run_logger, task
+
+from genjobs.callback.outbox import Outbox
+from genjobs.callback.payload import CallbackPayload, serialise
+from genjobs.callback.sender import CallbackReceipt, CallbackSender, retry_delays
+from genjobs.errors import CallbackUnavailable, JobError
+from genjobs.runtime import Runtime, get_runtime
+from tasks.naming import retry_if_transient, run_name
+
+
+def sender_for(runtime: Runtime, client: httpx.AsyncClient) -> CallbackSender:
+    if not runtime.callback_url:
+        raise JobError(
+            "No callback URL is configured (GENJOBS_CALLBACK_URL or SUPABASE_URL)",
+            code="CALLBACK_NOT_CONFIGURED",
+        )
+    return CallbackSender(
+        runtime.callback_url, runtime.callback_secret, runtime.callback_bearer, client
+    )
+
+
+@task(
+    name="send-callback",
+    task_run_name=run_name("callback"),
+    retries=20,
+    retry_jitter_factor=0.5,
+    retry_condition_fn=retry_if_transient,
+)
+async def send_callback(job_id: str, status: str, body: bytes) -> CallbackReceipt:
+    """POST the exact ``body`` once per attempt; retries cover 5xx, 429, timeouts, resets."""
+    runtime = get_runtime()
+    async with httpx.AsyncClient(timeout=runtime.settings.callback_timeout_seconds) as client:
+        receipt = await sender_for(runtime, client).deliver(body)
+    logger = get_run_logger()
+    if receipt.skipped:
+        logger.warning(
+            "The backend skipped the %s callback of job %s (unknown or already terminal job).",
+            status,
+            job_id,
+        )
+    else:
+        logger.info("The backend accepted the %s callback of job %s.", status, job_id)
+    return receipt
+
+
+async def deliver_callback(payload: CallbackPayload) -> CallbackReceipt:
+    """Serialise once, deliver with retries over the configured window, else keep in outbox."""
+    runtime = get_runtime()
+    settings = runtime.settings
+    body = serialise(payload)
+    delays = retry_delays(
+        settings.callback_retry_window_seconds, settings.callback_retry_base_seconds
+    )
+    sender = send_callback.with_options(retries=len(delays), retry_delay_seconds=delays)
+    try:
+        return await sender(payload.job_id, payload.status, body)
+    except CallbackUnavailable:
+        Outbox(settings.outbox_dir).put(
+            payload.job_id, payload.status, runtime.callback_url or "", body
+        )
+        get_run_logger().error(
+            "The %s callback of job %s could not be delivered within %.0f s; it waits in the "
+            "outbox for a later re-send.",
+            payload.status,
+            payload.job_id,
+            settings.callback_retry_window_seconds,
+        )
+        raise

@@ -1,0 +1,32 @@
+"""Validate the job payload and decide every effective value, before any GPU second."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from prefect import get_run_logger, task
+
+from genjobs.jobs.payload import parse_job
+from genjobs.jobs.plan import RenderPlan, plan_job
+from genjobs.references import classify_references
+from tasks.naming import run_name
+
+
+@task(name="validate-job", task_run_name=run_name("validate"))
+def validate_job(job: dict[str, Any]) -> RenderPlan:
+    """Refuse a bad payload with an error naming the field; return the render plan."""
+    plan = plan_job(parse_job(job))
+    classify_references(plan)  # refuses other users' objects and unsafe URLs, no I/O
+    get_run_logger().info(
+        "Job %s is a %s %s job: %d asset(s) at %dx%d, %d steps, guidance %s, seeds %s.",
+        plan.job_id,
+        plan.job_type,
+        plan.mode,
+        plan.num_images,
+        plan.width,
+        plan.height,
+        plan.steps,
+        plan.guidance_scale,
+        list(plan.seeds),
+    )
+    return plan

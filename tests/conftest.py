@@ -1,0 +1,67 @@
+"""Shared fixtures: one Prefect test API per session, a runtime on a temp folder per test."""
+
+from __future__ import annotations
+
+import secrets
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from pydantic import SecretStr
+
+from genjobs.devserver.receiver import CallbackReceiver
+from genjobs.runtime import Runtime, build_runtime, set_runtime
+from genjobs.settings import Settings
+
+
+@pytest.fixture(scope="session")
+def prefect_api() -> Iterator[None]:
+    """A real Prefect API (the test harness), entered once per session (about 7 s)."""
+    from prefect.testing.utilities import prefect_test_harness
+
+    with prefect_test_harness(server_startup_timeout=120):
+        yield
+
+
+@pytest.fixture(scope="session")
+def model_cache(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """One folder for the embedded tiny models, built once per session."""
+    return tmp_path_factory.mktemp("models")
+
+
+@pytest.fixture
+def callback_secret() -> str:
+    return "test-callback-secret-" + secrets.token_hex(8)
+
+
+@pytest.fixture
+def receiver(callback_secret: str) -> Iterator[CallbackReceiver]:
+    with CallbackReceiver(callback_secret) as running:
+        yield running
+
+
+def make_settings(
+    home: Path, model_cache: Path, receiver: CallbackReceiver, secret: str, **overrides: object
+) -> Settings:
+    values: dict[str, object] = {
+        "home": home,
+        "model_cache": model_cache,
+        "callback_url": receiver.url,
+        "job_callback_secret": SecretStr(secret),
+        "callback_retry_window_seconds": 2.0,
+        "callback_retry_base_seconds": 0.05,
+        "upload_retry_base_seconds": 0.05,
+    }
+    values.update(overrides)
+    return Settings(**values)  # type: ignore[arg-type]
+
+
+@pytest.fixture
+def runtime(
+    tmp_path: Path, model_cache: Path, receiver: CallbackReceiver, callback_secret: str
+) -> Iterator[Runtime]:
+    """The embedded default on a temp folder, reporting to the local receiver."""
+    built = build_runtime(make_settings(tmp_path, model_cache, receiver, callback_secret))
+    set_runtime(built)
+    yield built
+    set_runtime(None)

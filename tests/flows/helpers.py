@@ -1,0 +1,70 @@
+"""Helpers for flow tests: job payloads, run inspection through the Prefect API, flaky storage."""
+
+from __future__ import annotations
+
+import threading
+import uuid
+from collections import Counter
+from typing import Any
+
+from prefect.client.orchestration import get_client
+from prefect.client.schemas.filters import FlowRunFilter, FlowRunFilterId
+
+from genjobs.errors import StorageError
+from genjobs.storage.base import StorageBackend, StoredObject
+
+USER_ID = "3f1b6a52-8c0d-4d8e-9b9a-2f4c7e1d0a11"
+
+
+def sdxl_job(**config: Any) -> dict[str, Any]:
+    base: dict[str, Any] = {"num_images": 3, "num_inference_steps": 10, "resolution": "256x256"}
+    base.update(config)
+    return {
+        "id": str(uuid.uuid4()),
+        "user_id": USER_ID,
+        "type": "sdxl_image_fast",
+        "prompt": "a lighthouse at dusk",
+        "negative_prompt": "blurry",
+        "config": base,
+        "metadata": {"aspect_ratio": "1:1"},
+    }
+
+
+async def task_run_counts(flow_run_id: uuid.UUID) -> Counter[str]:
+    """How many task runs of each task the flow run made (by task name prefix)."""
+    async with get_client() as client:
+        runs = await client.read_task_runs(
+            flow_run_filter=FlowRunFilter(id=FlowRunFilterId(any_=[flow_run_id]))
+        )
+    return Counter(run.name.split("-")[0] for run in runs)
+
+
+class FlakyStorage:
+    """Wraps a real backend; the first ``failures`` puts of paths ending in ``suffix`` fail
+    with a transient StorageError, as a 503 from the server would after translation."""
+
+    def __init__(self, inner: StorageBackend, suffix: str, failures: int, retryable: bool = True):
+        self.inner = inner
+        self.suffix = suffix
+        self.remaining = failures
+        self.retryable = retryable
+        self.attempts: Counter[str] = Counter()
+        self._lock = threading.Lock()
+
+    def put(self, bucket: str, path: str, data: bytes, content_type: str) -> StoredObject:
+        with self._lock:
+            self.attempts[path] += 1
+            fail = path.endswith(self.suffix) and self.remaining > 0
+            if fail:
+                self.remaining -= 1
+        if fail:
+            raise StorageError(
+                "Storage answered 503",
+                status="503",
+                code="STORAGE_UNAVAILABLE" if self.retryable else "INVALID_MIME_TYPE",
+                retryable=self.retryable,
+            )
+        return self.inner.put(bucket, path, data, content_type)
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self.inner, name)

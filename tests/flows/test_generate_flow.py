@@ -1,0 +1,156 @@
+"""The spine: one SDXL job end to end on a real Prefect API, the tiny real pipeline, local
+storage and real HTTP to the local callback receiver."""
+
+from __future__ import annotations
+
+import io
+import json
+from dataclasses import replace
+from pathlib import Path
+from typing import Any
+
+import pytest
+from PIL import Image
+
+from flows.generate import generate_job
+from genjobs.callback.signing import verify
+from genjobs.devserver.receiver import CallbackReceiver
+from genjobs.render.cache import PIPELINES
+from genjobs.runtime import Runtime, set_runtime
+from tests.flows.helpers import USER_ID, FlakyStorage, sdxl_job, task_run_counts
+
+pytestmark = pytest.mark.usefixtures("prefect_api")
+
+
+def stored(runtime: Runtime, path: str) -> Path:
+    return Path(runtime.settings.resolved_storage_root) / "workspace-temp" / path
+
+
+async def run(job: dict[str, Any]) -> Any:
+    return await generate_job(job, return_state=True)
+
+
+async def test_three_image_job_lands_files_rows_and_a_signed_callback(
+    runtime: Runtime, receiver: CallbackReceiver, callback_secret: str
+) -> None:
+    job = sdxl_job(seed=0)
+    state = await run(job)
+    assert state.is_completed(), state.message
+    outcome = await state.result()
+    prefix = f"{USER_ID}/{job['id']}"
+    assert outcome.assets == [f"{prefix}/{i}.png" for i in range(3)]
+    assert outcome.thumbnails == [f"{prefix}/{i}.thumb.webp" for i in range(3)]
+
+    rows = receiver.assets(job["id"])
+    assert [r["asset_index"] for r in rows] == [0, 1, 2]
+    for index, row in enumerate(rows):
+        png = stored(runtime, f"{prefix}/{index}.png").read_bytes()
+        image = Image.open(io.BytesIO(png))
+        thumb = Image.open(stored(runtime, f"{prefix}/{index}.thumb.webp"))
+        meta = row["asset_metadata"]
+        assert meta["file_size_bytes"] == len(png)
+        assert (meta["mime_type"], image.format) == ("image/png", "PNG")
+        assert (meta["width"], meta["height"]) == image.size == (256, 256)
+        assert thumb.format == "WEBP" and thumb.size == (256, 256)
+        assert meta["seed"] == meta["generation_seed"] == index  # seed 0 is a seed
+        assert meta["asset_index"] == index
+        assert meta["temp_storage_path"] == row["temp_storage_path"] == f"{prefix}/{index}.png"
+        assert row["thumbnail_path"] == f"{prefix}/{index}.thumb.webp"
+        assert (meta["steps"], meta["guidance_scale"]) == (10, 6.0)
+        assert meta["negative_prompt_used"] is True
+    assert runtime.storage.content_type("workspace-temp", f"{prefix}/0.png") == "image/png"  # type: ignore[attr-defined]
+    assert (
+        runtime.storage.content_type(  # type: ignore[attr-defined]
+            "workspace-temp", f"{prefix}/0.thumb.webp"
+        )
+        == "image/webp"
+    )
+
+    (request,) = [r for r in receiver.requests if r.answered == 200]
+    assert verify(callback_secret, request.body, request.headers["X-Callback-Signature"])
+    payload = json.loads(request.body)
+    assert payload["status"] == "completed" and payload["error_message"] is None
+    assert payload["metadata"]["base_seed"] == 0 and "seed" not in payload["metadata"]
+    assert payload["metadata"]["num_images"] == 3
+    assert receiver.job(job["id"])["status"] == "completed"  # type: ignore[index]
+    assert not list(runtime.settings.work_dir.glob("*")), "scratch folder left behind"
+
+
+async def test_same_job_and_seed_give_identical_bytes_and_seeds_differ_per_image(
+    runtime: Runtime,
+) -> None:
+    first, second = sdxl_job(seed=1234), sdxl_job(seed=1234)
+    for job in (first, second):
+        assert (await run(job)).is_completed()
+
+    def pngs(job: dict[str, Any]) -> list[bytes]:
+        return [stored(runtime, f"{USER_ID}/{job['id']}/{i}.png").read_bytes() for i in range(3)]
+
+    assert pngs(first) == pngs(second)
+    assert len(set(pngs(first))) == 3
+
+
+@pytest.mark.parametrize(
+    ("changes", "code", "field"),
+    [
+        ({"id": "not-a-uuid"}, "INVALID_PAYLOAD", "'id'"),
+        ({"type": "rv51_fast"}, "UNSUPPORTED_JOB_TYPE", "'type'"),
+        ({"type": "video7b_fast_enhanced"}, "UNSUPPORTED_JOB_TYPE", "prompt enhancement"),
+        (
+            {"config": {"num_inference_steps": 500}},
+            "INVALID_PAYLOAD",
+            "'config.num_inference_steps'",
+        ),
+    ],
+)
+async def test_refused_job_gets_a_failed_callback_and_no_render(
+    runtime: Runtime, receiver: CallbackReceiver, changes: dict[str, Any], code: str, field: str
+) -> None:
+    job = {**sdxl_job(), **changes}
+    loads_before = PIPELINES.load_count()
+    state = await run(job)
+    assert state.is_failed()
+    counts = await task_run_counts(state.state_details.flow_run_id)
+    assert counts["validate"] == 1 and counts["render"] == 0
+    assert PIPELINES.load_count() == loads_before
+    (payload,) = receiver.accepted(job["id"])
+    assert payload["status"] == "failed" and payload["assets"] == []
+    assert field in payload["error_message"]
+    assert payload["metadata"] == {
+        "error_type": payload["metadata"]["error_type"],
+        "error_code": code,
+        "retryable": False,
+    }
+
+
+async def test_upload_failing_twice_is_retried_without_rendering_again(
+    runtime: Runtime, receiver: CallbackReceiver
+) -> None:
+    flaky = FlakyStorage(runtime.storage, suffix="/1.png", failures=2)
+    set_runtime(replace(runtime, storage=flaky))  # type: ignore[arg-type]
+    job = sdxl_job(num_images=3)
+    state = await run(job)
+    assert state.is_completed(), state.message
+    counts = await task_run_counts(state.state_details.flow_run_id)
+    assert counts["render"] == 1 and counts["upload"] == 3
+    path = f"{USER_ID}/{job['id']}/1.png"
+    assert flaky.attempts[path] == 3
+    assert stored(runtime, path).is_file()
+    assert [p["status"] for p in receiver.accepted(job["id"])] == ["completed"]
+
+
+async def test_permanent_upload_failure_fails_the_job_and_removes_partial_uploads(
+    runtime: Runtime, receiver: CallbackReceiver
+) -> None:
+    flaky = FlakyStorage(runtime.storage, suffix="/2.png", failures=99, retryable=False)
+    set_runtime(replace(runtime, storage=flaky))  # type: ignore[arg-type]
+    job = sdxl_job(num_images=3)
+    state = await run(job)
+    assert state.is_failed()
+    assert flaky.attempts[f"{USER_ID}/{job['id']}/2.png"] == 1
+    assert not stored(runtime, f"{USER_ID}/{job['id']}").exists() or not any(
+        stored(runtime, f"{USER_ID}/{job['id']}").iterdir()
+    )
+    (payload,) = receiver.accepted(job["id"])
+    assert payload["status"] == "failed" and payload["assets"] == []
+    assert payload["metadata"]["error_code"] == "INVALID_MIME_TYPE"
