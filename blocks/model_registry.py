@@ -12,6 +12,14 @@ class ModelRegistry(Block):
     """Per family: a folder, a single-file checkpoint or a hub id; none means the embedded model."""
 
     _block_type_name = "Generation Model Registry"
+    _documentation_url = "https://github.com/genjobs/genjobs/blob/main/docs/runbook.md"  # type: ignore[assignment]
+    _code_example = """
+    ```python
+    from blocks.model_registry import ModelRegistry
+
+    block = ModelRegistry.load("BLOCK_NAME")
+    ```
+    """
     _description = "Model sources, dtype, scheduler and device for the SDXL and WAN renderers."
 
     sdxl_source: str | None = Field(
@@ -24,6 +32,8 @@ class ModelRegistry(Block):
     wan_vace_source: str | None = Field(
         default=None, description="Folder or hub id of the WAN VACE transformer (references)."
     )
-    dtype: Literal["auto", "float32", "float16", "bfloat16"] = "auto"
+    dtype: Literal["auto", "float32", "float16", "bfloat16"] = Field(
+        default="auto", description="Weights dtype; auto is float16 on CUDA, float32 on CPU."
+    )
     device: str = Field(default="auto", description="'auto', 'cpu', 'cuda' or 'cuda:N'.")
     torch_compile: bool = Field(default=False, description="Compile the denoiser on CUDA.")

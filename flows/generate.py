@@ -23,14 +23,14 @@ from pydantic import BaseModel
 from genjobs.assets import scratch_dir
 from genjobs.callback.payload import CallbackPayload, failure_payload
 from genjobs.errors import JobCancelled, JobError
-from genjobs.jobs.payload import raw_job_id
-from genjobs.jobs.plan import RenderPlan
+from genjobs.jobs.payload import parse_job, raw_job_id
+from genjobs.jobs.plan import RenderPlan, plan_job
 from genjobs.runtime import get_runtime
 from genjobs.storage.base import asset_path, thumbnail_path
 from tasks.callback import deliver_callback
 from tasks.encode import encode_assets
 from tasks.metadata import assemble_metadata
-from tasks.render import render_assets
+from tasks.render_dispatch import render
 from tasks.upload import remove_uploads, upload_asset
 from tasks.validate import validate_job
 
@@ -60,6 +60,14 @@ def _planned_paths(plan: RenderPlan) -> list[str]:
             thumbnail_path(plan.user_id, plan.job_id, index),
         ]
     return paths
+
+
+def _plan_or_none(job: Any) -> RenderPlan | None:
+    """The job's plan, or ``None`` when the payload cannot be planned (nothing was stored)."""
+    try:
+        return plan_job(parse_job(job))
+    except Exception:
+        return None
 
 
 def _emit_outcome(job_id: str, status: str, payload: CallbackPayload) -> None:
@@ -98,7 +106,10 @@ async def _on_abnormal_end(flow: Flow[..., Any], flow_run: FlowRun, state: State
             code="WORKER_CRASHED",
             retryable=True,
         )
-    await _report_failure(job, error, None)
+    plan = _plan_or_none(job)
+    if plan is not None:
+        shutil.rmtree(scratch_dir(get_runtime().settings.work_dir, plan.job_id), ignore_errors=True)
+    await _report_failure(job, error, plan)
 
 
 @flow(
@@ -120,7 +131,7 @@ async def generate_job(job: dict[str, Any]) -> JobOutcome:
     plan: RenderPlan | None = None
     try:
         plan = validate_job(job)
-        batch = render_assets(plan)
+        batch = await render(plan)
         encoded = encode_assets(batch)
         upload = upload_asset.with_options(
             retries=settings.upload_retries,

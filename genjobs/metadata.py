@@ -41,7 +41,9 @@ def asset_metadata(
                 "denoise_strength": plan.strength,
                 "denoising_steps": plan.denoising_steps,
                 "resize_policy": details.get("resize_policy"),
-                "negative_prompt_used": bool(plan.negative_prompt),
+                "negative_prompt_used": details.get(
+                    "negative_prompt_used", bool(plan.negative_prompt)
+                ),
             }
         )
     else:

@@ -49,6 +49,10 @@ class Settings(BaseSettings):
         default=None, description="Name of a ModelRegistry block to use instead."
     )
     bucket: str = "workspace-temp"
+    database_dsn: SecretStr | None = Field(
+        default=None,
+        description="PostgreSQL DSN of the project database (cleanup rows, legacy video ids).",
+    )
     storage_root: Path | None = Field(
         default=None, description="Local storage folder; defaults to {home}/storage."
     )
@@ -56,6 +60,7 @@ class Settings(BaseSettings):
     callback_timeout_seconds: float = 30.0
     callback_retry_window_seconds: float = 900.0
     callback_retry_base_seconds: float = 2.0
+    callback_retry_cap_seconds: float = 60.0
     upload_retries: int = 4
     upload_retry_base_seconds: float = 1.0
     upload_concurrency: int = 6
@@ -78,6 +83,46 @@ class Settings(BaseSettings):
     )
     torch_compile: bool = False
     png_compress_level: int = Field(default=1, ge=0, le=9)
+
+    # Where renders run (docs/deployment.md): in the flow's own process, or on the warm GPU
+    # workers (genjobs/gpu_worker.py) through Prefect's background-task queue.
+    render_dispatch: Literal["in_process", "gpu_workers"] = Field(
+        default="in_process",
+        description="'in_process' renders in the flow run's process; 'gpu_workers' hands the "
+        "render to the GPU task workers, which keep their models loaded.",
+    )
+    render_queue_timeout_seconds: float = Field(
+        default=3600.0,
+        gt=0,
+        description="How long a dispatched render may wait unstarted before it is presumed "
+        "lost (server restart, crashed worker) and submitted again.",
+    )
+    render_run_timeout_seconds: float = Field(
+        default=1800.0,
+        gt=0,
+        description="How long a started render may run before it is presumed stuck and "
+        "submitted again.",
+    )
+    render_poll_seconds: float = Field(
+        default=5.0, gt=0, description="How often a flow checks on a dispatched render."
+    )
+    render_resubmits: int = Field(
+        default=2, ge=0, description="How many times a lost or stuck render is submitted again."
+    )
+    cancel_check_seconds: float = Field(
+        default=1.5,
+        ge=0,
+        description="Least time between two checks, during a render, of whether the job's flow "
+        "run was cancelled.",
+    )
+    progress_update_seconds: float = Field(
+        default=1.0, ge=0, description="Least time between two render progress artifact updates."
+    )
+    renderer_class: str | None = Field(
+        default=None,
+        description="'module:Class' of a renderer that serves every family instead of the "
+        "built-in ones (load tests and benchmarks); called as Class(family, settings).",
+    )
 
     @property
     def uses_supabase_storage(self) -> bool:

@@ -54,7 +54,9 @@ async def deliver_callback(payload: CallbackPayload) -> CallbackReceipt:
     settings = runtime.settings
     body = serialise(payload)
     delays = retry_delays(
-        settings.callback_retry_window_seconds, settings.callback_retry_base_seconds
+        settings.callback_retry_window_seconds,
+        settings.callback_retry_base_seconds,
+        settings.callback_retry_cap_seconds,
     )
     sender = send_callback.with_options(retries=len(delays), retry_delay_seconds=delays)
     try:

@@ -177,8 +177,10 @@ def parse_legacy_path(
     if not name or name == FOLDER_PLACEHOLDER:
         return unmappable("folder_entry", "a folder entry, not an object")
     if len(segments) > 2:
-        return unmappable("unexpected_depth", f"{len(segments) - 1} folders deep; legacy keys "
-                                              "are at the root or in one user folder")
+        return unmappable(
+            "unexpected_depth",
+            f"{len(segments) - 1} folders deep; legacy keys are at the root or in one user folder",
+        )
     stem, dot, raw_ext = name.rpartition(".")
     if not dot or not stem:
         return unmappable("no_extension", f"the name {name!r} has no extension")
@@ -200,34 +202,58 @@ def parse_legacy_path(
 
     match = _JOB_TS_RE.match(stem)
     if match:
-        return LegacyObject(bucket, path, user_id, match.group(1).lower(), 0, target_ext,
-                            "job_ts", unix_ts=int(match.group(2)))
+        return LegacyObject(
+            bucket,
+            path,
+            user_id,
+            match.group(1).lower(),
+            0,
+            target_ext,
+            "job_ts",
+            unix_ts=int(match.group(2)),
+        )
     match = _SDXL_RE.match(stem)
     if match:
         job_id, unix_ts, number = match.group(1).lower(), int(match.group(2)), match.group(3)
         if number is None:
-            return LegacyObject(bucket, path, user_id, job_id, 0, target_ext, "sdxl_ts",
-                                unix_ts=unix_ts)
+            return LegacyObject(
+                bucket, path, user_id, job_id, 0, target_ext, "sdxl_ts", unix_ts=unix_ts
+            )
         if int(number) < 1:
             return unmappable("invalid_index", f"image number {number} (numbers start at 1)")
-        return LegacyObject(bucket, path, user_id, job_id, int(number) - 1, target_ext,
-                            "sdxl_ts_n", unix_ts=unix_ts)
+        return LegacyObject(
+            bucket, path, user_id, job_id, int(number) - 1, target_ext, "sdxl_ts_n", unix_ts=unix_ts
+        )
     if _JOB_LIKE_RE.match(stem):
-        return unmappable("invalid_job_id", f"the name {stem!r} has no job UUID where the "
-                                            "job_/sdxl_ layouts put one")
+        return unmappable(
+            "invalid_job_id",
+            f"the name {stem!r} has no job UUID where the job_/sdxl_ layouts put one",
+        )
 
     resolved = video_lookup(stem) if video_lookup is not None else None
     if resolved is None:
         return unmappable("unknown_video_id", f"no jobs row has video_id {stem!r}")
     owner, job_id = resolved
     if not is_uuid(job_id):
-        return unmappable("invalid_job_id", f"video_id {stem!r} resolves to job {job_id!r}, "
-                                            "not a UUID")
+        return unmappable(
+            "invalid_job_id", f"video_id {stem!r} resolves to job {job_id!r}, not a UUID"
+        )
     if owner.lower() != user_id:
-        return unmappable("owner_mismatch", f"video_id {stem!r} belongs to job {job_id} of "
-                                            f"user {owner}, not to the folder's user")
-    return LegacyObject(bucket, path, user_id, job_id.lower(), 0, target_ext, "user_video_id",
-                        unix_ts=_video_ts(stem), video_id=stem)
+        return unmappable(
+            "owner_mismatch",
+            f"video_id {stem!r} belongs to job {job_id} of user {owner}, not to the folder's user",
+        )
+    return LegacyObject(
+        bucket,
+        path,
+        user_id,
+        job_id.lower(),
+        0,
+        target_ext,
+        "user_video_id",
+        unix_ts=_video_ts(stem),
+        video_id=stem,
+    )
 
 
 def _root_object(
@@ -240,17 +266,30 @@ def _root_object(
 ) -> LegacyObject | Unmappable:
     resolved = video_lookup(stem) if video_lookup is not None else None
     if resolved is None:
-        return unmappable("no_user_folder", f"a root object and no jobs row has video_id "
-                                            f"{stem!r}, so it has no owner")
+        return unmappable(
+            "no_user_folder",
+            f"a root object and no jobs row has video_id {stem!r}, so it has no owner",
+        )
     owner, job_id = resolved
     if not is_uuid(job_id):
-        return unmappable("invalid_job_id", f"video_id {stem!r} resolves to job {job_id!r}, "
-                                            "not a UUID")
+        return unmappable(
+            "invalid_job_id", f"video_id {stem!r} resolves to job {job_id!r}, not a UUID"
+        )
     if not is_uuid(owner):
-        return unmappable("invalid_user_id", f"video_id {stem!r} resolves to user {owner!r}, "
-                                             "not a UUID")
-    return LegacyObject(bucket, path, owner.lower(), job_id.lower(), 0, ext, "root_video_id",
-                        unix_ts=_video_ts(stem), video_id=stem)
+        return unmappable(
+            "invalid_user_id", f"video_id {stem!r} resolves to user {owner!r}, not a UUID"
+        )
+    return LegacyObject(
+        bucket,
+        path,
+        owner.lower(),
+        job_id.lower(),
+        0,
+        ext,
+        "root_video_id",
+        unix_ts=_video_ts(stem),
+        video_id=stem,
+    )
 
 
 def _video_ts(video_id: str) -> int | None:

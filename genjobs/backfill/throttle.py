@@ -1,8 +1,8 @@
-"""An asyncio rate limit: at most ``rate`` starts per second, spaced evenly."""
+"""A thread-safe rate limit: at most ``rate`` starts per second, spaced evenly."""
 
 from __future__ import annotations
 
-import asyncio
+import threading
 import time
 
 
@@ -14,14 +14,15 @@ class RateLimiter:
             raise ValueError(f"max_objects_per_second must be positive, got {rate}")
         self.interval = 1.0 / rate if rate else 0.0
         self._next = 0.0
-        self._lock = asyncio.Lock()
+        self._lock = threading.Lock()
 
-    async def wait(self) -> None:
+    def wait(self) -> None:
+        """Block until the next start is allowed."""
         if not self.interval:
             return
-        async with self._lock:
+        with self._lock:
             now = time.monotonic()
             delay = self._next - now
             self._next = max(now, self._next) + self.interval
         if delay > 0:
-            await asyncio.sleep(delay)
+            time.sleep(delay)

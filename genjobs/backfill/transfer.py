@@ -1,21 +1,29 @@
-"""One source object into the target bucket, verified; and its thumbnail. Synchronous storage.
+"""Source objects into the target bucket, verified, with their thumbnails. Synchronous storage.
 
 A copy counts only once the target has been read back with the source's size and SHA-256.
-Storage errors that a retry could fix are raised (the calling task retries them); refusals for
-good (a MIME type or size the target refuses, a source that vanished) come back as a result.
+:func:`copy_and_verify` raises storage errors a retry could fix and returns refusals for good
+(a MIME type or size the target refuses, a source that vanished) as a result.
+:func:`run_copy_batch` does a whole batch on a bounded thread pool and reports each object's
+outcome, transient failures included (the caller retries those one by one with
+:func:`backfill_single`).
+
+A batch is safe to run again: it lists the targets afresh, and an object it finds that the
+order says did not exist before the run is its own work, verified again rather than copied again.
 """
 
 from __future__ import annotations
 
 import hashlib
 import logging
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Literal
 
 from genjobs.backfill.plan import PlannedCopy
+from genjobs.backfill.throttle import RateLimiter
 from genjobs.backfill.thumbnails import ThumbnailError, make_thumbnail
 from genjobs.errors import StorageError
-from genjobs.storage.base import MIME_BY_EXTENSION, StorageBackend
+from genjobs.storage.base import MIME_BY_EXTENSION, ObjectInfo, StorageBackend
 
 logger = logging.getLogger(__name__)
 
@@ -77,14 +85,16 @@ def _write_target(
     source = item.source
     if server_copy:
         try:
-            storage.copy(source.bucket, source.path, item.target_path,
-                         destination_bucket=item.target_bucket)
+            storage.copy(
+                source.bucket, source.path, item.target_path, destination_bucket=item.target_bucket
+            )
             return "server_copy", False
         except StorageError as exc:
             if exc.retryable:
                 raise
-            logger.warning("Server-side copy of %s was refused (%s); uploading it instead.",
-                           item.key, exc.code)
+            logger.warning(
+                "Server-side copy of %s was refused (%s); uploading it instead.", item.key, exc.code
+            )
             storage.put(item.target_bucket, item.target_path, data, source.content_type)
             return "upload", True
     storage.put(item.target_bucket, item.target_path, data, source.content_type)
@@ -123,18 +133,23 @@ def copy_and_verify(
     if target_exists:
         current = _read_optional(storage, item.target_bucket, item.target_path)
         if current is not None and fingerprint(current) == source_print:
-            return CopyResult("already_present", source_print,
-                              detail="The target already holds the same bytes")
+            return CopyResult(
+                "already_present", source_print, detail="The target already holds the same bytes"
+            )
         if current is not None and not may_overwrite:
-            return CopyResult("conflict", source_print,
-                              detail=f"The target holds {len(current)} other bytes; left alone")
+            return CopyResult(
+                "conflict",
+                source_print,
+                detail=f"The target holds {len(current)} other bytes; left alone",
+            )
     try:
         method, fell_back = _write_target(storage, item, data, server_copy)
     except StorageError as exc:
         if exc.retryable:
             raise
-        return CopyResult("refused", source_print,
-                          detail=f"The target refused the object: {exc.message}")
+        return CopyResult(
+            "refused", source_print, detail=f"The target refused the object: {exc.message}"
+        )
     del data
     written = _read_optional(storage, item.target_bucket, item.target_path)
     written_print = fingerprint(written) if written is not None else None
@@ -146,8 +161,9 @@ def copy_and_verify(
             code="VERIFY_MISMATCH",
             retryable=True,
         )
-    return CopyResult("copied", source_print, method=method, written=True,
-                      server_copy_refused=fell_back)
+    return CopyResult(
+        "copied", source_print, method=method, written=True, server_copy_refused=fell_back
+    )
 
 
 @dataclass(frozen=True)
@@ -176,6 +192,154 @@ def write_thumbnail(storage: StorageBackend, item: PlannedCopy) -> ThumbnailResu
     except StorageError as exc:
         if exc.retryable:
             raise
-        return ThumbnailResult(path=None, created=False,
-                               error=f"The thumbnail was refused: {exc.message}")
+        return ThumbnailResult(
+            path=None, created=False, error=f"The thumbnail was refused: {exc.message}"
+        )
     return ThumbnailResult(path=item.thumbnail_path, created=True)
+
+
+@dataclass(frozen=True)
+class CopyOrder:
+    """One source to copy, with what existed at its target before the run touched it.
+
+    Attributes:
+        item: The planned copy.
+        target_preexisting: The target existed and is not the backfill's own work.
+        thumbnail_preexisting: The thumbnail existed and is not the backfill's own work.
+        server_copy: Let the server copy the bytes.
+    """
+
+    item: PlannedCopy
+    target_preexisting: bool
+    thumbnail_preexisting: bool
+    server_copy: bool = False
+
+
+@dataclass(frozen=True)
+class CopyOutcome:
+    """What happened to one source in a batch.
+
+    ``outcome`` is ``copied``, ``already_present``, ``conflict``, ``refused`` or ``failed``;
+    ``transient`` marks a failure a retry may fix. ``created_*`` say whether the object is the
+    backfill's work (written now or by an unfinished earlier attempt); ``written`` whether this
+    attempt wrote the target.
+    """
+
+    key: str
+    outcome: Literal["copied", "already_present", "conflict", "refused", "failed"]
+    fingerprint: Fingerprint | None = None
+    method: CopyMethod | None = None
+    written: bool = False
+    created_target: bool = False
+    thumbnail_path: str | None = None
+    created_thumbnail: bool = False
+    thumbnail_written: bool = False
+    transient: bool = False
+    detail: str | None = None
+    server_copy_refused: bool = False
+
+
+def job_prefix_of(item: PlannedCopy) -> str:
+    return f"{item.source.user_id}/{item.source.job_id}/"
+
+
+def list_prefixes(
+    storage: StorageBackend, bucket: str, prefixes: list[str], concurrency: int
+) -> dict[str, ObjectInfo]:
+    """Every object under the given folders, by path, listed ``concurrency`` at a time."""
+    if not prefixes:
+        return {}
+    with ThreadPoolExecutor(max_workers=max(1, min(concurrency, len(prefixes)))) as pool:
+        listings = list(pool.map(lambda prefix: storage.list(bucket, prefix), prefixes))
+    return {info.path: info for listing in listings for info in listing}
+
+
+def backfill_object(
+    storage: StorageBackend, order: CopyOrder, existing: dict[str, ObjectInfo]
+) -> CopyOutcome:
+    """Copy, verify and thumbnail one source; retryable storage errors are raised."""
+    item = order.item
+    target_there = item.target_path in existing
+    result = copy_and_verify(
+        storage,
+        item,
+        target_exists=target_there,
+        may_overwrite=not order.target_preexisting,
+        server_copy=order.server_copy,
+    )
+    base = {
+        "key": item.key,
+        "fingerprint": result.fingerprint,
+        "detail": result.detail,
+        "server_copy_refused": result.server_copy_refused,
+    }
+    if result.outcome in ("conflict", "refused"):
+        return CopyOutcome(outcome=result.outcome, **base)  # type: ignore[arg-type]
+    created_target = result.written or (target_there and not order.target_preexisting)
+    thumb_path: str | None = item.thumbnail_path
+    created_thumb = item.thumbnail_path in existing and not order.thumbnail_preexisting
+    thumb_written = False
+    if item.thumbnail_path not in existing:
+        made = write_thumbnail(storage, item)
+        thumb_path, created_thumb, thumb_written = made.path, made.created, made.created
+        if made.error:
+            base["detail"] = f"no thumbnail: {made.error}"
+    return CopyOutcome(
+        outcome=result.outcome,
+        method=result.method,
+        written=result.written,
+        created_target=created_target,
+        thumbnail_path=thumb_path,
+        created_thumbnail=created_thumb,
+        thumbnail_written=thumb_written,
+        **base,  # type: ignore[arg-type]
+    )
+
+
+def backfill_single(storage: StorageBackend, order: CopyOrder) -> CopyOutcome:
+    """:func:`backfill_object` after listing the target's folder afresh; errors are raised."""
+    existing = {
+        info.path: info
+        for info in storage.list(order.item.target_bucket, job_prefix_of(order.item))
+    }
+    return backfill_object(storage, order, existing)
+
+
+def run_copy_batch(
+    storage: StorageBackend,
+    orders: list[CopyOrder],
+    *,
+    target_bucket: str,
+    concurrency: int,
+    max_objects_per_second: float | None = None,
+) -> list[CopyOutcome]:
+    """Run :func:`backfill_object` for each order on ``concurrency`` threads, in order.
+
+    Lists the targets' folders first (so a repeated attempt sees its own earlier writes).
+    A retryable storage error of one object becomes a ``failed`` outcome marked transient;
+    any other exception a ``failed`` outcome that is not.
+    """
+    prefixes = sorted({job_prefix_of(order.item) for order in orders})
+    existing = list_prefixes(storage, target_bucket, prefixes, concurrency)
+    limiter = RateLimiter(max_objects_per_second)
+
+    def one(order: CopyOrder) -> CopyOutcome:
+        limiter.wait()
+        try:
+            return backfill_object(storage, order, existing)
+        except StorageError as exc:
+            if not exc.retryable:
+                logger.exception("Backfill of %s failed", order.item.key)
+            return CopyOutcome(
+                key=order.item.key, outcome="failed", transient=exc.retryable, detail=str(exc)
+            )
+        except Exception as exc:
+            logger.exception("Backfill of %s failed unexpectedly", order.item.key)
+            return CopyOutcome(
+                key=order.item.key, outcome="failed", detail=f"{type(exc).__name__}: {exc}"
+            )
+
+    if not orders:
+        return []
+    with ThreadPoolExecutor(max_workers=max(1, min(concurrency, len(orders)))) as pool:
+        return list(pool.map(one, orders))

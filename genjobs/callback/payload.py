@@ -6,6 +6,7 @@ Serialised exactly once by :func:`serialise`; those bytes are signed and sent.
 from __future__ import annotations
 
 import json
+import re
 from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict
@@ -41,6 +42,18 @@ def serialise(payload: CallbackPayload) -> bytes:
     ).encode("utf-8")
 
 
+_UNSTORABLE = re.compile(r"[\x00-\x08\x0b\x0c\x0e-\x1f\x7f\ud800-\udfff]")
+
+
+def storable_text(text: str) -> str:
+    """Escape control characters and lone surrogates (``\\x00``, ``\\ud800``).
+
+    Error messages may quote payload values; PostgreSQL text cannot hold NUL and UTF-8 cannot
+    encode a lone surrogate, so the backend could never record such a message.
+    """
+    return _UNSTORABLE.sub(lambda match: ascii(match.group())[1:-1], text)
+
+
 def failure_payload(
     job_id: str, error: BaseException, extra: dict[str, Any] | None = None
 ) -> CallbackPayload:
@@ -55,6 +68,7 @@ def failure_payload(
     else:
         message = f"{type(error).__name__}: Internal processing error"
         error_type, code, retryable = type(error).__name__, "INTERNAL_ERROR", False
+    message = storable_text(message)
     metadata = {"error_type": error_type, "error_code": code, "retryable": retryable}
     metadata.update(extra or {})
     return CallbackPayload(

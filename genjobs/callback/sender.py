@@ -81,13 +81,23 @@ class CallbackSender:
         )
 
 
+MAX_RETRIES = 50  # Prefect's limit on configured retry delays per task
+
+
 def retry_delays(
     window_seconds: float, base_seconds: float, cap_seconds: float = 60.0
 ) -> list[float]:
-    """Exponential delays (base, 2 base, 4 base ... capped) whose sum covers the window."""
+    """Exponential delays (base, 2 base, 4 base ... capped) whose sum covers the window.
+
+    At most :data:`MAX_RETRIES` delays: when the cap would need more, the last one is stretched
+    so the attempts still span the whole window.
+    """
     delays: list[float] = []
     delay = base_seconds
     while sum(delays) < window_seconds:
+        if len(delays) == MAX_RETRIES - 1:
+            delays.append(max(window_seconds - sum(delays), cap_seconds))
+            break
         delays.append(min(delay, cap_seconds))
         delay *= 2
     return delays

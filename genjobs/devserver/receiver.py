@@ -55,12 +55,13 @@ create table if not exists workspace_assets (
 
 @dataclass(frozen=True)
 class ReceivedRequest:
-    """One request as it arrived, and the status the receiver answered."""
+    """One request as it arrived, the status the receiver answered, and whether it skipped it."""
 
     method: str
     body: bytes
     headers: dict[str, str]
     answered: int
+    skipped: bool = False
 
 
 def backend_mime_type(path: str) -> str:
@@ -165,7 +166,7 @@ class CallbackReceiver:
         """Payloads answered 200 and not skipped, in arrival order."""
         found = []
         for request in list(self.requests):
-            if request.answered != 200:
+            if request.answered != 200 or request.skipped:
                 continue
             payload = json.loads(request.body)
             if job_id is None or payload.get("job_id") == job_id:
@@ -178,7 +179,9 @@ class CallbackReceiver:
     ) -> tuple[int, dict[str, Any]]:
         status, answer = self._answer(method, body, headers)
         with self._lock:
-            self.requests.append(ReceivedRequest(method, body, headers, status))
+            self.requests.append(
+                ReceivedRequest(method, body, headers, status, bool(answer.get("skipped")))
+            )
         return status, answer
 
     def _answer(

@@ -187,6 +187,7 @@ def raw_job_id(raw: Any) -> str | None:
     value = raw.get("id", raw.get("job_id"))
     if isinstance(value, UUID):
         return str(value)
-    if isinstance(value, str) and 0 < len(value) <= 200:
+    # Control characters (NUL above all) cannot reach the backend's uuid/text columns.
+    if isinstance(value, str) and 0 < len(value) <= 200 and value.isprintable():
         return value
     return None

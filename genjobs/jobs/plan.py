@@ -7,7 +7,7 @@ values can never drift apart (predecessor defect 16).
 from __future__ import annotations
 
 import math
-import secrets
+import hashlib
 from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict
@@ -83,21 +83,29 @@ class RenderPlan(BaseModel):
         return "mp4" if self.output == "video" else "png"
 
 
-def draw_base_seed(count: int) -> int:
-    """A random base in [1, MAX_SEED - count + 1], so every ``base + i`` is a valid seed."""
-    return 1 + secrets.randbelow(MAX_SEED - count)
+def draw_base_seed(job_id: str, count: int) -> int:
+    """A base drawn uniformly from [1, MAX_SEED - count + 1] by hashing the job id.
+
+    Unpredictable across jobs, yet the same for every attempt of one job, so a retried or
+    resumed job renders (and reports) the same seeds and never duplicates different pixels.
+    Every ``base + i`` stays a valid seed, and 0 (which the backend drops) is never drawn.
+    """
+    digest = hashlib.sha256(f"genjobs-seed:{job_id}".encode()).digest()
+    return 1 + int.from_bytes(digest[:8], "big") % (MAX_SEED - count)
 
 
 def _seeds(job: Job, count: int) -> tuple[int, Literal["request", "random"], tuple[int, ...]]:
+    base: int
+    source: Literal["request", "random"]
     if job.config.seed is not None:  # 0 is a valid seed
         base, source = job.config.seed, "request"
     else:
-        base, source = draw_base_seed(count), "random"
-    return base, source, tuple(base + i for i in range(count))  # type: ignore[return-value]
+        base, source = draw_base_seed(str(job.id), count), "random"
+    return base, source, tuple(base + i for i in range(count))
 
 
-def plan_job(job: Job, *, base_seed: int | None = None) -> RenderPlan:
-    """Decide every effective value of a job. ``base_seed`` pins a random base (resubmits)."""
+def plan_job(job: Job) -> RenderPlan:
+    """Decide every effective value of a job."""
     spec = job.spec
     if job.compel_enabled:
         raise InvalidPayload(
@@ -105,11 +113,7 @@ def plan_job(job: Job, *, base_seed: int | None = None) -> RenderPlan:
             "send the plain prompt",
             code="COMPEL_UNSUPPORTED",
         )
-    plan = _plan_sdxl(job) if spec.family == "sdxl" else _plan_wan(job)
-    if base_seed is not None and job.config.seed is None:
-        seeds = tuple(base_seed + i for i in range(plan.num_images))
-        plan = plan.model_copy(update={"base_seed": base_seed, "seeds": seeds})
-    return plan
+    return _plan_sdxl(job) if spec.family == "sdxl" else _plan_wan(job)
 
 
 def _common(job: Job, count: int) -> dict[str, Any]:

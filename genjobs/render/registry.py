@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import importlib
+from typing import Any
+
 from genjobs.jobs.types import Family
 from genjobs.render.base import ModelSpec, Renderer
 from genjobs.settings import Settings
@@ -35,8 +38,26 @@ def wan_specs(settings: Settings) -> tuple[ModelSpec, ModelSpec]:
     return t2v, vace
 
 
+def load_renderer_class(reference: str) -> Any:
+    """Import ``module:Class`` (the ``renderer_class`` setting)."""
+    module_name, _, attribute = reference.partition(":")
+    if not module_name or not attribute:
+        raise ValueError(f"A renderer class is named as 'module:Class', got {reference!r}")
+    target: Any = importlib.import_module(module_name)
+    for part in attribute.split("."):
+        target = getattr(target, part)
+    return target
+
+
 def renderer_for(family: Family, settings: Settings) -> Renderer:
-    """A renderer for the family. Cheap: pipelines live in the process-wide cache."""
+    """A renderer for the family. Cheap: pipelines live in the process-wide cache.
+
+    ``settings.renderer_class`` (``module:Class``) replaces the built-in renderers for every
+    family; the class is called as ``Class(family, settings)``.
+    """
+    if settings.renderer_class:
+        renderer: Renderer = load_renderer_class(settings.renderer_class)(family, settings)
+        return renderer
     if family == "sdxl":
         from genjobs.render.sdxl import SdxlRenderer
 

@@ -20,10 +20,12 @@ MODEL_MAX_LENGTH = 512
 
 # Whole words get the best scores so common prompt words stay one token.
 _WORDS = (
-    "a an the of and in on with at to is are cat dog man woman girl boy city street night day "
-    "sun moon sky sea river forest tree flower car red blue green white black light dark walk "
-    "run dance slow fast camera video photo portrait style art"
-).split()
+    *("a", "an", "the", "of", "and", "in", "on", "with", "at", "to", "is", "are"),
+    *("cat", "dog", "man", "woman", "girl", "boy", "city", "street", "night", "day", "sun"),
+    *("moon", "sky", "sea", "river", "forest", "tree", "flower", "car", "red", "blue", "green"),
+    *("white", "black", "light", "dark", "walk", "run", "dance", "slow", "fast", "camera"),
+    *("video", "photo", "portrait", "style", "art"),
+)
 
 
 def umt5_vocabulary() -> list[tuple[str, float]]:
@@ -43,7 +45,12 @@ def umt5_vocabulary() -> list[tuple[str, float]]:
 
 
 def _tokenizer_json(vocabulary: list[tuple[str, float]]) -> dict[str, object]:
-    metaspace = {"type": "Metaspace", "replacement": SPACE, "prepend_scheme": "always", "split": True}
+    metaspace = {
+        "type": "Metaspace",
+        "replacement": SPACE,
+        "prepend_scheme": "always",
+        "split": True,
+    }
     return {
         "version": "1.0",
         "truncation": None,
@@ -113,5 +120,7 @@ def write_umt5_tokenizer(folder: Path) -> int:
         json.dumps(_tokenizer_json(vocabulary), ensure_ascii=False), encoding="utf-8"
     )
     (folder / "tokenizer_config.json").write_text(json.dumps(config, indent=2), encoding="utf-8")
-    (folder / "special_tokens_map.json").write_text(json.dumps(specials, indent=2), encoding="utf-8")
+    (folder / "special_tokens_map.json").write_text(
+        json.dumps(specials, indent=2), encoding="utf-8"
+    )
     return len(vocabulary)

@@ -98,6 +98,11 @@ async def test_terminal_jobs_and_unknown_jobs_are_skipped(callback_secret: str) 
             assert not (await sender.deliver(body)).skipped
 
 
+def test_retry_delays_stay_within_prefects_limit_and_still_cover_the_window() -> None:
+    delays = retry_delays(3600, 1, cap_seconds=4)
+    assert len(delays) == 50 and sum(delays) >= 3600
+
+
 def test_retry_delays_grow_to_a_cap_and_cover_the_window() -> None:
     delays = retry_delays(600, 2, cap_seconds=60)
     assert delays[:5] == [2, 4, 8, 16, 32] and max(delays) == 60

@@ -1,0 +1,182 @@
+"""The long-lived GPU worker: one process per GPU keeps its pipelines loaded and renders one job
+at a time for every flow run that hands it a render (``render_dispatch = "gpu_workers"``).
+
+It is a Prefect task worker serving the background render tasks of tasks/render.py with a limit
+of one. Prefect's own task worker acknowledges the next queued run while it is still busy, so
+that run would wait for this GPU even when another GPU is idle, and would be lost with this
+process if it died. :class:`GpuTaskWorker` therefore takes a run from the server's queue only
+when it is idle: it subscribes, receives one run, disconnects, renders, and subscribes again.
+A run the server sends to a worker that disconnects without acknowledging it goes back to the
+head of the queue.
+
+Start one per GPU (``genjobs gpu-worker --device cuda:0``; see docs/runbook.md). It needs a
+Prefect server (``PREFECT_API_URL``); background tasks do not work with the ephemeral API.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import dataclasses
+import logging
+import time
+from collections.abc import Sequence
+from typing import Any
+
+import anyio
+from prefect.client.schemas.objects import TaskRun
+from prefect.client.subscriptions import Subscription
+from prefect.settings import get_current_settings
+from prefect.task_worker import StopTaskWorker, TaskWorker
+
+from genjobs.jobs.types import Family
+from genjobs.render.cache import PIPELINES
+from genjobs.render.registry import renderer_for
+from genjobs.runtime import Runtime, build_runtime, set_runtime
+from tasks.render import GPU_RENDER_TASKS, worker_label
+
+logger = logging.getLogger(__name__)
+
+ALL_FAMILIES: tuple[Family, ...] = ("sdxl", "wan")
+SUBSCRIPTION_PATH = "/task_runs/subscriptions/scheduled"
+
+
+class GpuTaskWorker(TaskWorker):
+    """A task worker that runs one task at a time and takes a run only when idle."""
+
+    def __init__(self, *tasks: Any) -> None:
+        super().__init__(*tasks, limit=1)
+
+    def _idle(self) -> bool:
+        return self._limiter is None or self._limiter.available_tokens >= 1
+
+    async def _subscribe_to_task_scheduling(self) -> None:
+        base_url = get_current_settings().api.url
+        if base_url is None:
+            raise ValueError(
+                "PREFECT_API_URL must name a Prefect server: GPU workers do not work with "
+                "the ephemeral API."
+            )
+        logger.info("Waiting for renders (task keys %s).", ", ".join(sorted(self.task_keys)))
+        while not self.stopping:
+            while not self._idle():
+                await anyio.sleep(0.01)
+            task_run = await self._receive_one(base_url)
+            logger.info("Received render %s (%s).", task_run.name, task_run.id)
+            if await self._acquire_token(task_run.id):
+                assert self._runs_task_group is not None
+                self._runs_task_group.start_soon(self._safe_submit_scheduled_task_run, task_run)
+
+    async def _receive_one(self, base_url: str) -> TaskRun:
+        """Subscribe, take one run (acknowledged), and disconnect before the next arrives."""
+        subscription: Subscription[TaskRun] = Subscription(
+            model=TaskRun,
+            path=SUBSCRIPTION_PATH,
+            keys=self.task_keys,
+            client_id=self.client_id,
+            base_url=base_url,
+        )
+        try:
+            return await subscription.__anext__()
+        finally:
+            try:
+                await subscription.websocket.close()
+            except Exception:  # not connected, or already closed by the server
+                logger.debug("The task subscription was already closed.")
+
+
+def gpu_runtime(device: str) -> Runtime:
+    """The process runtime (settings and blocks) with this worker's device taking precedence."""
+    runtime = build_runtime()
+    update: dict[str, Any] = {"home": runtime.settings.home.resolve()}  # frame paths absolute
+    if device != "auto":
+        update["device"] = device
+    settings = runtime.settings.model_copy(update=update)
+    runtime = dataclasses.replace(runtime, settings=settings)
+    set_runtime(runtime)
+    return runtime
+
+
+def warm_up(runtime: Runtime, families: Sequence[Family]) -> float:
+    """Load the pipelines of ``families`` now, so the first job does not pay for it."""
+    started = time.perf_counter()
+    for family in families:
+        renderer = renderer_for(family, runtime.settings)
+        load = getattr(renderer, "pipelines", None)
+        if callable(load):
+            load()
+    seconds = time.perf_counter() - started
+    logger.info(
+        "Warmed up %s on %s in %.1f s (%d pipeline load(s)).",
+        ", ".join(families),
+        runtime.settings.device,
+        seconds,
+        PIPELINES.load_count(),
+    )
+    return seconds
+
+
+async def aserve_gpu_worker(
+    device: str = "auto",
+    *,
+    families: Sequence[Family] = ALL_FAMILIES,
+    warm: bool = True,
+    timeout: float | None = None,
+) -> None:
+    """Serve the render tasks of ``families`` on ``device`` until stopped (or ``timeout``)."""
+    unknown = [f for f in families if f not in GPU_RENDER_TASKS]
+    if unknown or not families:
+        raise ValueError(f"Families must be some of {', '.join(ALL_FAMILIES)}, got {families!r}")
+    runtime = gpu_runtime(device)
+    if warm:
+        await asyncio.to_thread(warm_up, runtime, families)
+    worker = GpuTaskWorker(*(GPU_RENDER_TASKS[f] for f in families))
+    logger.info(
+        "GPU worker %s serves %s renders, one at a time.",
+        worker_label(runtime.settings),
+        ", ".join(families),
+    )
+    try:
+        await worker.astart(timeout=timeout)
+    except* (StopTaskWorker, TimeoutError):
+        logger.info("GPU worker %s stopped.", worker_label(runtime.settings))
+
+
+def serve_gpu_worker(
+    device: str = "auto",
+    *,
+    families: Sequence[Family] = ALL_FAMILIES,
+    warm: bool = True,
+    timeout: float | None = None,
+) -> None:
+    """Run a GPU worker in this process until it is stopped (SIGTERM, Ctrl-C) or times out.
+
+    Args:
+        device: ``cuda:N`` for one GPU (one worker per GPU), ``cpu``, or ``auto``. Overrides the
+            device of the settings and of the model registry block.
+        families: Which renders to take: ``("sdxl",)``, ``("wan",)`` or both (one queue each).
+        warm: Load the families' pipelines before taking the first job.
+        timeout: Stop after this many seconds (tests); ``None`` runs until stopped.
+    """
+    try:
+        asyncio.run(aserve_gpu_worker(device, families=families, warm=warm, timeout=timeout))
+    except KeyboardInterrupt:
+        logger.info("GPU worker interrupted.")
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """``python -m genjobs.gpu_worker --device cuda:0 [--families sdxl,wan] [--no-warm]``."""
+    import argparse
+
+    parser = argparse.ArgumentParser(prog="python -m genjobs.gpu_worker", description=__doc__)
+    parser.add_argument("--device", default="auto", help="cuda:N, cpu or auto")
+    parser.add_argument("--families", default="sdxl,wan", help="sdxl, wan or sdxl,wan")
+    parser.add_argument("--no-warm", action="store_true", help="load models on first use")
+    args = parser.parse_args(argv)
+    families = tuple(f.strip() for f in args.families.split(",") if f.strip())
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
+    serve_gpu_worker(args.device, families=families, warm=not args.no_warm)  # type: ignore[arg-type]
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

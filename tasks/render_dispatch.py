@@ -1,0 +1,150 @@
+"""Where a flow's render runs: in its own process, or on the warm GPU workers.
+
+With ``render_dispatch = "gpu_workers"`` the flow hands the plan to the family's background task
+(``render_sdxl`` / ``render_wan``) with ``.delay()`` and waits for it. Prefect keeps that queue in
+the server's memory and a task run held by a worker that dies is never handed out again, so the
+flow watches its render:
+
+- not started within ``render_queue_timeout_seconds`` (or still waiting after the API was
+  unreachable, as across a server restart, which empties the queue): presumed lost;
+- running for more than ``render_run_timeout_seconds``: presumed stuck (a crashed worker leaves
+  its task run Running for ever).
+
+Either way the old task run is marked Cancelled with the name ``Superseded`` and the same plan is
+submitted again, at most ``render_resubmits`` times. A superseded render that still runs or later
+reaches a worker stops at its first check (tasks/render.py), so a job is not rendered twice; were
+it to finish anyway, its pixels, seeds and object paths are the same (seeds derive from the job
+id and uploads upsert), so nothing is duplicated.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from typing import Any
+
+import httpx
+from prefect import Task, get_run_logger
+from prefect.client.orchestration import get_client
+from prefect.client.schemas.objects import StateType
+from prefect.futures import PrefectDistributedFuture
+from prefect.states import Cancelled
+
+from genjobs.assets import RenderedBatch
+from genjobs.errors import JobError
+from genjobs.jobs.plan import RenderPlan
+from genjobs.runtime import get_runtime
+from genjobs.settings import Settings
+from tasks.render import GPU_RENDER_TASKS, SUPERSEDED, render_assets
+
+logger = logging.getLogger(__name__)
+
+_NOT_STARTED = {StateType.SCHEDULED, StateType.PENDING}
+_API_TROUBLE = (httpx.HTTPError, OSError)
+
+
+class RenderTimeout(JobError):
+    """A dispatched render was lost or stuck more often than the flow re-submits it."""
+
+    code = "RENDER_TIMEOUT"
+    retryable = True
+
+
+def render_tags(plan: RenderPlan) -> list[str]:
+    """Tags of a render task run: the job type and model family, and ``gpu``."""
+    return ["gpu", f"job-type:{plan.job_type}", f"family:{plan.family}"]
+
+
+async def render(plan: RenderPlan) -> RenderedBatch:
+    """Render ``plan`` where the settings say (``render_dispatch``) and return the batch."""
+    settings = get_runtime().settings
+    if settings.render_dispatch == "gpu_workers":
+        return await render_on_gpu_workers(plan, settings)
+    local: Task[..., RenderedBatch] = render_assets.with_options(tags=render_tags(plan))
+    return local(plan)
+
+
+async def render_on_gpu_workers(plan: RenderPlan, settings: Settings) -> RenderedBatch:
+    """Hand the render to the GPU workers and wait; submit again when lost or stuck.
+
+    Raises:
+        RenderTimeout: The render was lost or stuck once more than ``render_resubmits``.
+        JobError: Whatever the render raised (for example JobCancelled, OutOfMemory).
+    """
+    run_logger = get_run_logger()
+    task: Task[..., RenderedBatch] = GPU_RENDER_TASKS[plan.family].with_options(
+        tags=render_tags(plan)
+    )
+    resubmits = 0
+    future: PrefectDistributedFuture[RenderedBatch] = task.delay(plan)
+    submitted = time.monotonic()
+    running_since: float | None = None
+    api_trouble = False
+    while True:
+        try:
+            await future.wait_async(timeout=settings.render_poll_seconds)
+            state_type = await _state_type(future)
+        except _API_TROUBLE as exc:
+            if not api_trouble:
+                run_logger.warning(
+                    "The Prefect API is unreachable while job %s waits for its render (%s).",
+                    plan.job_id,
+                    exc,
+                )
+            api_trouble = True
+            await asyncio.sleep(min(settings.render_poll_seconds, 1.0))
+            continue
+        if state_type is None:
+            break  # final
+        now = time.monotonic()
+        reason: str | None = None
+        if state_type in _NOT_STARTED:
+            running_since = None
+            if api_trouble:
+                reason = "the API was unreachable while it waited (a restart empties the queue)"
+            elif now - submitted > settings.render_queue_timeout_seconds:
+                reason = f"it waited {now - submitted:.0f} s without starting"
+        elif state_type == StateType.RUNNING:
+            running_since = running_since or now
+            if now - running_since > settings.render_run_timeout_seconds:
+                reason = f"it ran for {now - running_since:.0f} s without finishing"
+        api_trouble = False
+        if reason is None:
+            continue
+        if resubmits >= settings.render_resubmits:
+            raise RenderTimeout(
+                f"The render of job {plan.job_id} did not finish: {reason}, and it was already "
+                f"submitted again {resubmits} time(s)"
+            )
+        await _supersede(future.task_run_id, reason)
+        resubmits += 1
+        run_logger.warning(
+            "The render of job %s is presumed lost or stuck (%s); submitting it again (%d of %d).",
+            plan.job_id,
+            reason,
+            resubmits,
+            settings.render_resubmits,
+        )
+        future = task.delay(plan)
+        submitted, running_since = time.monotonic(), None
+    return await future.result_async()
+
+
+async def _state_type(future: PrefectDistributedFuture[Any]) -> StateType | None:
+    """The render's state type, or ``None`` once it is final."""
+    async with get_client() as client:
+        run = await client.read_task_run(future.task_run_id)
+    if run.state is None or run.state.is_final():
+        return None
+    return run.state.type
+
+
+async def _supersede(task_run_id: Any, reason: str) -> None:
+    """Mark a render's task run Cancelled/Superseded so no worker renders it any more."""
+    async with get_client() as client:
+        await client.set_task_run_state(
+            task_run_id,
+            Cancelled(name=SUPERSEDED, message=f"Submitted again: {reason}"),
+            force=True,
+        )

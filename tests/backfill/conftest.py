@@ -1,0 +1,298 @@
+"""Backfill and cleanup fixtures: the storage stand-in seeded with legacy objects in every layout.
+
+The seed writes its own expectations (target path, outcome) next to each object, from the
+contract's layout table rather than from the parser under test.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import uuid
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+
+import pytest
+from PIL import Image
+from pydantic import SecretStr
+
+from genjobs.devserver.storage_standin import StorageStandIn
+from genjobs.runtime import Runtime, set_runtime
+from genjobs.settings import Settings
+from genjobs.storage.supabase import SupabaseStorage
+
+JWT_SECRET = "backfill-tests-jwt-secret-0123456789abcdef"
+TARGET = "workspace-temp"
+SEED_START = datetime(2025, 8, 8, 9, 0, tzinfo=UTC)
+LEGACY_PRESENT = (
+    "sdxl_image_fast",
+    "sdxl_image_high",
+    "image_fast",
+    "image_high",
+    "image7b_fast_enhanced",
+    "image7b_high_enhanced",
+    "video_fast",
+    "video_high",
+    "video7b_fast_enhanced",
+    "video7b_high_enhanced",
+)
+"""Every legacy bucket but ``videos``, which the seed leaves missing (404)."""
+
+VIDEO_FRAMES = 9
+VIDEO_SIZE = (48, 64)
+
+
+def _uid(*parts: object) -> str:
+    return str(uuid.uuid5(uuid.NAMESPACE_URL, "/".join(str(p) for p in parts)))
+
+
+def png_bytes(number: int, size: tuple[int, int] = (16, 12)) -> bytes:
+    """A small PNG whose colour (and so bytes) is unique per number."""
+    color = (number % 251, (number * 7) % 253, (number * 13) % 255)
+    buffer = io.BytesIO()
+    Image.new("RGB", size, color).save(buffer, format="PNG")
+    return buffer.getvalue()
+
+
+def frame_level(index: int) -> int:
+    """Grey level of frame ``index`` of the seeded videos (the middle frame is 4 -> 130)."""
+    return 10 + index * 30
+
+
+def mp4_bytes(variant: int) -> bytes:
+    """A 9-frame H.264 clip, 48x64, each frame one grey level (plus a variant tint)."""
+    import av
+    import numpy as np
+
+    buffer = io.BytesIO()
+    with av.open(buffer, mode="w", format="mp4") as container:
+        stream = container.add_stream("libx264", rate=16)
+        stream.width, stream.height = VIDEO_SIZE
+        stream.pix_fmt = "yuv420p"
+        for index in range(VIDEO_FRAMES):
+            pixels = np.full((VIDEO_SIZE[1], VIDEO_SIZE[0], 3), frame_level(index), np.uint8)
+            pixels[..., 2] = min(255, frame_level(index) + variant * 5)
+            frame = av.VideoFrame.from_ndarray(pixels, format="rgb24")
+            for packet in stream.encode(frame):
+                container.mux(packet)
+        for packet in stream.encode():
+            container.mux(packet)
+    return buffer.getvalue()
+
+
+@dataclass
+class Seeded:
+    """One seeded legacy object and what the backfill should make of it.
+
+    ``outcome``: ``copied``, ``duplicate``, ``collision``, ``already_present``, ``conflict``,
+    ``unmappable`` or ``folder``; ``target`` is the contract path for mappable ones.
+    """
+
+    bucket: str
+    path: str
+    data: bytes
+    content_type: str
+    outcome: str
+    target: str | None = None
+    created_at: datetime = SEED_START
+    thumbnail: bool = True
+
+    @property
+    def key(self) -> str:
+        return f"{self.bucket}/{self.path}"
+
+    @property
+    def is_video(self) -> bool:
+        return self.path.endswith(".mp4")
+
+    @property
+    def thumbnail_target(self) -> str | None:
+        return None if self.target is None else self.target.rsplit(".", 1)[0] + ".thumb.webp"
+
+
+@dataclass
+class LegacySeed:
+    """Everything the seed wrote: legacy objects and pre-existing target objects."""
+
+    objects: list[Seeded] = field(default_factory=list)
+    preexisting: dict[str, tuple[bytes, str]] = field(default_factory=dict)
+
+    def by_outcome(self, *outcomes: str) -> list[Seeded]:
+        return [o for o in self.objects if o.outcome in outcomes]
+
+    def created_targets(self) -> dict[str, Seeded]:
+        """Target path -> source, for every target the backfill itself should write."""
+        return {o.target: o for o in self.by_outcome("copied") if o.target}
+
+    def created_thumbnails(self) -> set[str]:
+        made = set()
+        for obj in self.by_outcome("copied", "already_present"):
+            thumb = obj.thumbnail_target
+            if obj.thumbnail and thumb and thumb not in self.preexisting:
+                made.add(thumb)
+        return made
+
+    def mappable(self) -> list[Seeded]:
+        return [o for o in self.objects if o.target is not None]
+
+
+def build_seed(users: int = 12) -> LegacySeed:
+    """About 190 mappable legacy objects in every layout, plus every kind of misfit."""
+    seed = LegacySeed()
+    counter = iter(range(1, 100_000))
+    moment = iter(SEED_START + timedelta(minutes=i) for i in range(100_000))
+    videos = [mp4_bytes(v) for v in range(3)]
+
+    def add(bucket: str, path: str, outcome: str, target: str | None = None,
+            data: bytes | None = None, content_type: str = "image/png",
+            thumbnail: bool = True) -> Seeded:
+        number = next(counter)
+        if data is None:
+            data = videos[number % 3] if path.endswith(".mp4") else png_bytes(number)
+        obj = Seeded(bucket, path, data, content_type, outcome, target, next(moment), thumbnail)
+        seed.objects.append(obj)
+        return obj
+
+    def ts() -> int:
+        return 1754550000 + next(counter)
+
+    for u in range(users):
+        user = _uid("user", u)
+        for j in range(3):
+            job = _uid("image_fast", u, j)
+            add("image_fast", f"{user}/job_{job}_{ts()}.png", "copied", f"{user}/{job}/0.png")
+        for j in range(2):
+            job = _uid("image_high", u, j)
+            add("image_high", f"{user}/job_{job}_{ts()}.png", "copied", f"{user}/{job}/0.png")
+        for j in range(2):
+            job, stamp = _uid("sdxl_fast", u, j), ts()
+            for n in range(1, 4):
+                add("sdxl_image_fast", f"{user}/sdxl_{job}_{stamp}_{n}.png", "copied",
+                    f"{user}/{job}/{n - 1}.png")
+        job = _uid("sdxl_high_single", u)
+        add("sdxl_image_high", f"{user}/sdxl_{job}_{ts()}.png", "copied", f"{user}/{job}/0.png")
+        job, stamp = _uid("sdxl_high", u), ts()
+        for n in (1, 2):
+            add("sdxl_image_high", f"{user}/sdxl_{job}_{stamp}_{n}.png", "copied",
+                f"{user}/{job}/{n - 1}.png")
+        for bucket in ("video_fast", "video_high"):
+            job = _uid(bucket, u)
+            add(bucket, f"{user}/job_{job}_{ts()}.mp4", "copied", f"{user}/{job}/0.mp4",
+                content_type="video/mp4")
+        add("image7b_fast_enhanced", f"{user}/{_uid('video-id', u)}.png", "unmappable")
+        add("video7b_fast_enhanced", f"{user}/video_{ts()}.mp4", "unmappable",
+            content_type="video/mp4")
+
+    user, other = _uid("user", 0), _uid("user", 1)
+    add("video_high", f"{_uid('root-video', 1)}.mp4", "unmappable", content_type="video/mp4")
+    add("video_fast", f"video_{ts()}.mp4", "unmappable", content_type="video/mp4")
+    add("image_fast", f"legacy-user/job_{_uid('bad-user')}_{ts()}.png", "unmappable")
+    add("video_fast", f"{user}/job_{_uid('mov')}_{ts()}.mov", "unmappable",
+        content_type="video/quicktime")
+    add("video_high", f"{user}/job_{_uid('mpeg')}_{ts()}.mpeg", "unmappable",
+        content_type="video/mpeg")
+    add("sdxl_image_fast", f"{user}/.emptyFolderPlaceholder", "folder", data=b"",
+        content_type="application/octet-stream")
+    add("image_high", f"{user}/{_uid('deep')}/0.png", "unmappable")
+    add("image_fast", f"{user}/sdxl_{_uid('zero')}_{ts()}_0.png", "unmappable")
+    add("image_fast", f"{user}/job_not-a-uuid_{ts()}.png", "unmappable")
+
+    # The same asset in two buckets with the same bytes: copied once, the other a duplicate.
+    twin = _uid("twin")
+    same = png_bytes(90_001)
+    add("sdxl_image_fast", f"{other}/sdxl_{twin}_{ts()}.png", "copied", f"{other}/{twin}/0.png",
+        data=same)
+    add("image_fast", f"{other}/job_{twin}_{ts()}.png", "duplicate", f"{other}/{twin}/0.png",
+        data=same)
+    # The same asset in two buckets with different bytes: a collision, nothing copied.
+    clash = _uid("clash")
+    add("sdxl_image_high", f"{other}/sdxl_{clash}_{ts()}.png", "collision")
+    add("image_high", f"{other}/job_{clash}_{ts()}.png", "collision")
+    # Bytes that are no image: copied, but no thumbnail.
+    broken = _uid("broken")
+    add("image_fast", f"{other}/job_{broken}_{ts()}.png", "copied", f"{other}/{broken}/0.png",
+        data=b"this is not a png", thumbnail=False)
+    # Targets that already exist: same bytes, other bytes, only a thumbnail.
+    present = _uid("present")
+    obj = add("image_high", f"{other}/job_{present}_{ts()}.png", "already_present",
+              f"{other}/{present}/0.png")
+    seed.preexisting[f"{other}/{present}/0.png"] = (obj.data, "image/png")
+    taken = _uid("taken")
+    add("image_high", f"{other}/job_{taken}_{ts()}.png", "conflict", f"{other}/{taken}/0.png")
+    seed.preexisting[f"{other}/{taken}/0.png"] = (png_bytes(90_002), "image/png")
+    posted = _uid("posted")
+    add("image_fast", f"{other}/job_{posted}_{ts()}.png", "copied", f"{other}/{posted}/0.png")
+    seed.preexisting[f"{other}/{posted}/0.thumb.webp"] = (b"RIFF-a-poster-made-earlier",
+                                                          "image/webp")
+    # Someone else's object in the target bucket, unrelated to any legacy source.
+    seed.preexisting[f"{other}/{_uid('fresh')}/0.png"] = (png_bytes(90_003), "image/png")
+    return seed
+
+
+@pytest.fixture(scope="session")
+def legacy_seed() -> LegacySeed:
+    return build_seed()
+
+
+@pytest.fixture(scope="module")
+def standin_server() -> Iterator[StorageStandIn]:
+    with StorageStandIn(JWT_SECRET, hang_seconds=5.0) as running:
+        yield running
+
+
+def load_seed(standin: StorageStandIn, seed: LegacySeed) -> None:
+    """Fresh buckets (``videos`` missing) holding exactly the seed."""
+    standin.reset()
+    standin.create_contract_buckets([TARGET, "user-library", *LEGACY_PRESENT])
+    for obj in seed.objects:
+        standin.put_object(obj.bucket, obj.path, obj.data, obj.content_type,
+                           created_at=obj.created_at)
+    for path, (data, content_type) in seed.preexisting.items():
+        standin.put_object(TARGET, path, data, content_type, created_at=SEED_START)
+
+
+@pytest.fixture
+def standin(standin_server: StorageStandIn, legacy_seed: LegacySeed) -> StorageStandIn:
+    load_seed(standin_server, legacy_seed)
+    return standin_server
+
+
+def make_runtime(standin: StorageStandIn, home: Path, **settings: object) -> Runtime:
+    values: dict[str, object] = {
+        "home": home,
+        "upload_retries": 6,
+        "upload_retry_base_seconds": 0.01,
+    }
+    values.update(settings)
+    return Runtime(
+        settings=Settings(**values),  # type: ignore[arg-type]
+        storage=SupabaseStorage.from_supabase(standin.url, SecretStr(standin.token()),
+                                              timeout=5.0),
+        callback_url=None,
+        callback_secret=None,
+        callback_bearer=None,
+    )
+
+
+@pytest.fixture
+def backfill_runtime(standin: StorageStandIn, tmp_path: Path) -> Iterator[Runtime]:
+    """The Supabase backend on the seeded stand-in, installed for the flows."""
+    runtime = make_runtime(standin, tmp_path)
+    set_runtime(runtime)
+    yield runtime
+    set_runtime(None)
+    assert isinstance(runtime.storage, SupabaseStorage)
+    runtime.storage.close()
+
+
+def snapshot(standin: StorageStandIn) -> dict[tuple[str, str], tuple[str, str]]:
+    """Every object of every bucket: ``(bucket, path) -> (sha256, content type)``."""
+    found = {}
+    for bucket in standin.bucket_ids():
+        for name in standin.object_names(bucket):
+            obj = standin.get_object(bucket, name)
+            assert obj is not None
+            found[(bucket, name)] = (hashlib.sha256(obj.data).hexdigest(), obj.content_type)
+    return found

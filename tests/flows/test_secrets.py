@@ -1,0 +1,91 @@
+"""Secrets never reach logs, artifacts, parameters or results: run jobs with recognisable
+secrets against the stand-in and scan everything Prefect recorded, and Python's log records."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from prefect.client.orchestration import get_client
+from prefect.client.schemas.filters import (
+    ArtifactFilter,
+    ArtifactFilterFlowRunId,
+    FlowRunFilter,
+    FlowRunFilterId,
+    LogFilter,
+    LogFilterFlowRunId,
+)
+
+from flows.generate import generate_job
+from genjobs.devserver.receiver import CallbackReceiver
+from genjobs.devserver.storage_standin import StorageStandIn
+from genjobs.runtime import build_runtime, set_runtime
+from tests.conftest import make_settings
+from tests.flows.helpers import sdxl_job
+
+pytestmark = pytest.mark.usefixtures("prefect_api")
+JWT_SECRET = "secrets-tests-jwt-secret-0123456789abcdef012"
+
+
+@pytest.fixture
+def standin() -> Iterator[StorageStandIn]:
+    with StorageStandIn(JWT_SECRET) as running:
+        running.create_contract_buckets(["workspace-temp"])
+        yield running
+
+
+async def recorded_text(flow_run_id: object) -> str:
+    """Everything the Prefect API holds about a flow run, as one string."""
+    async with get_client() as client:
+        flow_run = await client.read_flow_run(flow_run_id)  # type: ignore[arg-type]
+        runs = FlowRunFilter(id=FlowRunFilterId(any_=[flow_run_id]))  # type: ignore[list-item]
+        task_runs = await client.read_task_runs(flow_run_filter=runs)
+        logs = await client.read_logs(
+            log_filter=LogFilter(flow_run_id=LogFilterFlowRunId(any_=[flow_run_id])))  # type: ignore[list-item]
+        artifacts = await client.read_artifacts(
+            artifact_filter=ArtifactFilter(flow_run_id=ArtifactFilterFlowRunId(
+                any_=[flow_run_id])))  # type: ignore[list-item]
+    parts = [flow_run.model_dump_json()]
+    parts += [run.model_dump_json() for run in task_runs]
+    parts += [log.message for log in logs]
+    parts += [artifact.model_dump_json() for artifact in artifacts]
+    assert logs and artifacts is not None
+    return "\n".join(parts)
+
+
+async def test_secrets_stay_out_of_logs_artifacts_parameters_and_results(
+        tmp_path: Path, model_cache: Path, receiver: CallbackReceiver, callback_secret: str,
+        standin: StorageStandIn, caplog: pytest.LogCaptureFixture) -> None:
+    service_key = standin.token()
+    settings = make_settings(tmp_path, model_cache, receiver, callback_secret,
+                             supabase_url=standin.url, supabase_service_key=service_key)
+    set_runtime(build_runtime(settings))
+    caplog.set_level(logging.DEBUG)
+    try:
+        completed = await generate_job(sdxl_job(num_images=1), return_state=True)
+        standin.create_bucket("workspace-temp", allowed_mime_types=["image/jpeg"])
+        failed = await generate_job(sdxl_job(num_images=1), return_state=True)
+    finally:
+        set_runtime(None)
+    assert completed.is_completed() and failed.is_failed()
+    secrets = {"service key": service_key, "callback secret": callback_secret,
+               "jwt secret": JWT_SECRET}
+    texts = {
+        "completed run": await recorded_text(completed.state_details.flow_run_id),
+        "failed run": await recorded_text(failed.state_details.flow_run_id),
+        "results": repr(await completed.result()) + repr(failed.message),
+        "python logs": "\n".join(r.getMessage() for r in caplog.records),
+        "outbox and scratch": "\n".join(
+            p.read_text(errors="replace") for p in tmp_path.rglob("*")
+            if p.is_file() and p.suffix in {".json", ".txt", ".log"}),
+    }
+    assert "Stored " in texts["completed run"]  # the scan sees real log content
+    assert ".thumb.webp" in texts["completed run"]  # and the asset table artifact
+    for where, text in texts.items():
+        for name, secret in secrets.items():
+            assert secret not in text, f"the {name} leaked into {where}"
+    # The callback does carry the gateway bearer and a signature, as the contract requires.
+    accepted = [r for r in receiver.requests if r.answered == 200]
+    assert accepted[0].headers["Authorization"] == f"Bearer {service_key}"

@@ -1,0 +1,377 @@
+"""The WAN renderer with the real tiny pipelines: shapes, seeds, solvers, references, cache.
+
+The tiny models have random weights, so pixels say nothing about the prompt or how faithfully a
+reference is kept; the tests assert on shapes, determinism, what changes the pixels, the inputs
+that reach the VACE pipeline, and the reported facts. Sizes are small (48x64, 9 frames, 2 steps).
+"""
+
+from __future__ import annotations
+
+import shutil
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+import torch
+from diffusers import UniPCMultistepScheduler, WanPipeline, WanVACETransformer3DModel
+from PIL import Image
+from transformers import AutoTokenizer
+
+from genjobs.errors import (
+    InvalidPayload,
+    JobCancelled,
+    ModelLoadError,
+    ReferenceModeUnsupported,
+)
+from genjobs.jobs.payload import parse_job
+from genjobs.jobs.plan import RenderPlan, plan_job
+from genjobs.render.base import ModelSpec, RenderOutput
+from genjobs.render.cache import PipelineCache
+from genjobs.render.sdxl import fit_reference
+from genjobs.render.tiny_wan import ensure_tiny_wan, ensure_tiny_wan_vace
+from genjobs.render.wan import (
+    EMBEDDED_SOURCE,
+    EMBEDDED_VACE_SOURCE,
+    TINY_FOLDER_NAME,
+    WanRenderer,
+    conditioning_inputs,
+)
+
+T2V = ModelSpec(family="wan")
+VACE = ModelSpec(family="wan_vace")
+WIDTH, HEIGHT, FRAMES, STEPS = 48, 64, 9, 2
+REFERENCE_URLS = {
+    "single": {"image": "https://example.test/a.png"},
+    "start": {"first_frame": "https://example.test/a.png"},
+    "end": {"last_frame": "https://example.test/b.png"},
+    "both": {
+        "first_frame": "https://example.test/a.png",
+        "last_frame": "https://example.test/b.png",
+    },
+}
+ROLES = {
+    "single": ("image",),
+    "start": ("first_frame",),
+    "end": ("last_frame",),
+    "both": ("first_frame", "last_frame"),
+}
+
+
+def make_plan(
+    *, reference_mode: str = "none", seed: int = 3, job_type: str = "video_fast", **updates: Any
+) -> RenderPlan:
+    """A plan from a real payload, shrunk to test sizes (``updates`` override plan fields)."""
+    metadata: dict[str, Any] = {}
+    config: dict[str, Any] = {"seed": seed}
+    if reference_mode != "none":
+        metadata["video_reference_mode"] = reference_mode
+        config.update(REFERENCE_URLS[reference_mode])
+    raw = {
+        "id": str(uuid.uuid4()),
+        "user_id": str(uuid.uuid4()),
+        "type": job_type,
+        "prompt": "a red cat walks in the city at night",
+        "config": config,
+        "metadata": metadata,
+    }
+    plan = plan_job(parse_job(raw))
+    small: dict[str, Any] = {"width": WIDTH, "height": HEIGHT, "steps": STEPS}
+    if plan.mode == "t2v":
+        small["num_frames"] = FRAMES
+    return plan.model_copy(update={**small, **updates})
+
+
+def card(seed: int, width: int = 120, height: int = 90) -> Image.Image:
+    """A reproducible random RGB test card (not the target size or aspect)."""
+    pixels = np.random.default_rng(seed).integers(0, 256, (height, width, 3), dtype=np.uint8)
+    return Image.fromarray(pixels, "RGB")
+
+
+def references_for(mode: str, image: Image.Image) -> dict[Any, Image.Image]:
+    return {role: image for role in ROLES[mode]}
+
+
+@pytest.fixture(scope="module", autouse=True)
+def one_torch_thread() -> Iterator[None]:
+    """Run this module's tiny tensors on one thread: with a few dozen tokens, thread hand-offs
+    cost more than they save, and on a busy 2-core machine they cost several times the work."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+@pytest.fixture(scope="module")
+def cache() -> PipelineCache:
+    return PipelineCache()
+
+
+@pytest.fixture(scope="module")
+def renderer(model_cache: Path, cache: PipelineCache) -> WanRenderer:
+    return WanRenderer(T2V, VACE, model_cache, cache)
+
+
+@pytest.fixture(scope="module")
+def t2v_run(renderer: WanRenderer) -> tuple[RenderOutput, list[tuple[int, int]]]:
+    """Seed 3, dpm++ shift 5.0, 9 frames of 48x64, with the steps reported on the way."""
+    steps: list[tuple[int, int]] = []
+    output = renderer.render(
+        make_plan(), {}, on_step=lambda done, total: steps.append((done, total))
+    )
+    return output, steps
+
+
+@pytest.fixture(scope="module")
+def t2v_video(t2v_run: tuple[RenderOutput, list[tuple[int, int]]]) -> np.ndarray:
+    return t2v_run[0].frames[0]
+
+
+def test_text_to_video_gives_uint8_frames_and_reports_effective_values(
+    t2v_run: tuple[RenderOutput, list[tuple[int, int]]],
+) -> None:
+    output, steps = t2v_run
+
+    (video,) = output.frames
+    assert video.shape == (FRAMES, HEIGHT, WIDTH, 3)
+    assert video.dtype == np.uint8 and (video.shape[0] - 1) % 4 == 0
+    assert video.std() > 0
+    assert steps == [(1, STEPS), (2, STEPS)]
+    assert output.details == {
+        "model": EMBEDDED_SOURCE,
+        "vace_model": None,
+        "pipeline": "t2v",
+        "scheduler": "DPMSolverMultistepScheduler",
+        "sample_solver": "dpm++",
+        "sample_shift": 5.0,
+        "steps": STEPS,
+        "guidance_scale": 6.5,
+        "frame_num": FRAMES,
+        "fps": 16,
+        "reference_mode": "none",
+        "seed": 3,
+        "negative_prompt_used": True,
+        "dtype": "float32",
+        "device": "cpu",
+    }
+
+
+def test_same_seed_repeats_and_another_seed_differs(
+    renderer: WanRenderer, t2v_video: np.ndarray
+) -> None:
+    again = renderer.render(make_plan(seed=3), {}).frames[0]
+    other = renderer.render(make_plan(seed=4), {}).frames[0]
+
+    assert np.array_equal(again, t2v_video)
+    assert not np.array_equal(other, t2v_video)
+
+
+def test_seed_zero_is_used_as_a_seed(renderer: WanRenderer, t2v_video: np.ndarray) -> None:
+    output = renderer.render(make_plan(seed=0), {})
+
+    assert output.details["seed"] == 0
+    assert not np.array_equal(output.frames[0], t2v_video)
+
+
+def test_unipc_runs_per_job_and_leaves_the_shared_scheduler_alone(
+    renderer: WanRenderer, t2v_video: np.ndarray
+) -> None:
+    shared = renderer.pipelines().t2v
+    scheduler_before = shared.scheduler
+
+    unipc = renderer.render(make_plan(sample_solver="unipc"), {})
+    dpm_again = renderer.render(make_plan(), {}).frames[0]
+
+    assert unipc.details["scheduler"] == "UniPCMultistepScheduler"
+    assert (unipc.details["sample_solver"], unipc.details["sample_shift"]) == ("unipc", 5.0)
+    assert not np.array_equal(unipc.frames[0], t2v_video)
+    assert np.array_equal(dpm_again, t2v_video)
+    assert shared.scheduler is scheduler_before
+    assert shared.scheduler.config.flow_shift == 3.0  # the folder's own, untouched
+    assert type(shared.scheduler) is UniPCMultistepScheduler
+
+
+def test_an_unknown_solver_is_refused(renderer: WanRenderer) -> None:
+    with pytest.raises(InvalidPayload, match="sample_solver"):
+        renderer.render(make_plan(sample_solver="euler"), {})
+
+
+def test_single_frame_types_render_one_image(renderer: WanRenderer) -> None:
+    plan = make_plan(job_type="image_fast")
+    assert (plan.mode, plan.num_frames) == ("frame", 1)
+
+    output = renderer.render(plan, {})
+
+    (image,) = output.frames
+    assert image.shape == (HEIGHT, WIDTH, 3) and image.dtype == np.uint8
+    assert output.details["frame_num"] == 1
+
+
+@pytest.mark.parametrize(("field", "value"), [("width", 40), ("height", 72), ("num_frames", 10)])
+def test_sizes_and_frame_counts_the_pipeline_would_bend_are_refused(
+    renderer: WanRenderer, field: str, value: int
+) -> None:
+    updates: dict[str, Any] = {field: value}
+    with pytest.raises(InvalidPayload, match=f"{value}"):
+        renderer.render(make_plan(**updates), {})
+
+
+def test_a_start_frame_changes_the_video_and_depends_on_the_image(
+    renderer: WanRenderer, t2v_video: np.ndarray
+) -> None:
+    a = renderer.render(make_plan(reference_mode="start"), {"first_frame": card(1)})
+    a_again = renderer.render(make_plan(reference_mode="start"), {"first_frame": card(1)})
+    b = renderer.render(make_plan(reference_mode="start"), {"first_frame": card(2)})
+
+    assert a.frames[0].shape == (FRAMES, HEIGHT, WIDTH, 3)
+    assert not np.array_equal(a.frames[0], t2v_video)
+    assert not np.array_equal(a.frames[0], b.frames[0])
+    assert np.array_equal(a.frames[0], a_again.frames[0])
+    assert a.details["pipeline"] == "vace"
+    assert a.details["vace_model"] == EMBEDDED_VACE_SOURCE
+    assert a.details["reference_mode"] == "start"
+
+
+@pytest.mark.parametrize("mode", ["single", "end", "both"])
+def test_other_reference_modes_render(renderer: WanRenderer, mode: str) -> None:
+    output = renderer.render(make_plan(reference_mode=mode), references_for(mode, card(5)))
+
+    (video,) = output.frames
+    assert video.shape == (FRAMES, HEIGHT, WIDTH, 3) and video.dtype == np.uint8
+    assert (output.details["reference_mode"], output.details["pipeline"]) == (mode, "vace")
+
+
+@pytest.mark.parametrize("mode", ["start", "end", "both"])
+def test_frame_conditioning_keeps_the_fitted_reference_and_generates_the_rest(mode: str) -> None:
+    image = card(7, width=200, height=100)
+    fitted = np.asarray(fit_reference(image, WIDTH, HEIGHT))
+
+    inputs = conditioning_inputs(mode, references_for(mode, image), FRAMES, WIDTH, HEIGHT)
+
+    kept = {"start": {0}, "end": {FRAMES - 1}, "both": {0, FRAMES - 1}}[mode]
+    assert set(inputs) == {"video", "mask"}
+    assert len(inputs["video"]) == len(inputs["mask"]) == FRAMES
+    for index, (frame, mask) in enumerate(zip(inputs["video"], inputs["mask"], strict=True)):
+        assert frame.size == mask.size == (WIDTH, HEIGHT)
+        assert (frame.mode, mask.mode) == ("RGB", "L")
+        if index in kept:
+            assert np.array_equal(np.asarray(frame), fitted)
+            assert np.asarray(mask).max() == 0  # black keeps
+        else:
+            assert np.all(np.asarray(frame) == 128)
+            assert np.asarray(mask).min() == 255  # white generates
+
+
+def test_single_reference_is_passed_as_a_fitted_reference_image() -> None:
+    inputs = conditioning_inputs("single", {"image": card(8)}, FRAMES, WIDTH, HEIGHT)
+
+    assert set(inputs) == {"reference_images"}
+    (image,) = inputs["reference_images"]
+    assert image.size == (WIDTH, HEIGHT)
+
+
+def test_a_missing_reference_image_is_refused() -> None:
+    with pytest.raises(InvalidPayload, match="last_frame"):
+        conditioning_inputs("both", {"first_frame": card(1)}, FRAMES, WIDTH, HEIGHT)
+
+
+def test_each_pipeline_is_loaded_once_and_vace_shares_the_text_stack(
+    model_cache: Path, cache: PipelineCache, renderer: WanRenderer
+) -> None:
+    # A renderer per job (as the render task makes them) reuses the models already loaded.
+    first = WanRenderer(T2V, VACE, model_cache, cache)
+    first.render(make_plan(seed=1), {})
+    first.render(make_plan(reference_mode="start", seed=1), {"first_frame": card(1)})
+    second = WanRenderer(T2V, VACE, model_cache, cache)
+    second.render(make_plan(reference_mode="end", seed=2), {"last_frame": card(2)})
+
+    assert (cache.load_count("wan"), cache.load_count("wan_vace")) == (1, 1)
+    t2v = renderer.pipelines().t2v
+    vace = renderer.vace_pipeline().pipeline
+    assert vace.text_encoder is t2v.text_encoder
+    assert vace.tokenizer is t2v.tokenizer
+    assert vace.vae is t2v.vae
+    assert isinstance(vace.transformer, WanVACETransformer3DModel)
+    assert t2v.transformer is not vace.transformer
+
+
+def test_references_without_a_vace_model_are_rejected_before_loading(model_cache: Path) -> None:
+    cache = PipelineCache()
+    renderer = WanRenderer(T2V, None, model_cache, cache)
+
+    with pytest.raises(ReferenceModeUnsupported, match="needs a VACE model") as caught:
+        renderer.render(make_plan(reference_mode="start"), {"first_frame": card(1)})
+
+    assert caught.value.code == "REFERENCE_MODE_UNSUPPORTED"
+    assert cache.load_count() == 0
+
+
+def test_cancelling_from_the_step_callback_propagates(
+    renderer: WanRenderer, t2v_video: np.ndarray
+) -> None:
+    def cancel(done: int, total: int) -> None:
+        raise JobCancelled(f"cancelled at step {done} of {total}")
+
+    with pytest.raises(JobCancelled, match="step 1 of 2"):
+        renderer.render(make_plan(), {}, on_step=cancel)
+    assert np.array_equal(renderer.render(make_plan(), {}).frames[0], t2v_video)
+
+
+def test_a_saved_folder_loads_like_the_embedded_model(
+    model_cache: Path, t2v_video: np.ndarray
+) -> None:
+    folder = str(model_cache / TINY_FOLDER_NAME)
+    renderer = WanRenderer(
+        ModelSpec(family="wan", source=folder), None, model_cache, PipelineCache()
+    )
+
+    output = renderer.render(make_plan(), {})
+
+    assert output.details["model"] == folder
+    assert np.array_equal(output.frames[0], t2v_video)
+
+
+def test_a_folder_without_vocabulary_fails_to_load(model_cache: Path, tmp_path: Path) -> None:
+    folder = tmp_path / "broken-wan"
+    shutil.copytree(ensure_tiny_wan(model_cache / TINY_FOLDER_NAME), folder)
+    (folder / "tokenizer" / "tokenizer.json").unlink()
+    renderer = WanRenderer(ModelSpec(family="wan", source=str(folder)), None, tmp_path)
+
+    with pytest.raises(ModelLoadError, match=r"'tokenizer' has \d+ tokens"):
+        renderer.render(make_plan(), {})
+
+
+def test_tiny_models_are_consistent_and_built_once(model_cache: Path, tmp_path: Path) -> None:
+    folder = ensure_tiny_wan(model_cache / TINY_FOLDER_NAME)
+    weights = folder / "transformer" / "diffusion_pytorch_model.safetensors"
+    built_at = weights.stat().st_mtime_ns
+
+    assert ensure_tiny_wan(model_cache / TINY_FOLDER_NAME) == folder
+    assert weights.stat().st_mtime_ns == built_at
+    rebuilt = ensure_tiny_wan(tmp_path / "again")
+    again = rebuilt / "transformer" / "diffusion_pytorch_model.safetensors"
+    assert again.read_bytes() == weights.read_bytes()  # fixed seed, same numbers
+    assert not [p.name for p in tmp_path.iterdir() if p.name.startswith(".")]
+
+    tokenizer = AutoTokenizer.from_pretrained(folder / "tokenizer")
+    assert (tokenizer.pad_token_id, tokenizer.eos_token_id, tokenizer.unk_token_id) == (0, 1, 2)
+    assert tokenizer("a cat").input_ids[-1] == 1
+    pipe = WanPipeline.from_pretrained(folder)
+    assert not pipe.text_encoder.training
+    assert pipe.text_encoder.config.vocab_size >= len(pipe.tokenizer)
+    transformer = pipe.transformer.config
+    assert transformer.text_dim == pipe.text_encoder.config.d_model
+    assert transformer.rope_max_seq_len == 1024
+    assert transformer.attention_head_dim % 2 == 0 and transformer.attention_head_dim >= 6
+
+    vace = WanVACETransformer3DModel.from_pretrained(ensure_tiny_wan_vace(tmp_path / "vace"))
+    config = vace.config
+    assert (config.in_channels, config.vace_in_channels, tuple(config.patch_size)) == (
+        16,
+        96,
+        (1, 2, 2),
+    )
+    assert 0 in config.vace_layers and max(config.vace_layers) < config.num_layers
+    assert config.text_dim == transformer.text_dim

@@ -1,0 +1,292 @@
+"""Hostile job payloads, fuzzed: refused with a clear error naming the field, never rendered.
+
+The pure part runs validation (``parse_job`` + ``plan_job`` + ``classify_references``) over
+hundreds of generated payloads; the flow part sends a bounded number of them through the real
+``generate_job`` flow on a real Prefect API and the local callback receiver.
+"""
+
+from __future__ import annotations
+
+import math
+import re
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+from hypothesis import HealthCheck, example, given, settings
+from hypothesis import strategies as st
+
+from flows.generate import generate_job
+from genjobs.assets import scratch_dir
+from genjobs.callback.payload import failure_payload, serialise
+from genjobs.devserver.receiver import CallbackReceiver
+from genjobs.errors import (
+    InvalidPayload,
+    JobError,
+    ReferenceDownloadError,
+    UnsupportedJobType,
+)
+from genjobs.jobs.payload import parse_job, raw_job_id
+from genjobs.jobs.plan import RenderPlan, plan_job
+from genjobs.references import HttpReference, ReferenceFetcher, classify_references
+from genjobs.render.cache import PIPELINES
+from genjobs.runtime import Runtime
+from genjobs.storage.base import asset_path, thumbnail_path
+from genjobs.storage.local import LocalFolderStorage
+from tests.flows.helpers import task_run_counts
+from tests.stress.payloads import (
+    REFERENCE_SLOTS,
+    USER_ID,
+    Hostile,
+    bad_scheme_reference_urls,
+    base_payload,
+    hostile_payloads,
+    is_enhanced_type,
+    named_fields,
+    place_reference,
+    private_reference_urls,
+    refused_payloads,
+    unknown_keys,
+)
+
+PURE = settings(
+    max_examples=300,
+    deadline=None,
+    database=None,
+    suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large],
+)
+THROUGH_THE_FLOW = settings(
+    max_examples=20,
+    deadline=None,
+    database=None,
+    derandomize=True,
+    suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow],
+)
+MAX_MESSAGE_CHARS = 1000
+# What PostgreSQL text (jobs.error_message) and UTF-8 JSON cannot carry, or should not show.
+UNSAFE_CHARACTERS = re.compile(r"[\x00-\x08\x0b\x0c\x0e-\x1f\x7f\ud800-\udfff]")
+ENHANCED_MESSAGE = re.compile(
+    r"^Job type (\S+) is not supported: prompt enhancement is out of scope$"
+)
+
+
+def validate(payload: Any) -> RenderPlan:
+    """The validation stage of the flow, exactly as ``tasks.validate`` runs it."""
+    plan = plan_job(parse_job(payload))
+    classify_references(plan)
+    return plan
+
+
+def assert_clear_refusal(refusal: JobError, payload: Any) -> None:
+    """A refusal is permanent, short, printable and names the field it is about."""
+    message = refusal.message
+    assert isinstance(message, str) and message
+    assert refusal.code and refusal.code == refusal.code.upper(), refusal.code
+    assert refusal.retryable is False, message
+    assert len(message) <= MAX_MESSAGE_CHARS, f"{len(message)} characters: {message[:200]}"
+    enhanced = ENHANCED_MESSAGE.match(message)
+    if isinstance(refusal, UnsupportedJobType) and enhanced:
+        # Contract 5.5 gives this message word for word; it names the job type itself.
+        assert is_enhanced_type(enhanced.group(1))
+        return
+    assert named_fields(message), f"no field named in: {message}"
+
+
+def assert_safe_paths(plan: RenderPlan, work_dir: Path) -> None:
+    """Accepted ids are canonical UUIDs, so every object path and scratch folder is safe."""
+    assert str(uuid.UUID(plan.job_id)) == plan.job_id
+    assert str(uuid.UUID(plan.user_id)) == plan.user_id
+    for index in range(plan.num_images):
+        for path in (
+            asset_path(plan.user_id, plan.job_id, index, plan.extension),
+            thumbnail_path(plan.user_id, plan.job_id, index),
+        ):
+            parts = path.split("/")
+            assert parts[:2] == [plan.user_id, plan.job_id] and len(parts) == 3, path
+            assert ".." not in parts and "\\" not in path
+    folder = scratch_dir(work_dir, plan.job_id).resolve()
+    assert folder.parent == work_dir.resolve()
+
+
+# --- Pure: validation over many generated payloads ----------------------------------------------
+
+
+@PURE
+@given(hostile=hostile_payloads())
+@example(hostile=Hostile("nul_id", {**base_payload(), "id": "x\x00y"}))
+@example(hostile=Hostile("surrogate_id", {**base_payload(), "id": "x\ud800y"}))
+@example(hostile=Hostile("surrogate_type", {**base_payload(), "type": "sdxl\ud800"}))
+@example(
+    hostile=Hostile(
+        "nul_reference",
+        place_reference(base_payload(), f"workspace-temp/{USER_ID}/a\x00.png", "modify"),
+    )
+)
+@example(
+    hostile=Hostile(
+        "surrogate_reference",
+        place_reference(base_payload(), f"workspace-temp/{USER_ID}/\ud800\x01.png", "start"),
+    )
+)
+def test_validation_refuses_only_with_job_errors_that_name_the_field(hostile: Hostile) -> None:
+    try:
+        plan = validate(hostile.payload)
+    except JobError as refusal:
+        assert_clear_refusal(refusal, hostile.payload)
+        # The failed callback can carry it: UTF-8 JSON, and text PostgreSQL can store.
+        body = serialise(failure_payload(raw_job_id(hostile.payload) or "none", refusal))
+        assert not UNSAFE_CHARACTERS.search(body.decode("utf-8").replace("\\u0000", "\x00"))
+        return
+    assert_safe_paths(plan, Path("/srv/genjobs/work"))
+
+
+@PURE
+@given(hostile=refused_payloads())
+@example(hostile=Hostile("id_traversal", {**base_payload(), "id": "../../etc/passwd"}))
+@example(hostile=Hostile("user_id_traversal", {**base_payload(), "user_id": "..\\..\\x"}))
+@example(hostile=Hostile("nan", {**base_payload(), "config": {"guidance_scale": math.nan}}))
+@example(hostile=Hostile("inf", {**base_payload(), "metadata": {"denoise_strength": -math.inf}}))
+@example(hostile=Hostile("enhanced", {**base_payload(), "type": "video7b_fast_enhanced"}))
+def test_every_single_hostile_change_is_refused_before_any_render(hostile: Hostile) -> None:
+    with pytest.raises(JobError) as caught:
+        validate(hostile.payload)
+    assert_clear_refusal(caught.value, hostile.payload)
+    assert isinstance(caught.value, InvalidPayload | UnsupportedJobType), caught.value
+
+
+@PURE
+@given(extras=unknown_keys(), job_type=st.sampled_from(["sdxl_image_fast", "video_high"]))
+def test_unknown_keys_are_ignored(extras: dict[str, dict[str, Any]], job_type: str) -> None:
+    plain = base_payload(job_type)
+    noisy = {
+        **extras[""],
+        **plain,
+        "config": {**extras["config"], **plain["config"]},
+        "metadata": {**extras["metadata"], **plain["metadata"]},
+    }
+    if job_type.startswith("video"):
+        for job in (plain, noisy):
+            job["config"].pop("resolution")
+    assert validate(noisy) == validate(plain)
+
+
+class NoNetwork(httpx.BaseTransport):
+    """The network seam: records any request that would leave the process, answers none."""
+
+    def __init__(self) -> None:
+        self.requests: list[httpx.Request] = []
+
+    def handle_request(self, request: httpx.Request) -> httpx.Response:
+        self.requests.append(request)
+        raise httpx.ConnectError("the network is not available in this test", request=request)
+
+
+@pytest.fixture(scope="module")
+def offline_fetcher(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[Any, NoNetwork]]:
+    transport = NoNetwork()
+    storage = LocalFolderStorage(tmp_path_factory.mktemp("references"))
+    with httpx.Client(transport=transport) as http:
+        yield ReferenceFetcher(storage, http, timeout_seconds=2.0), transport
+
+
+@PURE
+@given(url=private_reference_urls, slot=st.sampled_from(REFERENCE_SLOTS))
+def test_private_loopback_and_link_local_references_are_never_fetched(
+    url: str, slot: str, offline_fetcher: tuple[ReferenceFetcher, NoNetwork]
+) -> None:
+    fetcher, transport = offline_fetcher
+    plan = validate(place_reference(base_payload(), url, slot))
+    ((role, reference),) = classify_references(plan).items()
+    assert isinstance(reference, HttpReference)
+    before = len(transport.requests)
+    with pytest.raises(ReferenceDownloadError) as caught:
+        fetcher.fetch(reference, role=role)
+    message = caught.value.message
+    assert f"'{role}'" in message and "was refused" in message, message
+    assert re.search(
+        r"is a (\S+ )?(loopback|link-local|private|non-global|unspecified|reserved)", message
+    ), message
+    assert "secret" not in message  # the query string of the URL is redacted
+    assert caught.value.retryable is False
+    assert len(transport.requests) == before, "a refused address was contacted"
+
+
+@PURE
+@given(url=bad_scheme_reference_urls, slot=st.sampled_from(REFERENCE_SLOTS))
+def test_non_http_references_are_refused_at_validation_without_echoing_them(
+    url: str, slot: str
+) -> None:
+    with pytest.raises(InvalidPayload) as caught:
+        validate(place_reference(base_payload(), url, slot))
+    message = caught.value.message
+    scheme = url.split(":", 1)[0].lower()
+    assert_clear_refusal(caught.value, url)
+    assert f"the scheme '{scheme}' is not supported" in message, message
+    body = url.split(":", 1)[1]
+    assert len(body) < 8 or body not in message  # data:, javascript: bodies are not echoed
+
+
+# --- Through the flow: a bounded number of hostile payloads -------------------------------------
+
+
+def stored_files(runtime: Runtime) -> list[Path]:
+    root = Path(runtime.settings.resolved_storage_root)
+    return sorted(p for p in root.rglob("*") if p.is_file()) if root.exists() else []
+
+
+@pytest.mark.usefixtures("prefect_api")
+@THROUGH_THE_FLOW
+@given(hostile=refused_payloads())
+@example(hostile=Hostile("id_traversal", {**base_payload(), "id": "../../etc/passwd"}))
+@example(hostile=Hostile("no_id", {k: v for k, v in base_payload().items() if k != "id"}))
+@example(hostile=Hostile("nul_id", {**base_payload(), "id": "x\x00y"}))
+@example(
+    hostile=Hostile(
+        "nul_reference",
+        place_reference(base_payload(), f"workspace-temp/{USER_ID}/a\x00.png", "modify"),
+    )
+)
+@example(
+    hostile=Hostile(
+        "file_scheme",
+        place_reference(base_payload(), "file:///etc/passwd", "modify"),
+    )
+)
+async def test_hostile_payload_through_the_flow_ends_in_one_failed_callback_and_no_render(
+    hostile: Hostile, runtime: Runtime, receiver: CallbackReceiver
+) -> None:
+    job = hostile.payload
+    with pytest.raises(JobError) as caught:
+        validate(job)
+    expected = caught.value
+    job_id = raw_job_id(job)
+    loads_before = PIPELINES.load_count()
+    requests_before = len(receiver.requests)
+    accepted_before = len(receiver.accepted(job_id)) if job_id else 0
+
+    state = await generate_job(job, return_state=True)
+
+    assert state.is_failed(), state
+    counts = await task_run_counts(state.state_details.flow_run_id)
+    assert counts["render"] == 0 and counts["upload"] == 0, counts
+    assert PIPELINES.load_count() == loads_before
+    assert stored_files(runtime) == []
+    new_requests = receiver.requests[requests_before:]
+    if job_id is None:
+        assert new_requests == [], "a callback was sent for a payload without a usable id"
+        return
+    assert [r.answered for r in new_requests] == [200]
+    payloads = receiver.accepted(job_id)[accepted_before:]
+    assert len(payloads) == 1, payloads
+    (payload,) = payloads
+    assert payload["status"] == "failed" and payload["assets"] == []
+    assert payload["error_message"] == expected.message
+    assert not UNSAFE_CHARACTERS.search(payload["error_message"])
+    assert payload["metadata"] == {
+        "error_type": type(expected).__name__,
+        "error_code": expected.code,
+        "retryable": False,
+    }
