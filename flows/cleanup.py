@@ -23,10 +23,9 @@ from prefect.artifacts import acreate_markdown_artifact
 from pydantic import BaseModel, Field
 
 from genjobs.backfill.report import table
-from genjobs.backfill.steps import RETRY_OPTIONS, remove_objects
+from genjobs.backfill.steps import RETRY_OPTIONS, remove_objects, with_settings_retries
 from genjobs.errors import JobError
 from genjobs.runtime import get_runtime
-from genjobs.settings import Settings
 from genjobs.storage.base import ObjectInfo
 
 DEFAULT_BUCKET = "workspace-temp"
@@ -109,14 +108,6 @@ async def count_expired_rows(dsn: str, paths: list[str]) -> int:
     return int(rows[0][0])
 
 
-def _retrying(task_obj: Any, settings: Settings) -> Any:
-    retries = settings.upload_retries
-    base = settings.upload_retry_base_seconds
-    return task_obj.with_options(
-        retries=retries, retry_delay_seconds=[base * 2**attempt for attempt in range(retries)]
-    )
-
-
 def cleanup_markdown(summary: CleanupSummary) -> str:
     mode = "dry run, nothing removed" if summary.dry_run else "run"
     rows: list[tuple[str, object]] = [
@@ -173,16 +164,18 @@ async def cleanup_workspace(
     summary = CleanupSummary(
         dry_run=dry_run, bucket=bucket, ttl_days=ttl_days, cutoff=cutoff, database=dsn is not None
     )
-    objects = await _retrying(list_bucket, settings)(bucket)
+    objects = await with_settings_retries(list_bucket, settings)(bucket)
     summary.listed = len(objects)
     summary.undated = sum(1 for info in objects if info.created_at is None)
     expired = [info for info in objects if info.created_at is not None and info.created_at < cutoff]
     summary.expired = len(expired)
-    remove = _retrying(remove_objects, settings)
+    remove = with_settings_retries(remove_objects, settings)
     for start in range(0, len(expired), batch_size):
         batch = expired[start : start + batch_size]
         if dsn is not None:
-            live = await _retrying(find_live_assets, settings)(dsn, [i.path for i in batch])
+            live = await with_settings_retries(find_live_assets, settings)(
+                dsn, [i.path for i in batch]
+            )
             summary.kept_for_live_rows += sorted(live)
             batch = [info for info in batch if info.path not in live]
         paths = [info.path for info in batch]
@@ -192,10 +185,14 @@ async def cleanup_workspace(
             summary.removed += len(batch)
             summary.bytes_freed += sum(info.size for info in batch)
             if dsn is not None:
-                summary.rows_deleted += await _retrying(count_expired_rows, settings)(dsn, paths)
+                summary.rows_deleted += await with_settings_retries(count_expired_rows, settings)(
+                    dsn, paths
+                )
             continue
         if dsn is not None:
-            summary.rows_deleted += await _retrying(delete_expired_rows, settings)(dsn, paths)
+            summary.rows_deleted += await with_settings_retries(delete_expired_rows, settings)(
+                dsn, paths
+            )
         removed = set(await remove(bucket, paths))
         summary.removed += len(removed)
         summary.bytes_freed += sum(info.size for info in batch if info.path in removed)

@@ -8,14 +8,15 @@ refused (before any render) and when the process crashes (the ``on_crashed`` hoo
 from __future__ import annotations
 
 import asyncio
+import logging
 import shutil
 import time
 from typing import Any
 
-from prefect import flow, get_run_logger
-from prefect import Flow
+from prefect import Flow, flow, get_run_logger
 from prefect.client.schemas.objects import FlowRun
 from prefect.events import emit_event
+from prefect.exceptions import MissingContextError
 from prefect.runtime import flow_run as current_flow_run
 from prefect.states import State
 from pydantic import BaseModel
@@ -30,6 +31,7 @@ from genjobs.storage.base import asset_path, thumbnail_path
 from tasks.callback import deliver_callback
 from tasks.encode import encode_assets
 from tasks.metadata import assemble_metadata
+from tasks.render import FlowRunCancelled
 from tasks.render_dispatch import render
 from tasks.upload import remove_uploads, upload_asset
 from tasks.validate import validate_job
@@ -81,9 +83,17 @@ def _emit_outcome(job_id: str, status: str, payload: CallbackPayload) -> None:
     )
 
 
+def _hook_safe_logger() -> logging.Logger | logging.LoggerAdapter[logging.Logger]:
+    """The run logger; the module logger where a worker runs a hook outside any run context."""
+    try:
+        return get_run_logger()  # type: ignore[return-value]
+    except MissingContextError:
+        return logging.getLogger(__name__)
+
+
 async def _report_failure(job: Any, error: BaseException, plan: RenderPlan | None) -> None:
     """Remove partial uploads, then send the one failed callback (when the job has an id)."""
-    logger = get_run_logger()
+    logger = _hook_safe_logger()
     job_id = plan.job_id if plan else raw_job_id(job)
     if plan is not None:
         await remove_uploads(plan.job_id, _planned_paths(plan))
@@ -145,6 +155,8 @@ async def generate_job(job: dict[str, Any]) -> JobOutcome:
         payload = assemble_metadata(
             plan, batch.details, list(uploaded), time.perf_counter() - started
         )
+    except FlowRunCancelled:
+        raise  # cancelled through Prefect: the on_cancellation hook reports it, once
     except Exception as exc:
         logger.error("Job %s failed: %s", plan.job_id if plan else raw_job_id(job), exc)
         await _report_failure(job, exc, plan)

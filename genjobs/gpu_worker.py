@@ -173,7 +173,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--no-warm", action="store_true", help="load models on first use")
     args = parser.parse_args(argv)
     families = tuple(f.strip() for f in args.families.split(",") if f.strip())
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
+    handler = logging.StreamHandler()
+    handler.setFormatter(logging.Formatter("%(asctime)s | %(levelname)-7s | %(name)s - %(message)s"))
+    for name in ("genjobs", "tasks"):
+        package_logger = logging.getLogger(name)
+        package_logger.setLevel(logging.INFO)
+        package_logger.addHandler(handler)
+        package_logger.propagate = False
     serve_gpu_worker(args.device, families=families, warm=not args.no_warm)  # type: ignore[arg-type]
     return 0
 

@@ -47,6 +47,16 @@ SUPERSEDED = "Superseded"
 """Name of the Cancelled state a flow gives a render it has submitted again (render_dispatch)."""
 
 _FLOW_STOPPED = {StateType.CANCELLING, StateType.CANCELLED}
+
+
+class FlowRunCancelled(JobCancelled):
+    """The job's flow run was cancelled through Prefect while it rendered.
+
+    The flow leaves the failed callback to its ``on_cancellation`` hook, which Prefect runs
+    exactly once (in the flow's process, or on the worker that stops it).
+    """
+
+
 _FLOW_ENDED = {StateType.COMPLETED, StateType.FAILED, StateType.CRASHED}
 
 
@@ -96,6 +106,8 @@ class RenderWatch:
         self.checks += 1
         try:
             reason = self._stop_reason(starting)
+        except JobCancelled:
+            raise
         except Exception as exc:  # an API blip must not fail a render
             logger.warning(
                 "Could not check whether job %s is still wanted: %s", self.plan.job_id, exc
@@ -105,6 +117,7 @@ class RenderWatch:
             raise JobCancelled(reason)
 
     def _stop_reason(self, starting: bool) -> str | None:
+        """Why the render should stop, if it should (raises FlowRunCancelled directly)."""
         assert self.client is not None
         if self.task_run_id is not None:
             if starting:
@@ -117,7 +130,9 @@ class RenderWatch:
         if self.flow_run_id is not None:
             flow_state = self.client.read_flow_run(self.flow_run_id).state
             if flow_state is not None and flow_state.type in _FLOW_STOPPED:
-                return f"The job {self.plan.job_id} was cancelled during its render"
+                raise FlowRunCancelled(
+                    f"The job {self.plan.job_id} was cancelled during its render"
+                )
             if flow_state is not None and flow_state.type in _FLOW_ENDED:
                 return (
                     f"The flow run of job {self.plan.job_id} ended ({flow_state.type.value}) "

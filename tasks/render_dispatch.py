@@ -23,13 +23,15 @@ import asyncio
 import logging
 import time
 from typing import Any
+from uuid import UUID
 
 import httpx
 from prefect import Task, get_run_logger
 from prefect.client.orchestration import get_client
 from prefect.client.schemas.objects import StateType
 from prefect.futures import PrefectDistributedFuture
-from prefect.states import Cancelled
+from prefect.states import Cancelled, State
+from prefect.task_runs import TaskRunWaiter
 
 from genjobs.assets import RenderedBatch
 from genjobs.errors import JobError
@@ -76,6 +78,7 @@ async def render_on_gpu_workers(plan: RenderPlan, settings: Settings) -> Rendere
     task: Task[..., RenderedBatch] = GPU_RENDER_TASKS[plan.family].with_options(
         tags=render_tags(plan)
     )
+    TaskRunWaiter.instance()  # listen for completion events before the first submission
     resubmits = 0
     future: PrefectDistributedFuture[RenderedBatch] = task.delay(plan)
     submitted = time.monotonic()
@@ -83,8 +86,11 @@ async def render_on_gpu_workers(plan: RenderPlan, settings: Settings) -> Rendere
     api_trouble = False
     while True:
         try:
-            await future.wait_async(timeout=settings.render_poll_seconds)
-            state_type = await _state_type(future)
+            state = await TaskRunWaiter.wait_for_task_run(
+                future.task_run_id, timeout=settings.render_poll_seconds
+            )
+            if state is None:  # no completion event yet: how is it doing?
+                state = await _read_state(future.task_run_id)
         except _API_TROUBLE as exc:
             if not api_trouble:
                 run_logger.warning(
@@ -95,17 +101,17 @@ async def render_on_gpu_workers(plan: RenderPlan, settings: Settings) -> Rendere
             api_trouble = True
             await asyncio.sleep(min(settings.render_poll_seconds, 1.0))
             continue
-        if state_type is None:
-            break  # final
+        if state is not None and state.is_final():
+            break
         now = time.monotonic()
         reason: str | None = None
-        if state_type in _NOT_STARTED:
+        if state is None or state.type in _NOT_STARTED:
             running_since = None
             if api_trouble:
                 reason = "the API was unreachable while it waited (a restart empties the queue)"
             elif now - submitted > settings.render_queue_timeout_seconds:
                 reason = f"it waited {now - submitted:.0f} s without starting"
-        elif state_type == StateType.RUNNING:
+        elif state.type == StateType.RUNNING:
             running_since = running_since or now
             if now - running_since > settings.render_run_timeout_seconds:
                 reason = f"it ran for {now - running_since:.0f} s without finishing"
@@ -128,19 +134,18 @@ async def render_on_gpu_workers(plan: RenderPlan, settings: Settings) -> Rendere
         )
         future = task.delay(plan)
         submitted, running_since = time.monotonic(), None
-    return await future.result_async()
+    batch: RenderedBatch = await state.aresult()  # raises what the render raised
+    return batch
 
 
-async def _state_type(future: PrefectDistributedFuture[Any]) -> StateType | None:
-    """The render's state type, or ``None`` once it is final."""
+async def _read_state(task_run_id: UUID) -> State[Any] | None:
+    """The render's current state; ``None`` while the API has not recorded one yet."""
     async with get_client() as client:
-        run = await client.read_task_run(future.task_run_id)
-    if run.state is None or run.state.is_final():
-        return None
-    return run.state.type
+        run = await client.read_task_run(task_run_id)
+    return run.state
 
 
-async def _supersede(task_run_id: Any, reason: str) -> None:
+async def _supersede(task_run_id: UUID, reason: str) -> None:
     """Mark a render's task run Cancelled/Superseded so no worker renders it any more."""
     async with get_client() as client:
         await client.set_task_run_state(

@@ -7,8 +7,8 @@ One line per event, appended and flushed as it happens, never rewritten::
      "target_bucket": "workspace-temp", "target_path": "<user>/<job>/1.png",
      "thumbnail_path": "<user>/<job>/1.thumb.webp", "size": 1834, "sha256": "<hex>",
      "md5": "<hex>", "content_type": "image/png", "method": "upload",
-     "created_target": true, "created_thumbnail": true, "target_preexisting": null,
-     "thumbnail_preexisting": null, "detail": null}
+     "created_target": true, "created_thumbnail": true, "thumbnail_undecodable": false,
+     "target_preexisting": null, "thumbnail_preexisting": null, "detail": null}
 
 Outcomes: ``started`` (written before any write to the target: it says whether the target and
 its thumbnail already existed, so an interrupted run still knows what it created),
@@ -85,6 +85,7 @@ class ManifestRecord(BaseModel):
     method: str | None = None
     created_target: bool = False
     created_thumbnail: bool = False
+    thumbnail_undecodable: bool = False
     target_preexisting: bool | None = None
     thumbnail_preexisting: bool | None = None
     detail: str | None = None
@@ -114,6 +115,7 @@ class EntryState:
     md5: str | None = None
     created_target: bool = False
     created_thumbnail: bool = False
+    thumbnail_undecodable: bool = False
     target_preexisting: bool | None = None
     thumbnail_preexisting: bool | None = None
     source_removed: bool = False
@@ -164,8 +166,10 @@ class EntryState:
             self.thumbnail_preexisting = record.thumbnail_preexisting
         self.created_target = self.created_target or record.created_target
         self.created_thumbnail = self.created_thumbnail or record.created_thumbnail
-        if record.outcome in VERIFIED_OUTCOMES and record.thumbnail_path is None:
-            self.thumbnail_path = None
+        if record.outcome in VERIFIED_OUTCOMES:
+            self.thumbnail_undecodable = record.thumbnail_undecodable
+            if record.thumbnail_path is None:
+                self.thumbnail_path = None
 
 
 @dataclass

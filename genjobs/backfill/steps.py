@@ -21,6 +21,7 @@ from genjobs.backfill.transfer import (
     CopyOrder,
     CopyOutcome,
     Fingerprint,
+    Listing,
     backfill_single,
     fingerprint,
     list_prefixes,
@@ -28,6 +29,7 @@ from genjobs.backfill.transfer import (
 )
 from genjobs.errors import StorageError
 from genjobs.runtime import get_runtime
+from genjobs.settings import Settings
 from genjobs.storage.base import ObjectInfo
 from tasks.naming import retry_if_transient
 
@@ -38,6 +40,15 @@ RETRY_OPTIONS: dict[str, Any] = {
     "retry_condition_fn": retry_if_transient,
     "cache_policy": NO_CACHE,
 }
+
+
+def with_settings_retries(task_obj: Any, settings: Settings) -> Any:
+    """The task with ``upload_retries`` retries, delays doubling from the base delay."""
+    retries = settings.upload_retries
+    base = settings.upload_retry_base_seconds
+    return task_obj.with_options(
+        retries=retries, retry_delay_seconds=[base * 2**attempt for attempt in range(retries)]
+    )
 
 
 @task(name="inventory-bucket", task_run_name="inventory-{bucket}", **RETRY_OPTIONS)
@@ -66,12 +77,20 @@ async def check_target_bucket(bucket: str) -> None:
 
 
 @task(name="probe-targets", task_run_name="probe-{bucket}", **RETRY_OPTIONS)
-async def probe_targets(
-    bucket: str, prefixes: list[str], concurrency: int
-) -> dict[str, ObjectInfo]:
-    """What already exists under each job folder of the target bucket, by path."""
+async def probe_targets(bucket: str, prefixes: list[str], concurrency: int) -> Listing:
+    """What already exists under each job folder of the target bucket.
+
+    Folders that fail transiently come back in ``failed``; :func:`probe_target` retries them.
+    """
     storage = get_runtime().storage
     return await asyncio.to_thread(list_prefixes, storage, bucket, prefixes, concurrency)
+
+
+@task(name="probe-target", task_run_name="probe-{prefix}", **RETRY_OPTIONS)
+async def probe_target(bucket: str, prefix: str) -> dict[str, ObjectInfo]:
+    """What already exists under one folder of the target bucket; retried when transient."""
+    listing = await asyncio.to_thread(get_runtime().storage.list, bucket, prefix)
+    return {info.path: info for info in listing}
 
 
 @task(name="fingerprint-sources", **RETRY_OPTIONS)

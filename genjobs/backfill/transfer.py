@@ -173,6 +173,7 @@ class ThumbnailResult:
     path: str | None
     created: bool
     error: str | None = None
+    undecodable: bool = False
 
 
 def write_thumbnail(storage: StorageBackend, item: PlannedCopy) -> ThumbnailResult:
@@ -186,7 +187,7 @@ def write_thumbnail(storage: StorageBackend, item: PlannedCopy) -> ThumbnailResu
         webp = make_thumbnail(data, item.source.is_video)
     except ThumbnailError as exc:
         logger.warning("No thumbnail for %s: %s", item.target_path, exc.message)
-        return ThumbnailResult(path=None, created=False, error=exc.message)
+        return ThumbnailResult(path=None, created=False, error=exc.message, undecodable=True)
     try:
         storage.put(item.target_bucket, item.thumbnail_path, webp, MIME_BY_EXTENSION["webp"])
     except StorageError as exc:
@@ -234,6 +235,7 @@ class CopyOutcome:
     thumbnail_path: str | None = None
     created_thumbnail: bool = False
     thumbnail_written: bool = False
+    thumbnail_undecodable: bool = False
     transient: bool = False
     detail: str | None = None
     server_copy_refused: bool = False
@@ -243,15 +245,38 @@ def job_prefix_of(item: PlannedCopy) -> str:
     return f"{item.source.user_id}/{item.source.job_id}/"
 
 
+@dataclass(frozen=True)
+class Listing:
+    """Objects found under some folders, by path, and the folders that failed transiently."""
+
+    found: dict[str, ObjectInfo]
+    failed: dict[str, str]
+
+
 def list_prefixes(
     storage: StorageBackend, bucket: str, prefixes: list[str], concurrency: int
-) -> dict[str, ObjectInfo]:
-    """Every object under the given folders, by path, listed ``concurrency`` at a time."""
+) -> Listing:
+    """Every object under the given folders, listed ``concurrency`` at a time.
+
+    A folder whose listing fails with a retryable error is reported in ``failed`` (folder ->
+    error) so the caller can retry just that one; other errors are raised.
+    """
+
+    def one(prefix: str) -> tuple[list[ObjectInfo], str | None]:
+        try:
+            return storage.list(bucket, prefix), None
+        except StorageError as exc:
+            if not exc.retryable:
+                raise
+            return [], str(exc)
+
     if not prefixes:
-        return {}
+        return Listing(found={}, failed={})
     with ThreadPoolExecutor(max_workers=max(1, min(concurrency, len(prefixes)))) as pool:
-        listings = list(pool.map(lambda prefix: storage.list(bucket, prefix), prefixes))
-    return {info.path: info for listing in listings for info in listing}
+        results = list(pool.map(one, prefixes))
+    found = {info.path: info for listing, _ in results for info in listing}
+    failed = {prefix: error for prefix, (_, error) in zip(prefixes, results, strict=True) if error}
+    return Listing(found=found, failed=failed)
 
 
 def backfill_object(
@@ -278,10 +303,11 @@ def backfill_object(
     created_target = result.written or (target_there and not order.target_preexisting)
     thumb_path: str | None = item.thumbnail_path
     created_thumb = item.thumbnail_path in existing and not order.thumbnail_preexisting
-    thumb_written = False
+    thumb_written = undecodable = False
     if item.thumbnail_path not in existing:
         made = write_thumbnail(storage, item)
         thumb_path, created_thumb, thumb_written = made.path, made.created, made.created
+        undecodable = made.undecodable
         if made.error:
             base["detail"] = f"no thumbnail: {made.error}"
     return CopyOutcome(
@@ -292,6 +318,7 @@ def backfill_object(
         thumbnail_path=thumb_path,
         created_thumbnail=created_thumb,
         thumbnail_written=thumb_written,
+        thumbnail_undecodable=undecodable,
         **base,  # type: ignore[arg-type]
     )
 
@@ -316,17 +343,25 @@ def run_copy_batch(
     """Run :func:`backfill_object` for each order on ``concurrency`` threads, in order.
 
     Lists the targets' folders first (so a repeated attempt sees its own earlier writes).
-    A retryable storage error of one object becomes a ``failed`` outcome marked transient;
-    any other exception a ``failed`` outcome that is not.
+    A retryable storage error of one object (or of its folder's listing) becomes a ``failed``
+    outcome marked transient; any other exception a ``failed`` outcome that is not.
     """
     prefixes = sorted({job_prefix_of(order.item) for order in orders})
-    existing = list_prefixes(storage, target_bucket, prefixes, concurrency)
+    listing = list_prefixes(storage, target_bucket, prefixes, concurrency)
     limiter = RateLimiter(max_objects_per_second)
 
     def one(order: CopyOrder) -> CopyOutcome:
+        unlisted = listing.failed.get(job_prefix_of(order.item))
+        if unlisted is not None:
+            return CopyOutcome(
+                key=order.item.key,
+                outcome="failed",
+                transient=True,
+                detail=f"the target folder could not be listed: {unlisted}",
+            )
         limiter.wait()
         try:
-            return backfill_object(storage, order, existing)
+            return backfill_object(storage, order, listing.found)
         except StorageError as exc:
             if not exc.retryable:
                 logger.exception("Backfill of %s failed", order.item.key)

@@ -42,7 +42,10 @@ def encode_png(image: Image.Image, compress_level: int = 1) -> bytes:
 
 
 def thumbnail_size(width: int, height: int, edge: int = THUMBNAIL_EDGE) -> tuple[int, int]:
-    """Longest edge ``edge`` px, aspect kept (1024x1024 -> 256x256, 480x832 -> 147x256, as the predecessor)."""
+    """Longest edge ``edge`` px, aspect kept, sides floored as the predecessor did.
+
+    1024x1024 -> 256x256, 480x832 -> 147x256, 1024x576 -> 256x144.
+    """
     scale = edge / max(width, height)
     return max(1, int(width * scale)), max(1, int(height * scale))
 

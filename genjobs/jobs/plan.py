@@ -6,8 +6,8 @@ values can never drift apart (predecessor defect 16).
 
 from __future__ import annotations
 
-import math
 import hashlib
+import math
 from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict

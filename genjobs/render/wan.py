@@ -30,6 +30,7 @@ from genjobs.errors import (
     ReferenceModeUnsupported,
 )
 from genjobs.jobs.plan import ReferenceRole, RenderPlan
+from genjobs.jobs.types import WAN_SAMPLE_SHIFT
 from genjobs.render.base import ModelSpec, RenderOutput, StepCallback
 from genjobs.render.cache import PIPELINES, PipelineCache, resolve_device, resolve_dtype
 from genjobs.render.sdxl import fit_reference
@@ -51,6 +52,7 @@ GREY = 128
 KEEP, GENERATE = 0, 255
 """VACE mask values: black keeps a given frame, white generates it."""
 
+DEFAULT_SOLVER = "dpm++"
 SOLVERS: dict[str, str] = {
     "dpm++": "DPMSolverMultistepScheduler",
     "unipc": "UniPCMultistepScheduler",
@@ -385,7 +387,8 @@ class WanRenderer:
         """Render the plan's video (or single frame) with its one seed.
 
         Raises:
-            InvalidPayload: The plan is not a WAN plan or its sizes or frame count are invalid.
+            InvalidPayload: The plan is not a WAN plan, or its sizes, frame count, solver or
+                references are invalid.
             ReferenceModeUnsupported: References are requested but no VACE model is configured.
             OutOfMemory: The device ran out of memory; the renderer stays usable.
             JobCancelled: Raised by ``on_step``; passed through unchanged.
@@ -405,8 +408,8 @@ class WanRenderer:
         entry = self.pipelines()
         vace = self.vace_pipeline() if conditioning else None
         base = vace.pipeline if vace is not None else entry.t2v
-        solver = plan.sample_solver or "dpm++"
-        shift = plan.sample_shift if plan.sample_shift is not None else 5.0
+        solver = plan.sample_solver or DEFAULT_SOLVER
+        shift = plan.sample_shift if plan.sample_shift is not None else WAN_SAMPLE_SHIFT
         scheduler = make_scheduler(solver, shift, base.scheduler.config.num_train_timesteps)
         pipe = _shared_view(type(base), base, scheduler=scheduler)
         seed = plan.seeds[0]
@@ -462,6 +465,7 @@ class WanRenderer:
             "seed": seed,
             "negative_prompt_used": bool(plan.negative_prompt) and plan.guidance_scale > 1.0,
             "dtype": str(entry.dtype).removeprefix("torch."),
+            "vae_dtype": str(entry.t2v.vae.dtype).removeprefix("torch."),
             "device": entry.device,
         }
         output = frames[0] if plan.mode == "frame" else frames
@@ -477,6 +481,11 @@ class WanRenderer:
         if plan.width % SIZE_MULTIPLE or plan.height % SIZE_MULTIPLE:
             raise InvalidPayload(
                 f"WAN sizes must be multiples of {SIZE_MULTIPLE}, got {plan.width}x{plan.height}"
+            )
+        if (plan.sample_solver or DEFAULT_SOLVER) not in SOLVERS:
+            raise InvalidPayload(
+                f"Field 'config.sample_solver' is invalid ({plan.sample_solver!r}): "
+                f"use one of {sorted(SOLVERS)}"
             )
         num_frames = 1 if plan.mode == "frame" else plan.num_frames
         if num_frames is None or num_frames < 1 or (num_frames - 1) % TEMPORAL_FACTOR:

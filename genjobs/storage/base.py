@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import builtins
-
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Protocol

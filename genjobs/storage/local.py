@@ -6,7 +6,6 @@ Content types live in a ``.meta/`` side tree so they survive exactly as written.
 from __future__ import annotations
 
 import builtins
-
 import json
 import os
 from datetime import UTC, datetime

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import hashlib
 import io
+import os
 import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass, field
@@ -44,7 +45,7 @@ VIDEO_FRAMES = 9
 VIDEO_SIZE = (48, 64)
 
 
-def _uid(*parts: object) -> str:
+def seed_uuid(*parts: object) -> str:
     return str(uuid.uuid5(uuid.NAMESPACE_URL, "/".join(str(p) for p in parts)))
 
 
@@ -145,9 +146,15 @@ def build_seed(users: int = 12) -> LegacySeed:
     moment = iter(SEED_START + timedelta(minutes=i) for i in range(100_000))
     videos = [mp4_bytes(v) for v in range(3)]
 
-    def add(bucket: str, path: str, outcome: str, target: str | None = None,
-            data: bytes | None = None, content_type: str = "image/png",
-            thumbnail: bool = True) -> Seeded:
+    def add(
+        bucket: str,
+        path: str,
+        outcome: str,
+        target: str | None = None,
+        data: bytes | None = None,
+        content_type: str = "image/png",
+        thumbnail: bool = True,
+    ) -> Seeded:
         number = next(counter)
         if data is None:
             data = videos[number % 3] if path.endswith(".mp4") else png_bytes(number)
@@ -159,75 +166,129 @@ def build_seed(users: int = 12) -> LegacySeed:
         return 1754550000 + next(counter)
 
     for u in range(users):
-        user = _uid("user", u)
+        user = seed_uuid("user", u)
         for j in range(3):
-            job = _uid("image_fast", u, j)
+            job = seed_uuid("image_fast", u, j)
             add("image_fast", f"{user}/job_{job}_{ts()}.png", "copied", f"{user}/{job}/0.png")
         for j in range(2):
-            job = _uid("image_high", u, j)
+            job = seed_uuid("image_high", u, j)
             add("image_high", f"{user}/job_{job}_{ts()}.png", "copied", f"{user}/{job}/0.png")
         for j in range(2):
-            job, stamp = _uid("sdxl_fast", u, j), ts()
+            job, stamp = seed_uuid("sdxl_fast", u, j), ts()
             for n in range(1, 4):
-                add("sdxl_image_fast", f"{user}/sdxl_{job}_{stamp}_{n}.png", "copied",
-                    f"{user}/{job}/{n - 1}.png")
-        job = _uid("sdxl_high_single", u)
+                add(
+                    "sdxl_image_fast",
+                    f"{user}/sdxl_{job}_{stamp}_{n}.png",
+                    "copied",
+                    f"{user}/{job}/{n - 1}.png",
+                )
+        job = seed_uuid("sdxl_high_single", u)
         add("sdxl_image_high", f"{user}/sdxl_{job}_{ts()}.png", "copied", f"{user}/{job}/0.png")
-        job, stamp = _uid("sdxl_high", u), ts()
+        job, stamp = seed_uuid("sdxl_high", u), ts()
         for n in (1, 2):
-            add("sdxl_image_high", f"{user}/sdxl_{job}_{stamp}_{n}.png", "copied",
-                f"{user}/{job}/{n - 1}.png")
+            add(
+                "sdxl_image_high",
+                f"{user}/sdxl_{job}_{stamp}_{n}.png",
+                "copied",
+                f"{user}/{job}/{n - 1}.png",
+            )
         for bucket in ("video_fast", "video_high"):
-            job = _uid(bucket, u)
-            add(bucket, f"{user}/job_{job}_{ts()}.mp4", "copied", f"{user}/{job}/0.mp4",
-                content_type="video/mp4")
-        add("image7b_fast_enhanced", f"{user}/{_uid('video-id', u)}.png", "unmappable")
-        add("video7b_fast_enhanced", f"{user}/video_{ts()}.mp4", "unmappable",
-            content_type="video/mp4")
+            job = seed_uuid(bucket, u)
+            add(
+                bucket,
+                f"{user}/job_{job}_{ts()}.mp4",
+                "copied",
+                f"{user}/{job}/0.mp4",
+                content_type="video/mp4",
+            )
+        add("image7b_fast_enhanced", f"{user}/{seed_uuid('video-id', u)}.png", "unmappable")
+        add(
+            "video7b_fast_enhanced",
+            f"{user}/video_{ts()}.mp4",
+            "unmappable",
+            content_type="video/mp4",
+        )
 
-    user, other = _uid("user", 0), _uid("user", 1)
-    add("video_high", f"{_uid('root-video', 1)}.mp4", "unmappable", content_type="video/mp4")
+    user, other = seed_uuid("user", 0), seed_uuid("user", 1)
+    add("video_high", f"{seed_uuid('root-video', 1)}.mp4", "unmappable", content_type="video/mp4")
     add("video_fast", f"video_{ts()}.mp4", "unmappable", content_type="video/mp4")
-    add("image_fast", f"legacy-user/job_{_uid('bad-user')}_{ts()}.png", "unmappable")
-    add("video_fast", f"{user}/job_{_uid('mov')}_{ts()}.mov", "unmappable",
-        content_type="video/quicktime")
-    add("video_high", f"{user}/job_{_uid('mpeg')}_{ts()}.mpeg", "unmappable",
-        content_type="video/mpeg")
-    add("sdxl_image_fast", f"{user}/.emptyFolderPlaceholder", "folder", data=b"",
-        content_type="application/octet-stream")
-    add("image_high", f"{user}/{_uid('deep')}/0.png", "unmappable")
-    add("image_fast", f"{user}/sdxl_{_uid('zero')}_{ts()}_0.png", "unmappable")
+    add("image_fast", f"legacy-user/job_{seed_uuid('bad-user')}_{ts()}.png", "unmappable")
+    add(
+        "video_fast",
+        f"{user}/job_{seed_uuid('mov')}_{ts()}.mov",
+        "unmappable",
+        content_type="video/quicktime",
+    )
+    add(
+        "video_high",
+        f"{user}/job_{seed_uuid('mpeg')}_{ts()}.mpeg",
+        "unmappable",
+        content_type="video/mpeg",
+    )
+    add(
+        "sdxl_image_fast",
+        f"{user}/.emptyFolderPlaceholder",
+        "folder",
+        data=b"",
+        content_type="application/octet-stream",
+    )
+    add("image_high", f"{user}/{seed_uuid('deep')}/0.png", "unmappable")
+    add("image_fast", f"{user}/sdxl_{seed_uuid('zero')}_{ts()}_0.png", "unmappable")
     add("image_fast", f"{user}/job_not-a-uuid_{ts()}.png", "unmappable")
 
     # The same asset in two buckets with the same bytes: copied once, the other a duplicate.
-    twin = _uid("twin")
+    twin = seed_uuid("twin")
     same = png_bytes(90_001)
-    add("sdxl_image_fast", f"{other}/sdxl_{twin}_{ts()}.png", "copied", f"{other}/{twin}/0.png",
-        data=same)
-    add("image_fast", f"{other}/job_{twin}_{ts()}.png", "duplicate", f"{other}/{twin}/0.png",
-        data=same)
+    add(
+        "sdxl_image_fast",
+        f"{other}/sdxl_{twin}_{ts()}.png",
+        "copied",
+        f"{other}/{twin}/0.png",
+        data=same,
+    )
+    add(
+        "image_fast",
+        f"{other}/job_{twin}_{ts()}.png",
+        "duplicate",
+        f"{other}/{twin}/0.png",
+        data=same,
+    )
     # The same asset in two buckets with different bytes: a collision, nothing copied.
-    clash = _uid("clash")
-    add("sdxl_image_high", f"{other}/sdxl_{clash}_{ts()}.png", "collision")
-    add("image_high", f"{other}/job_{clash}_{ts()}.png", "collision")
+    clash = seed_uuid("clash")
+    add(
+        "sdxl_image_high", f"{other}/sdxl_{clash}_{ts()}.png", "collision", f"{other}/{clash}/0.png"
+    )
+    add("image_high", f"{other}/job_{clash}_{ts()}.png", "collision", f"{other}/{clash}/0.png")
     # Bytes that are no image: copied, but no thumbnail.
-    broken = _uid("broken")
-    add("image_fast", f"{other}/job_{broken}_{ts()}.png", "copied", f"{other}/{broken}/0.png",
-        data=b"this is not a png", thumbnail=False)
+    broken = seed_uuid("broken")
+    add(
+        "image_fast",
+        f"{other}/job_{broken}_{ts()}.png",
+        "copied",
+        f"{other}/{broken}/0.png",
+        data=b"this is not a png",
+        thumbnail=False,
+    )
     # Targets that already exist: same bytes, other bytes, only a thumbnail.
-    present = _uid("present")
-    obj = add("image_high", f"{other}/job_{present}_{ts()}.png", "already_present",
-              f"{other}/{present}/0.png")
+    present = seed_uuid("present")
+    obj = add(
+        "image_high",
+        f"{other}/job_{present}_{ts()}.png",
+        "already_present",
+        f"{other}/{present}/0.png",
+    )
     seed.preexisting[f"{other}/{present}/0.png"] = (obj.data, "image/png")
-    taken = _uid("taken")
+    taken = seed_uuid("taken")
     add("image_high", f"{other}/job_{taken}_{ts()}.png", "conflict", f"{other}/{taken}/0.png")
     seed.preexisting[f"{other}/{taken}/0.png"] = (png_bytes(90_002), "image/png")
-    posted = _uid("posted")
+    posted = seed_uuid("posted")
     add("image_fast", f"{other}/job_{posted}_{ts()}.png", "copied", f"{other}/{posted}/0.png")
-    seed.preexisting[f"{other}/{posted}/0.thumb.webp"] = (b"RIFF-a-poster-made-earlier",
-                                                          "image/webp")
+    seed.preexisting[f"{other}/{posted}/0.thumb.webp"] = (
+        b"RIFF-a-poster-made-earlier",
+        "image/webp",
+    )
     # Someone else's object in the target bucket, unrelated to any legacy source.
-    seed.preexisting[f"{other}/{_uid('fresh')}/0.png"] = (png_bytes(90_003), "image/png")
+    seed.preexisting[f"{other}/{seed_uuid('fresh')}/0.png"] = (png_bytes(90_003), "image/png")
     return seed
 
 
@@ -247,8 +308,9 @@ def load_seed(standin: StorageStandIn, seed: LegacySeed) -> None:
     standin.reset()
     standin.create_contract_buckets([TARGET, "user-library", *LEGACY_PRESENT])
     for obj in seed.objects:
-        standin.put_object(obj.bucket, obj.path, obj.data, obj.content_type,
-                           created_at=obj.created_at)
+        standin.put_object(
+            obj.bucket, obj.path, obj.data, obj.content_type, created_at=obj.created_at
+        )
     for path, (data, content_type) in seed.preexisting.items():
         standin.put_object(TARGET, path, data, content_type, created_at=SEED_START)
 
@@ -262,14 +324,13 @@ def standin(standin_server: StorageStandIn, legacy_seed: LegacySeed) -> StorageS
 def make_runtime(standin: StorageStandIn, home: Path, **settings: object) -> Runtime:
     values: dict[str, object] = {
         "home": home,
-        "upload_retries": 6,
+        "upload_retries": 8,
         "upload_retry_base_seconds": 0.01,
     }
     values.update(settings)
     return Runtime(
         settings=Settings(**values),  # type: ignore[arg-type]
-        storage=SupabaseStorage.from_supabase(standin.url, SecretStr(standin.token()),
-                                              timeout=5.0),
+        storage=SupabaseStorage.from_supabase(standin.url, SecretStr(standin.token()), timeout=5.0),
         callback_url=None,
         callback_secret=None,
         callback_bearer=None,
@@ -296,3 +357,29 @@ def snapshot(standin: StorageStandIn) -> dict[tuple[str, str], tuple[str, str]]:
             assert obj is not None
             found[(bucket, name)] = (hashlib.sha256(obj.data).hexdigest(), obj.content_type)
     return found
+
+
+@pytest.fixture(scope="session")
+def project_db() -> Iterator[str]:
+    """A fresh migrated database on the server named by GENJOBS_TEST_PG_DSN (else skipped)."""
+    admin_dsn = os.environ.get("GENJOBS_TEST_PG_DSN")
+    if not admin_dsn:
+        pytest.skip("GENJOBS_TEST_PG_DSN is not set (start one with scripts/start_postgres.sh)")
+    import psycopg
+    from psycopg import sql
+    from psycopg.conninfo import make_conninfo
+
+    from genjobs.db.migrations import apply_migrations
+
+    name = f"genjobs_backfill_{uuid.uuid4().hex[:12]}"
+    with psycopg.connect(admin_dsn, autocommit=True) as admin:
+        admin.execute(sql.SQL("create database {}").format(sql.Identifier(name)))
+    dsn = make_conninfo(admin_dsn, dbname=name)
+    try:
+        apply_migrations(dsn, bootstrap=True)
+        yield dsn
+    finally:
+        with psycopg.connect(admin_dsn, autocommit=True) as admin:
+            admin.execute(
+                sql.SQL("drop database if exists {} with (force)").format(sql.Identifier(name))
+            )

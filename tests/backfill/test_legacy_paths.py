@@ -62,17 +62,20 @@ UNMAPPABLE = [
 def test_mapped_layouts(bucket: str, path: str, expected: tuple[str, str, int, str, str]) -> None:
     parsed = parse_legacy_path(bucket, path)
     assert isinstance(parsed, LegacyObject), parsed
-    user_id, job_id, index, ext, layout = expected
+    user_id, job_id, index, ext, _layout = expected
     assert (parsed.user_id, parsed.job_id, parsed.index, parsed.ext, parsed.layout) == expected
     assert (parsed.bucket, parsed.path) == (bucket, path)
     assert parsed.target_path == f"{user_id}/{job_id}/{index}.{ext}"
     assert parsed.thumbnail_path == f"{user_id}/{job_id}/{index}.thumb.webp"
-    assert parsed.content_type == {
-        "png": "image/png",
-        "jpg": "image/jpeg",
-        "webp": "image/webp",
-        "mp4": "video/mp4",
-    }[ext]
+    assert (
+        parsed.content_type
+        == {
+            "png": "image/png",
+            "jpg": "image/jpeg",
+            "webp": "image/webp",
+            "mp4": "video/mp4",
+        }[ext]
+    )
 
 
 @pytest.mark.parametrize(("bucket", "path", "reason"), UNMAPPABLE)

@@ -181,9 +181,17 @@ class LocalStack:
             f"worker-{pool}", args, self.env(PREFECT_WORKER_QUERY_SECONDS="1", **env)
         )
 
-    def start_gpu_worker(self, name: str, device: str = "cpu", **env: str) -> Process:
+    def start_gpu_worker(
+        self, name: str, device: str = "cpu", families: str = "sdxl,wan", **env: str
+    ) -> Process:
+        """``python -m genjobs.gpu_worker`` with the block names the deployments use."""
         args = [sys.executable, "-m", "genjobs.gpu_worker", "--device", device]
-        return self.spawn(name, args, self.env(**env))
+        args += ["--families", families]
+        blocks = {
+            "GENJOBS_SUPABASE_BLOCK": "genjobs-supabase",
+            "GENJOBS_MODELS_BLOCK": "genjobs-models",
+        }
+        return self.spawn(name, args, self.env(**{**blocks, **env}))
 
     def wait_for_task_workers(self, count: int, timeout: float = 180.0) -> None:
         """Until ``count`` GPU workers have subscribed to the render queues."""
@@ -248,12 +256,18 @@ class LocalStack:
         artifacts: list[dict[str, Any]] = self.http.post("/artifacts/filter", json=body).json()
         return artifacts
 
-    def events(self, name: str, limit: int = 200) -> list[dict[str, Any]]:
-        body = {"filter": {"event": {"name": [name]}, "any_resource": None}, "limit": limit}
+    def events(self, name: str) -> list[dict[str, Any]]:
+        """Every stored event of that name (oldest first), following the API's pages."""
+        body = {"filter": {"event": {"name": [name]}, "order": "ASC"}, "limit": 50}
         answer = self.http.post("/events/filter", json=body)
-        answer.raise_for_status()
-        events: list[dict[str, Any]] = answer.json()["events"]
-        return events
+        events: list[dict[str, Any]] = []
+        while True:
+            answer.raise_for_status()
+            page = answer.json()
+            events += page["events"]
+            if not page.get("next_page"):
+                return events
+            answer = self.http.get(page["next_page"])
 
     # -- teardown ---------------------------------------------------------------------------
     def stop(self) -> None:

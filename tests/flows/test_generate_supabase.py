@@ -40,11 +40,22 @@ def standin(standin_server: StorageStandIn) -> StorageStandIn:
 
 
 @pytest.fixture
-def supabase_runtime(tmp_path: Path, model_cache: Path, receiver: CallbackReceiver,
-                     callback_secret: str, standin: StorageStandIn) -> Iterator[Runtime]:
-    settings = make_settings(tmp_path, model_cache, receiver, callback_secret,
-                             supabase_url=standin.url, supabase_service_key=standin.token(),
-                             storage_timeout_seconds=5.0)
+def supabase_runtime(
+    tmp_path: Path,
+    model_cache: Path,
+    receiver: CallbackReceiver,
+    callback_secret: str,
+    standin: StorageStandIn,
+) -> Iterator[Runtime]:
+    settings = make_settings(
+        tmp_path,
+        model_cache,
+        receiver,
+        callback_secret,
+        supabase_url=standin.url,
+        supabase_service_key=standin.token(),
+        storage_timeout_seconds=5.0,
+    )
     runtime = build_runtime(settings)
     assert isinstance(runtime.storage, SupabaseStorage)
     set_runtime(runtime)
@@ -53,12 +64,16 @@ def supabase_runtime(tmp_path: Path, model_cache: Path, receiver: CallbackReceiv
 
 
 def upload_statuses(standin: StorageStandIn, path: str) -> list[int]:
-    return [r.status for r in standin.requests
-            if r.method == "POST" and r.path == f"/object/{BUCKET}/{path}"]
+    return [
+        r.status
+        for r in standin.requests
+        if r.method == "POST" and r.path == f"/object/{BUCKET}/{path}"
+    ]
 
 
 async def test_job_stores_objects_at_contract_paths_with_exact_content_types(
-        supabase_runtime: Runtime, standin: StorageStandIn, receiver: CallbackReceiver) -> None:
+    supabase_runtime: Runtime, standin: StorageStandIn, receiver: CallbackReceiver
+) -> None:
     job = sdxl_job(num_images=1, seed=7)
     state = await generate_job(job, return_state=True)
     assert state.is_completed(), state.message
@@ -75,7 +90,8 @@ async def test_job_stores_objects_at_contract_paths_with_exact_content_types(
 
 
 async def test_disallowed_mime_type_fails_the_job_with_a_clear_code(
-        supabase_runtime: Runtime, standin: StorageStandIn, receiver: CallbackReceiver) -> None:
+    supabase_runtime: Runtime, standin: StorageStandIn, receiver: CallbackReceiver
+) -> None:
     standin.create_bucket(BUCKET, allowed_mime_types=["image/jpeg", "image/webp"])
     job = sdxl_job(num_images=1)
     state = await generate_job(job, return_state=True)
@@ -90,7 +106,8 @@ async def test_disallowed_mime_type_fails_the_job_with_a_clear_code(
 
 
 async def test_two_injected_503s_store_the_object_once_and_render_once(
-        supabase_runtime: Runtime, standin: StorageStandIn, receiver: CallbackReceiver) -> None:
+    supabase_runtime: Runtime, standin: StorageStandIn, receiver: CallbackReceiver
+) -> None:
     job = sdxl_job(num_images=1)
     path = f"{USER_ID}/{job['id']}/0.png"
     standin.inject_fault("status", count=2, method="POST", path_prefix=f"/object/{BUCKET}/{path}")
@@ -105,12 +122,23 @@ async def test_two_injected_503s_store_the_object_once_and_render_once(
 
 @pytest.mark.slow
 async def test_receiver_down_for_a_minute_still_gets_one_accepted_delivery(
-        tmp_path: Path, model_cache: Path, receiver: CallbackReceiver, callback_secret: str,
-        standin: StorageStandIn) -> None:
-    settings = make_settings(tmp_path, model_cache, receiver, callback_secret,
-                             supabase_url=standin.url, supabase_service_key=standin.token(),
-                             callback_retry_window_seconds=120, callback_retry_base_seconds=1.0,
-                             callback_retry_cap_seconds=4.0)
+    tmp_path: Path,
+    model_cache: Path,
+    receiver: CallbackReceiver,
+    callback_secret: str,
+    standin: StorageStandIn,
+) -> None:
+    settings = make_settings(
+        tmp_path,
+        model_cache,
+        receiver,
+        callback_secret,
+        supabase_url=standin.url,
+        supabase_service_key=standin.token(),
+        callback_retry_window_seconds=120,
+        callback_retry_base_seconds=1.0,
+        callback_retry_cap_seconds=4.0,
+    )
     set_runtime(build_runtime(settings))
     try:
         job = sdxl_job(num_images=1)
@@ -125,11 +153,22 @@ async def test_receiver_down_for_a_minute_still_gets_one_accepted_delivery(
 
 
 async def test_undeliverable_callback_waits_in_the_outbox_and_is_redelivered_once(
-        tmp_path: Path, model_cache: Path, receiver: CallbackReceiver, callback_secret: str,
-        standin: StorageStandIn) -> None:
-    settings = make_settings(tmp_path, model_cache, receiver, callback_secret,
-                             supabase_url=standin.url, supabase_service_key=standin.token(),
-                             callback_retry_window_seconds=0.3, callback_retry_base_seconds=0.1)
+    tmp_path: Path,
+    model_cache: Path,
+    receiver: CallbackReceiver,
+    callback_secret: str,
+    standin: StorageStandIn,
+) -> None:
+    settings = make_settings(
+        tmp_path,
+        model_cache,
+        receiver,
+        callback_secret,
+        supabase_url=standin.url,
+        supabase_service_key=standin.token(),
+        callback_retry_window_seconds=0.3,
+        callback_retry_base_seconds=0.1,
+    )
     set_runtime(build_runtime(settings))
     try:
         job = sdxl_job(num_images=1)

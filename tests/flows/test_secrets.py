@@ -43,10 +43,11 @@ async def recorded_text(flow_run_id: object) -> str:
         runs = FlowRunFilter(id=FlowRunFilterId(any_=[flow_run_id]))  # type: ignore[list-item]
         task_runs = await client.read_task_runs(flow_run_filter=runs)
         logs = await client.read_logs(
-            log_filter=LogFilter(flow_run_id=LogFilterFlowRunId(any_=[flow_run_id])))  # type: ignore[list-item]
+            log_filter=LogFilter(flow_run_id=LogFilterFlowRunId(any_=[flow_run_id]))
+        )  # type: ignore[list-item]
         artifacts = await client.read_artifacts(
-            artifact_filter=ArtifactFilter(flow_run_id=ArtifactFilterFlowRunId(
-                any_=[flow_run_id])))  # type: ignore[list-item]
+            artifact_filter=ArtifactFilter(flow_run_id=ArtifactFilterFlowRunId(any_=[flow_run_id]))
+        )  # type: ignore[list-item]
     parts = [flow_run.model_dump_json()]
     parts += [run.model_dump_json() for run in task_runs]
     parts += [log.message for log in logs]
@@ -56,11 +57,22 @@ async def recorded_text(flow_run_id: object) -> str:
 
 
 async def test_secrets_stay_out_of_logs_artifacts_parameters_and_results(
-        tmp_path: Path, model_cache: Path, receiver: CallbackReceiver, callback_secret: str,
-        standin: StorageStandIn, caplog: pytest.LogCaptureFixture) -> None:
+    tmp_path: Path,
+    model_cache: Path,
+    receiver: CallbackReceiver,
+    callback_secret: str,
+    standin: StorageStandIn,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
     service_key = standin.token()
-    settings = make_settings(tmp_path, model_cache, receiver, callback_secret,
-                             supabase_url=standin.url, supabase_service_key=service_key)
+    settings = make_settings(
+        tmp_path,
+        model_cache,
+        receiver,
+        callback_secret,
+        supabase_url=standin.url,
+        supabase_service_key=service_key,
+    )
     set_runtime(build_runtime(settings))
     caplog.set_level(logging.DEBUG)
     try:
@@ -70,16 +82,21 @@ async def test_secrets_stay_out_of_logs_artifacts_parameters_and_results(
     finally:
         set_runtime(None)
     assert completed.is_completed() and failed.is_failed()
-    secrets = {"service key": service_key, "callback secret": callback_secret,
-               "jwt secret": JWT_SECRET}
+    secrets = {
+        "service key": service_key,
+        "callback secret": callback_secret,
+        "jwt secret": JWT_SECRET,
+    }
     texts = {
         "completed run": await recorded_text(completed.state_details.flow_run_id),
         "failed run": await recorded_text(failed.state_details.flow_run_id),
         "results": repr(await completed.result()) + repr(failed.message),
         "python logs": "\n".join(r.getMessage() for r in caplog.records),
         "outbox and scratch": "\n".join(
-            p.read_text(errors="replace") for p in tmp_path.rglob("*")
-            if p.is_file() and p.suffix in {".json", ".txt", ".log"}),
+            p.read_text(errors="replace")
+            for p in tmp_path.rglob("*")
+            if p.is_file() and p.suffix in {".json", ".txt", ".log"}
+        ),
     }
     assert "Stored " in texts["completed run"]  # the scan sees real log content
     assert ".thumb.webp" in texts["completed run"]  # and the asset table artifact

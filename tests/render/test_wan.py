@@ -154,6 +154,7 @@ def test_text_to_video_gives_uint8_frames_and_reports_effective_values(
         "seed": 3,
         "negative_prompt_used": True,
         "dtype": "float32",
+        "vae_dtype": "float32",
         "device": "cpu",
     }
 
@@ -193,9 +194,11 @@ def test_unipc_runs_per_job_and_leaves_the_shared_scheduler_alone(
     assert type(shared.scheduler) is UniPCMultistepScheduler
 
 
-def test_an_unknown_solver_is_refused(renderer: WanRenderer) -> None:
+def test_an_unknown_solver_is_refused_before_loading(model_cache: Path) -> None:
+    cache = PipelineCache()
     with pytest.raises(InvalidPayload, match="sample_solver"):
-        renderer.render(make_plan(sample_solver="euler"), {})
+        WanRenderer(T2V, VACE, model_cache, cache).render(make_plan(sample_solver="euler"), {})
+    assert cache.load_count() == 0
 
 
 def test_single_frame_types_render_one_image(renderer: WanRenderer) -> None:

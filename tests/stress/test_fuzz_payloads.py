@@ -7,6 +7,7 @@ hundreds of generated payloads; the flow part sends a bounded number of them thr
 
 from __future__ import annotations
 
+import json
 import math
 import re
 import uuid
@@ -16,12 +17,12 @@ from typing import Any
 
 import httpx
 import pytest
-from hypothesis import HealthCheck, example, given, settings
+from hypothesis import HealthCheck, assume, example, given, settings
 from hypothesis import strategies as st
 
 from flows.generate import generate_job
 from genjobs.assets import scratch_dir
-from genjobs.callback.payload import failure_payload, serialise
+from genjobs.callback.payload import failure_payload, serialise, storable_text
 from genjobs.devserver.receiver import CallbackReceiver
 from genjobs.errors import (
     InvalidPayload,
@@ -232,6 +233,15 @@ def test_non_http_references_are_refused_at_validation_without_echoing_them(
 # --- Through the flow: a bounded number of hostile payloads -------------------------------------
 
 
+def prefect_can_encode(job: dict[str, Any]) -> bool:
+    """Whether the payload is valid UTF-8 JSON, as a flow run's parameters must be."""
+    try:
+        json.dumps(job, ensure_ascii=False).encode("utf-8")
+    except UnicodeEncodeError:
+        return False
+    return True
+
+
 def stored_files(runtime: Runtime) -> list[Path]:
     root = Path(runtime.settings.resolved_storage_root)
     return sorted(p for p in root.rglob("*") if p.is_file()) if root.exists() else []
@@ -259,6 +269,7 @@ async def test_hostile_payload_through_the_flow_ends_in_one_failed_callback_and_
     hostile: Hostile, runtime: Runtime, receiver: CallbackReceiver
 ) -> None:
     job = hostile.payload
+    assume(prefect_can_encode(job))
     with pytest.raises(JobError) as caught:
         validate(job)
     expected = caught.value
@@ -283,10 +294,51 @@ async def test_hostile_payload_through_the_flow_ends_in_one_failed_callback_and_
     assert len(payloads) == 1, payloads
     (payload,) = payloads
     assert payload["status"] == "failed" and payload["assets"] == []
-    assert payload["error_message"] == expected.message
+    assert payload["error_message"] == storable_text(expected.message)
     assert not UNSAFE_CHARACTERS.search(payload["error_message"])
     assert payload["metadata"] == {
         "error_type": type(expected).__name__,
         "error_code": expected.code,
         "retryable": False,
     }
+
+
+@pytest.mark.usefixtures("prefect_api")
+@pytest.mark.parametrize(
+    "url",
+    ["http://169.254.169.254/latest/meta-data/", "http://[::1]:9/a.png", "http://localhost/a.png"],
+)
+async def test_private_reference_fails_the_job_before_any_model_load_or_connection(
+    url: str, runtime: Runtime, receiver: CallbackReceiver
+) -> None:
+    """Addresses are judged when the reference is fetched (allow_hosts is a fetch setting), at
+    the start of the render task and before the pipeline is touched: a refused host is never
+    contacted, no model is loaded and the job fails with one callback."""
+    job = place_reference(base_payload(), url, "modify")
+    validate(job)  # a well-formed http URL passes validation
+    loads_before = PIPELINES.load_count()
+    state = await generate_job(job, return_state=True)
+    assert state.is_failed()
+    counts = await task_run_counts(state.state_details.flow_run_id)
+    assert counts["render"] == 1 and counts["upload"] == 0, counts
+    assert PIPELINES.load_count() == loads_before
+    assert stored_files(runtime) == []
+    (payload,) = receiver.accepted(job["id"])
+    assert payload["status"] == "failed" and payload["assets"] == []
+    assert payload["metadata"]["error_code"] == "REFERENCE_DOWNLOAD_ERROR"
+    assert payload["metadata"]["retryable"] is False
+    message = payload["error_message"]
+    assert "'image'" in message and "was refused" in message and "address" in message
+
+
+@pytest.mark.usefixtures("prefect_api")
+async def test_a_payload_that_is_not_valid_utf8_never_becomes_a_run(
+    runtime: Runtime, receiver: CallbackReceiver
+) -> None:
+    """A lone surrogate (legal in JSON text) is refused by the API before any run exists."""
+    job = {**base_payload(), "prompt": "x\ud800y"}
+    loads_before = PIPELINES.load_count()
+    with pytest.raises(UnicodeEncodeError):
+        await generate_job(job)
+    assert PIPELINES.load_count() == loads_before
+    assert receiver.requests == [] and stored_files(runtime) == []

@@ -1,0 +1,137 @@
+"""Objects per second: server-side copy against download-and-upload, on the storage stand-in.
+
+Runs the local Supabase Storage stand-in in this process, seeds legacy-sized PNGs and copies
+them four ways, side by side:
+
+* ``server copy, same bucket``: ``SupabaseStorage.copy`` within one bucket (``POST /object/copy``,
+  no bytes through the client);
+* ``server copy, other bucket``: ``POST /object/copy`` with ``destinationBucket`` sent directly
+  (what a backend declaring ``server_side_copy_across_buckets`` would do);
+* ``download + upload``: ``get`` from the legacy bucket, ``put`` into the target bucket;
+* ``backfill batch``: the backfill's own path (download, upload, read back and compare SHA-256,
+  WEBP thumbnail), i.e. ``genjobs.backfill.transfer.run_copy_batch``.
+
+The stand-in shares this process (and its GIL) with the client, so the figures compare the
+methods with each other; they are not a forecast for a remote Supabase project.
+
+Usage: ``python benchmarks/backfill_copy_rate.py [--objects 200] [--size-kb 256]`` (with the
+project installed, e.g. ``pip install -e .``).
+"""
+
+from __future__ import annotations
+
+import argparse
+import io
+import logging
+import time
+import uuid
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
+
+import httpx
+import numpy as np
+from PIL import Image
+
+from genjobs.backfill.legacy_paths import LegacyObject, parse_legacy_path
+from genjobs.backfill.plan import PlannedCopy
+from genjobs.backfill.transfer import CopyOrder, run_copy_batch
+from genjobs.devserver.storage_standin import StorageStandIn
+from genjobs.storage.supabase import SupabaseStorage
+
+SOURCE = "sdxl_image_fast"
+TARGET = "workspace-temp"
+JWT_SECRET = "benchmark-jwt-secret-0123456789abcdef0123"
+
+
+def noise_png(size_kb: int, seed: int) -> bytes:
+    """A PNG of random pixels of about ``size_kb`` KiB (noise does not compress)."""
+    side = max(8, int((size_kb * 1024 / 3) ** 0.5))
+    pixels = np.random.default_rng(seed).integers(0, 256, (side, side, 3), dtype=np.uint8)
+    buffer = io.BytesIO()
+    Image.fromarray(pixels, "RGB").save(buffer, format="PNG", compress_level=1)
+    return buffer.getvalue()
+
+
+def timed(count: int, concurrency: int, work: Callable[[int], object]) -> float:
+    started = time.perf_counter()
+    with ThreadPoolExecutor(max_workers=concurrency) as pool:
+        list(pool.map(work, range(count)))
+    return time.perf_counter() - started
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--objects", type=int, default=200)
+    parser.add_argument("--size-kb", type=int, default=256)
+    parser.add_argument("--concurrency", type=int, default=4)
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.WARNING)
+
+    with StorageStandIn(JWT_SECRET) as standin:
+        standin.create_contract_buckets([SOURCE, TARGET])
+        user = str(uuid.uuid4())
+        jobs = [str(uuid.uuid4()) for _ in range(args.objects)]
+        sources = [f"{user}/sdxl_{job}_1754550000_1.png" for job in jobs]
+        payload = [noise_png(args.size_kb, n % 8) for n in range(args.objects)]
+        for path, data in zip(sources, payload, strict=True):
+            standin.put_object(SOURCE, path, data, "image/png")
+        megabytes = sum(len(p) for p in payload) / 1e6
+        storage = SupabaseStorage.from_supabase(standin.url, standin.token(), timeout=30.0)
+        token = standin.token()
+        raw = httpx.Client(
+            base_url=standin.storage_url,
+            headers={"Authorization": f"Bearer {token}", "apiKey": token},
+            timeout=30.0,
+        )
+
+        def same_bucket(n: int) -> None:
+            storage.copy(SOURCE, sources[n], f"{user}/{jobs[n]}/same.png")
+
+        def other_bucket(n: int) -> None:
+            answer = raw.post(
+                "/object/copy",
+                json={
+                    "bucketId": SOURCE,
+                    "sourceKey": sources[n],
+                    "destinationBucket": TARGET,
+                    "destinationKey": f"{user}/{jobs[n]}/server.png",
+                },
+            )
+            answer.raise_for_status()
+
+        def through_client(n: int) -> None:
+            data = storage.get(SOURCE, sources[n])
+            storage.put(TARGET, f"{user}/{jobs[n]}/client.png", data, "image/png")
+
+        results = [
+            ("server copy, same bucket", timed(args.objects, args.concurrency, same_bucket)),
+            ("server copy, other bucket", timed(args.objects, args.concurrency, other_bucket)),
+            ("download + upload", timed(args.objects, args.concurrency, through_client)),
+        ]
+        orders = []
+        for path in sources:
+            parsed = parse_legacy_path(SOURCE, path)
+            assert isinstance(parsed, LegacyObject), parsed
+            item = PlannedCopy(source=parsed, target_bucket=TARGET, size=0)
+            orders.append(CopyOrder(item, target_preexisting=False, thumbnail_preexisting=False))
+        started = time.perf_counter()
+        outcomes = run_copy_batch(
+            storage, orders, target_bucket=TARGET, concurrency=args.concurrency
+        )
+        assert all(o.outcome == "copied" for o in outcomes), outcomes[:3]
+        results.append(("backfill batch (verify+thumb)", time.perf_counter() - started))
+        raw.close()
+        storage.close()
+
+    print(
+        f"{args.objects} objects of about {args.size_kb} KiB ({megabytes:.1f} MB), "
+        f"concurrency {args.concurrency}, stand-in in this process"
+    )
+    print(f"{'method':<32}{'seconds':>9}{'objects/s':>11}{'MB/s':>9}")
+    for name, seconds in results:
+        rate = args.objects / seconds
+        print(f"{name:<32}{seconds:>9.2f}{rate:>11.1f}{megabytes / seconds:>9.1f}")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,72 @@
+"""What the benchmark commands share: a quiet, throwaway environment, job payloads, settings.
+
+Import :func:`prepare_environment` before anything imports Prefect: it points ``PREFECT_HOME``
+at a temporary folder (unless ``PREFECT_API_URL`` or ``PREFECT_HOME`` is set), so the ephemeral
+API keeps the benchmark's runs out of the user's own database.
+"""
+
+from __future__ import annotations
+
+import os
+import statistics
+import sys
+import uuid
+from pathlib import Path
+from typing import Any
+
+REPO_ROOT = Path(__file__).resolve().parents[1]
+USER_ID = "00000000-0000-4000-8000-0000000000be"
+QUIET = {
+    "PREFECT_LOGGING_LEVEL": "WARNING",
+    "PREFECT_SERVER_ANALYTICS_ENABLED": "false",
+    "HF_HUB_DISABLE_PROGRESS_BARS": "1",
+    "TRANSFORMERS_VERBOSITY": "error",
+    "DIFFUSERS_VERBOSITY": "error",
+    "TQDM_DISABLE": "1",
+}
+
+
+def prepare_environment(scratch: Path) -> None:
+    """Quiet logs, a throwaway Prefect home, and the repository on ``sys.path``."""
+    if str(REPO_ROOT) not in sys.path:
+        sys.path.insert(0, str(REPO_ROOT))
+    for name, value in QUIET.items():
+        os.environ.setdefault(name, value)
+    if "PREFECT_API_URL" not in os.environ and "PREFECT_HOME" not in os.environ:
+        os.environ["PREFECT_HOME"] = str(scratch / "prefect")
+
+
+def job_payload(
+    num_images: int = 1, resolution: str = "256x256", steps: int = 10, seed: int | None = None
+) -> dict[str, Any]:
+    """An SDXL job in the payload shape queue-job sends (contract section 2)."""
+    config: dict[str, Any] = {
+        "num_images": num_images,
+        "num_inference_steps": steps,
+        "resolution": resolution,
+    }
+    if seed is not None:
+        config["seed"] = seed
+    return {
+        "id": str(uuid.uuid4()),
+        "user_id": USER_ID,
+        "type": "sdxl_image_fast",
+        "prompt": "a lighthouse on a cliff at dusk",
+        "negative_prompt": "blurry",
+        "config": config,
+        "metadata": {"aspect_ratio": "1:1"},
+    }
+
+
+def median(values: list[float]) -> float:
+    return statistics.median(values) if values else float("nan")
+
+
+def figure(name: str, new: float, baseline: float, unit: str, target: str, note: str = "") -> str:
+    """One result line: ``name: new X, baseline Y, ratio Z (target ...)``."""
+    ratio = new / baseline if baseline else float("nan")
+    line = (
+        f"{name}: new {new:.3f} {unit}, baseline {baseline:.3f} {unit}, "
+        f"ratio {ratio:.3f} (target {target})"
+    )
+    return f"{line}; {note}" if note else line

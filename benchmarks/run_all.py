@@ -1,0 +1,453 @@
+"""Every performance figure beside its baseline, both measured in this same run.
+
+    python benchmarks/run_all.py [--quick] [--only pipeline,overhead,rss,warm,others]
+
+Each figure prints one line ``name: new X, baseline Y, ratio Z (target ...)``:
+
+* ``pipeline``: the post-render pipeline for 6 images of 1024x1024 (PNG + WEBP thumbnails,
+  upload, metadata, signed callback) to the local Supabase Storage stand-in through
+  ``SupabaseStorage`` and to the local receiver. New: ``encode_images`` at zlib level 1 in
+  parallel threads, the files written to and read back from a scratch folder as the flow's tasks
+  do, parallel uploads (original then thumbnail per asset, as the gathered upload tasks),
+  ``completed_payload``, ``CallbackSender``. Baseline, the predecessor's way: PNG with
+  ``optimize=True`` and a thumbnail one image at a time, then the twelve uploads one by one
+  with the same client, then one callback. Target: new <= 0.10 x baseline.
+* ``overhead``: the whole ``generate_job`` flow on the embedded default (local folder storage,
+  local receiver, ephemeral Prefect API) with a renderer that costs nothing
+  (benchmarks/fast_renderer.py) against the same task functions called plainly (``.fn``).
+  Target: flow minus plain <= 0.15 s per job.
+* ``rss``: the worker's resident memory over 100 jobs with that renderer: after 100 jobs against
+  after the first 10. Target: growth < 5 %.
+* ``warm``: first job (pipeline load) against the second job, with the embedded tiny SDXL.
+* ``others``: benchmarks/backfill_copy_rate.py and benchmarks/deployed_path.py when present
+  (their ``run(quick)`` returns such lines; a ``main(argv)`` prints its own), else
+  "not available".
+
+``--quick`` uses fewer repetitions and 30 jobs for ``rss``. Everything runs on loopback in
+temporary folders; the Prefect runs go to a throwaway ``PREFECT_HOME`` unless ``PREFECT_API_URL``
+or ``PREFECT_HOME`` is set. Figures on a shared or busy machine vary from run to run; the ratio
+of two figures taken side by side is the meaningful number.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import gc
+import importlib
+import io
+import secrets
+import shutil
+import sys
+import tempfile
+import time
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+from typing import Any
+
+if __package__ in (None, ""):
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from benchmarks.common import (
+    REPO_ROOT,
+    figure,
+    job_payload,
+    median,
+    prepare_environment,
+)
+
+SECTIONS = ("pipeline", "overhead", "rss", "warm", "others")
+JWT_SECRET = "benchmark-jwt-secret-0123456789abcdef0123456789"
+OTHER_BENCHMARKS = ("backfill_copy_rate", "deployed_path")
+
+
+# --- (a) the post-render pipeline ----------------------------------------------------------------
+
+
+def synthetic_frames(count: int, side: int) -> list[Any]:
+    """Photo-like pixels: a smooth random field plus fine grain, about 1.5 MB as optimised PNG."""
+    import numpy as np
+    from PIL import Image
+
+    frames = []
+    for seed in range(count):
+        rng = np.random.default_rng(seed)
+        coarse = Image.fromarray(rng.integers(0, 256, (12, 12, 3), dtype=np.uint8))
+        smooth = np.asarray(coarse.resize((side, side), Image.Resampling.BICUBIC)).astype(np.int16)
+        grain = rng.integers(-4, 5, (side, side, 3), dtype=np.int16)
+        frames.append(np.clip(smooth + grain, 0, 255).astype(np.uint8))
+    return frames
+
+
+class PostRenderBench:
+    """Both ways of finishing a rendered batch, against the same stand-in and receiver."""
+
+    def __init__(self, storage: Any, sender: Any, scratch: Path, frames: list[Any]):
+        self.storage = storage
+        self.sender = sender
+        self.scratch = scratch
+        self.frames = frames
+
+    def _plan(self) -> Any:
+        from genjobs.jobs.payload import parse_job
+        from genjobs.jobs.plan import plan_job
+
+        return plan_job(parse_job(job_payload(len(self.frames), f"{self._side}x{self._side}")))
+
+    @property
+    def _side(self) -> int:
+        return int(self.frames[0].shape[1])
+
+    async def new_way(self) -> float:
+        from genjobs.assets import EncodedAsset, UploadedAsset
+        from genjobs.callback.payload import serialise
+        from genjobs.encode.images import encode_images
+        from genjobs.metadata import completed_payload
+        from genjobs.storage.base import asset_path, thumbnail_path
+
+        plan = self._plan()
+        folder = self.scratch / plan.job_id
+        folder.mkdir(parents=True)
+        started = time.perf_counter()
+        encoded = []
+        for index, image in enumerate(encode_images(self.frames, compress_level=1)):
+            png, thumb = folder / f"{index}.png", folder / f"{index}.thumb.webp"
+            png.write_bytes(image.png)
+            thumb.write_bytes(image.thumbnail)
+            encoded.append(
+                EncodedAsset(
+                    index=index,
+                    kind="image",
+                    file=str(png),
+                    content_type="image/png",
+                    extension="png",
+                    size=len(image.png),
+                    width=image.width,
+                    height=image.height,
+                    thumbnail_file=str(thumb),
+                )
+            )
+
+        def upload(asset: EncodedAsset) -> UploadedAsset:
+            path = asset_path(plan.user_id, plan.job_id, asset.index, "png")
+            thumb = thumbnail_path(plan.user_id, plan.job_id, asset.index)
+            self.storage.put("workspace-temp", path, Path(asset.file).read_bytes(), "image/png")
+            assert asset.thumbnail_file is not None
+            data = Path(asset.thumbnail_file).read_bytes()
+            self.storage.put("workspace-temp", thumb, data, "image/webp")
+            return UploadedAsset(encoded=asset, path=path, thumbnail_path=thumb)
+
+        with ThreadPoolExecutor(max_workers=len(encoded)) as pool:
+            uploaded = list(pool.map(upload, encoded))
+        payload = completed_payload(plan, {"model": "benchmark"}, uploaded, 0.0, None)
+        receipt = await self.sender.deliver(serialise(payload))
+        seconds = time.perf_counter() - started
+        assert receipt.status_code == 200 and not receipt.skipped, receipt
+        shutil.rmtree(folder)
+        return seconds
+
+    async def predecessor_way(self) -> float:
+        from PIL import Image
+
+        from genjobs.assets import EncodedAsset, UploadedAsset
+        from genjobs.callback.payload import serialise
+        from genjobs.encode.images import encode_thumbnail
+        from genjobs.metadata import completed_payload
+        from genjobs.storage.base import asset_path, thumbnail_path
+
+        plan = self._plan()
+        started = time.perf_counter()
+        outputs = []
+        for frame in self.frames:
+            image = Image.fromarray(frame, mode="RGB")
+            buffer = io.BytesIO()
+            image.save(buffer, format="PNG", optimize=True)
+            thumb, _, _ = encode_thumbnail(image)
+            outputs.append((buffer.getvalue(), thumb, image.size))
+        uploaded = []
+        for index, (png, thumb, (width, height)) in enumerate(outputs):
+            path = asset_path(plan.user_id, plan.job_id, index, "png")
+            thumb_path = thumbnail_path(plan.user_id, plan.job_id, index)
+            self.storage.put("workspace-temp", path, png, "image/png")
+            self.storage.put("workspace-temp", thumb_path, thumb, "image/webp")
+            asset = EncodedAsset(
+                index=index,
+                kind="image",
+                file=path,
+                content_type="image/png",
+                extension="png",
+                size=len(png),
+                width=width,
+                height=height,
+                thumbnail_file=thumb_path,
+            )
+            uploaded.append(UploadedAsset(encoded=asset, path=path, thumbnail_path=thumb_path))
+        payload = completed_payload(plan, {"model": "benchmark"}, uploaded, 0.0, None)
+        receipt = await self.sender.deliver(serialise(payload))
+        seconds = time.perf_counter() - started
+        assert receipt.status_code == 200 and not receipt.skipped, receipt
+        return seconds
+
+
+async def pipeline_section(scratch: Path, repeats: int) -> list[str]:
+    import httpx
+    from pydantic import SecretStr
+
+    from genjobs.callback.sender import CallbackSender
+    from genjobs.devserver.receiver import CallbackReceiver
+    from genjobs.devserver.storage_standin import StorageStandIn
+    from genjobs.storage.supabase import SupabaseStorage
+
+    frames = synthetic_frames(6, 1024)
+    secret = secrets.token_hex(16)
+    new, old = [], []
+    with (
+        StorageStandIn(JWT_SECRET) as standin,
+        CallbackReceiver(secret) as receiver,
+        SupabaseStorage.from_supabase(standin.url, standin.token(), timeout=120.0) as storage,
+    ):
+        standin.create_contract_buckets(["workspace-temp"])
+        async with httpx.AsyncClient(timeout=30.0) as client:
+            sender = CallbackSender(receiver.url, SecretStr(secret), None, client)
+            bench = PostRenderBench(storage, sender, scratch / "pipeline", frames)
+            for _ in range(repeats):  # interleaved, so machine noise hits both alike
+                old.append(await bench.predecessor_way())
+                new.append(await bench.new_way())
+    return [
+        figure(
+            "post_render_pipeline_6x1024",
+            median(new),
+            median(old),
+            "s",
+            "<= 0.10",
+            f"median of {repeats}; 2 objects per image through SupabaseStorage to the stand-in",
+        )
+    ]
+
+
+# --- (b) orchestration overhead, (d) memory over many jobs, (c) warm against cold ---------------
+
+
+def embedded_settings(home: Path, receiver: Any, secret: str, **overrides: Any) -> Any:
+    from pydantic import SecretStr
+
+    from genjobs.settings import Settings
+
+    values: dict[str, Any] = {
+        "home": home,
+        "model_cache": home.parent / "models",
+        "callback_url": receiver.url,
+        "job_callback_secret": SecretStr(secret),
+    }
+    values.update(overrides)
+    return Settings(**values)
+
+
+async def run_flow(job: dict[str, Any]) -> float:
+    from flows.generate import generate_job
+
+    started = time.perf_counter()
+    outcome = await generate_job(job)
+    seconds = time.perf_counter() - started
+    assert outcome.status == "completed" and not outcome.callback_skipped, outcome
+    return seconds
+
+
+async def run_plain(job: dict[str, Any]) -> float:
+    """The flow's steps as plain function calls (``.fn``): no flow or task runs, no retries."""
+    from prefect.logging import disable_run_logger
+
+    from genjobs.assets import scratch_dir
+    from genjobs.callback.payload import serialise
+    from genjobs.runtime import get_runtime
+    from tasks.callback import send_callback
+    from tasks.encode import encode_assets
+    from tasks.metadata import assemble_metadata
+    from tasks.render import render_assets
+    from tasks.upload import upload_asset
+    from tasks.validate import validate_job
+
+    settings = get_runtime().settings
+    started = time.perf_counter()
+    with disable_run_logger():
+        # Synchronous steps run in a thread, as Prefect runs a sync task called from an async
+        # flow: Prefect's dual sync/async helpers (artifacts) then take their sync path.
+        plan = await asyncio.to_thread(validate_job.fn, job)
+        batch = await asyncio.to_thread(render_assets.fn, plan)
+        encoded = await asyncio.to_thread(encode_assets.fn, batch)
+        uploaded = await asyncio.gather(
+            *(upload_asset.fn(asset, plan.user_id, plan.job_id) for asset in encoded)
+        )
+        shutil.rmtree(scratch_dir(settings.work_dir, plan.job_id), ignore_errors=True)
+        payload = await asyncio.to_thread(
+            assemble_metadata.fn, plan, batch.details, list(uploaded), 0.0
+        )
+        receipt = await send_callback.fn(payload.job_id, payload.status, serialise(payload))
+    seconds = time.perf_counter() - started
+    assert receipt.status_code == 200 and not receipt.skipped, receipt
+    return seconds
+
+
+async def overhead_section(runs: int) -> list[str]:
+    lines = []
+    for images in (1, 6):
+        await run_flow(job_payload(images))  # warm: API, imports, first task runs
+        await run_plain(job_payload(images))
+        flow_times, plain_times = [], []
+        for _ in range(runs):
+            flow_times.append(await run_flow(job_payload(images)))
+            plain_times.append(await run_plain(job_payload(images)))
+        flow, plain = median(flow_times), median(plain_times)
+        lines.append(
+            figure(
+                f"orchestration_overhead_{images}_image{'s' if images > 1 else ''}",
+                flow,
+                plain,
+                "s",
+                "flow - plain <= 0.150 s",
+                f"overhead {flow - plain:.3f} s per job, median of {runs}; 256x256, "
+                f"{5 + images} task runs; new = generate_job flow, baseline = plain .fn calls",
+            )
+        )
+    return lines
+
+
+async def rss_section(jobs: int) -> list[str]:
+    import psutil
+
+    process = psutil.Process()
+    warmup = max(1, jobs // 10)
+    started = time.perf_counter()
+    for _ in range(warmup):
+        await run_flow(job_payload(1))
+    gc.collect()
+    before = process.memory_info().rss
+    for _ in range(jobs - warmup):
+        await run_flow(job_payload(1))
+    gc.collect()
+    after = process.memory_info().rss
+    rate = jobs / (time.perf_counter() - started)
+    return [
+        figure(
+            f"worker_rss_{jobs}_jobs",
+            after / 2**20,
+            before / 2**20,
+            "MiB",
+            "< 1.05 (growth < 5 %)",
+            f"growth {100 * (after - before) / before:+.2f} % from job {warmup} to job {jobs}; "
+            f"{rate:.1f} jobs/s with the fast renderer",
+        )
+    ]
+
+
+async def warm_section() -> list[str]:
+    from genjobs.render.cache import PIPELINES
+    from genjobs.render.sdxl import TINY_FOLDER_NAME
+    from genjobs.render.tiny_sdxl import ensure_tiny_sdxl
+    from genjobs.runtime import get_runtime
+
+    ensure_tiny_sdxl(get_runtime().settings.model_dir / TINY_FOLDER_NAME)  # built, not timed
+    loads = PIPELINES.load_count("sdxl")
+    cold = await run_flow(job_payload(1))
+    warm = await run_flow(job_payload(1))
+    assert PIPELINES.load_count("sdxl") == loads + 1
+    return [
+        figure(
+            "warm_vs_cold_tiny_sdxl_job",
+            warm,
+            cold,
+            "s",
+            "the second job pays no load",
+            "new = second job in the worker, baseline = first job (loads the pipeline); "
+            "1 image 256x256, 10 steps, CPU",
+        )
+    ]
+
+
+async def flow_sections(scratch: Path, chosen: set[str], quick: bool) -> list[str]:
+    from benchmarks.fast_renderer import RENDERER_CLASS
+    from genjobs.devserver.receiver import CallbackReceiver
+    from genjobs.runtime import build_runtime, set_runtime
+
+    lines: list[str] = []
+    secret = secrets.token_hex(16)
+    with CallbackReceiver(secret) as receiver:
+        fast = embedded_settings(scratch / "fast", receiver, secret, renderer_class=RENDERER_CLASS)
+        set_runtime(build_runtime(fast))
+        try:
+            if "overhead" in chosen:
+                lines += report(await overhead_section(3 if quick else 7))
+            if "rss" in chosen:
+                lines += report(await rss_section(30 if quick else 100))
+            if "warm" in chosen:
+                set_runtime(build_runtime(embedded_settings(scratch / "tiny", receiver, secret)))
+                lines += report(await warm_section())
+        finally:
+            set_runtime(None)
+    return lines
+
+
+# --- (e) the other engineers' benchmarks ---------------------------------------------------------
+
+
+def other_sections(quick: bool) -> list[str]:
+    lines = []
+    for name in OTHER_BENCHMARKS:
+        if not (REPO_ROOT / "benchmarks" / f"{name}.py").is_file():
+            lines += report([f"{name}: not available"])
+            continue
+        module = importlib.import_module(f"benchmarks.{name}")
+        if hasattr(module, "run"):
+            lines += report([str(line) for line in module.run(quick=quick) or []])
+        elif hasattr(module, "main"):
+            print(f"{name}:", flush=True)
+            module.main([])
+        else:
+            lines += report([f"{name}: not available (no run() or main())"])
+    return lines
+
+
+# --- command line --------------------------------------------------------------------------------
+
+
+def report(lines: list[str]) -> list[str]:
+    for line in lines:
+        print(line, flush=True)
+    return lines
+
+
+async def run(chosen: set[str], quick: bool, scratch: Path) -> list[str]:
+    lines: list[str] = []
+    if "pipeline" in chosen:
+        lines += report(await pipeline_section(scratch, 1 if quick else 3))
+    if chosen & {"overhead", "rss", "warm"}:
+        lines += await flow_sections(scratch, chosen, quick)
+    if "others" in chosen:
+        lines += other_sections(quick)
+    return lines
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--quick", action="store_true", help="fewer repetitions and jobs")
+    parser.add_argument(
+        "--only", default=",".join(SECTIONS), help=f"comma-separated subset of {SECTIONS}"
+    )
+    args = parser.parse_args(argv)
+    chosen = {name.strip() for name in args.only.split(",") if name.strip()}
+    unknown = chosen - set(SECTIONS)
+    if unknown:
+        parser.error(f"unknown sections {sorted(unknown)}; choose from {SECTIONS}")
+    scratch = Path(tempfile.mkdtemp(prefix="genjobs-bench-"))
+    prepare_environment(scratch)
+    started = time.perf_counter()
+    try:
+        asyncio.run(run(chosen, args.quick, scratch))
+    finally:
+        shutil.rmtree(scratch, ignore_errors=True)
+    print(f"total: {time.perf_counter() - started:.1f} s", flush=True)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

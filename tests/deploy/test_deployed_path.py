@@ -1,0 +1,232 @@
+"""The deployment as shipped: a real ``prefect server start`` on loopback, the pools, the three
+blocks, ``prefect deploy`` from prefect.yaml, a process worker on gpu-pool and GPU workers (on the
+CPU), each its own subprocess. Jobs come in through the REST API as queue-job sends them.
+
+The blocks point at this test's local stand-ins: the Supabase Storage stand-in (real HTTP, the
+real storage3 client) and the local callback receiver. Two GPU workers render SDXL with the tiny
+embedded model; a third serves WAN with the timed renderer, slow enough to be cancelled mid-render.
+"""
+
+from __future__ import annotations
+
+import io
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+from PIL import Image
+
+from genjobs.devserver.receiver import CallbackReceiver
+from genjobs.devserver.storage_standin import StorageStandIn
+from genjobs.storage.base import asset_path, thumbnail_path
+from tests.deploy.stack import LocalStack, blocks_script, local_stack
+from tests.flows.helpers import USER_ID, sdxl_job
+
+pytestmark = pytest.mark.slow
+BUCKET = "workspace-temp"
+SECRET = "deploy-tests-callback-secret"
+JWT_SECRET = "deploy-tests-jwt-secret-0123456789abcdef0123"
+
+
+@pytest.fixture(scope="module")
+def receiver() -> Iterator[CallbackReceiver]:
+    with CallbackReceiver(SECRET) as running:
+        yield running
+
+
+@pytest.fixture(scope="module")
+def standin() -> Iterator[StorageStandIn]:
+    with StorageStandIn(JWT_SECRET) as running:
+        running.create_contract_buckets([BUCKET])
+        yield running
+
+
+@pytest.fixture(scope="module")
+def stack(
+    tmp_path_factory: pytest.TempPathFactory,
+    model_cache: Path,
+    receiver: CallbackReceiver,
+    standin: StorageStandIn,
+) -> Iterator[LocalStack]:
+    root = tmp_path_factory.mktemp("stack")
+    with local_stack(root, GENJOBS_MODEL_CACHE=str(model_cache)) as running:
+        try:
+            t0 = time.monotonic(); print('server', flush=True)
+            running.create_pools("gpu-pool")
+            running.save_blocks(
+                blocks_script(standin.url, standin.token(), receiver.url, SECRET, device="cpu")
+            )
+            print('blocks', time.monotonic()-t0, flush=True)
+            running.deploy("sdxl", "wan")
+            print('deployed', time.monotonic()-t0, flush=True)
+            running.start_process_worker("gpu-pool")
+            running.start_gpu_worker("gpu-0", families="sdxl")
+            running.wait_for_task_workers(1); print('gpu0', time.monotonic()-t0, flush=True)  # builds the tiny model once, then the others load it
+            running.start_gpu_worker("gpu-1", families="sdxl")
+            running.start_gpu_worker(
+                "gpu-wan",
+                families="wan",
+                GENJOBS_RENDERER_CLASS="benchmarks.timed_renderer:TimedRenderer",
+                GENJOBS_TIMED_STEP_SECONDS="0.4",
+                GENJOBS_TIMED_LOAD_SECONDS="0.2",
+                GENJOBS_CANCEL_CHECK_SECONDS="0.5",
+            )
+            running.wait_for_task_workers(3); print('all', time.monotonic()-t0, flush=True)
+        except Exception:
+            print(running.logs())  # noqa: T201 - the subprocesses' logs explain a failed setup
+            raise
+        yield running
+
+
+def wait_until(condition: Any, timeout: float, what: str) -> Any:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        value = condition()
+        if value:
+            return value
+        time.sleep(0.2)
+    raise TimeoutError(f"{what} did not happen within {timeout} s")
+
+
+def renders_of(stack: LocalStack, flow_run_id: str) -> list[dict[str, Any]]:
+    return [t for t in stack.task_runs_of([flow_run_id]) if t["name"].startswith("render")]
+
+
+def finished_renders(stack: LocalStack, job_ids: set[str]) -> dict[str, list[dict[str, Any]]]:
+    """The genjobs.render.finished events of these jobs, by job id."""
+    found: dict[str, list[dict[str, Any]]] = {}
+    for event in stack.events("genjobs.render.finished"):
+        job_id = event["resource"]["prefect.resource.id"].removeprefix("genjobs.job.")
+        if job_id in job_ids:
+            found.setdefault(job_id, []).append(event)
+    return found
+
+
+def test_a_job_triggered_twice_with_one_key_runs_once_and_lands_everywhere(
+    stack: LocalStack, receiver: CallbackReceiver, standin: StorageStandIn
+) -> None:
+    deployment = stack.deployment_id("generate-job", "sdxl")
+    job = sdxl_job(num_images=3)
+    first, second = stack.trigger(deployment, job), stack.trigger(deployment, job)
+    assert first["id"] == second["id"]
+    (run,) = stack.wait_for_flow_runs([first["id"]], timeout=120)
+    assert run["state"]["type"] == "COMPLETED", stack.logs()
+    same_job = [r for r in stack.flow_runs_of(deployment) if r["name"] == f"job-{job['id']}"]
+    assert [r["id"] for r in same_job] == [first["id"]]
+
+    rows = receiver.assets(job["id"])
+    assert [r["asset_index"] for r in rows] == [0, 1, 2]
+    for index, row in enumerate(rows):
+        path = asset_path(USER_ID, job["id"], index, "png")
+        stored = standin.get_object(BUCKET, path)
+        assert stored is not None and row["temp_storage_path"] == path
+        image = Image.open(io.BytesIO(stored.data))
+        assert image.format == "PNG" and image.size == (256, 256)
+        assert row["asset_metadata"]["file_size_bytes"] == len(stored.data)
+        assert standin.get_object(BUCKET, thumbnail_path(USER_ID, job["id"], index)) is not None
+
+    (render,) = renders_of(stack, first["id"])
+    assert render["state"]["type"] == "COMPLETED" and render["run_count"] == 1
+    assert {"gpu", "job-type:sdxl_image_fast", "family:sdxl"} <= set(render["tags"])
+    artifacts = {a["key"]: a for a in stack.artifacts_of(first["id"])}
+    table = artifacts[f"assets-{job['id']}"]
+    assert table["type"] == "table"
+    assert [r["path"] for r in _table_rows(table)] == [r["temp_storage_path"] for r in rows]
+    progress = artifacts[f"render-progress-{job['id']}"]
+    assert progress["type"] == "progress" and float(progress["data"]) == 100.0
+    wait_until(
+        lambda: any(
+            e["resource"]["prefect.resource.id"] == f"genjobs.job.{job['id']}"
+            for e in stack.events("genjobs.job.completed")
+        ),
+        30,
+        "the genjobs.job.completed event",
+    )
+
+
+def _table_rows(artifact: dict[str, Any]) -> list[dict[str, Any]]:
+    import json
+
+    data = artifact["data"]
+    rows: list[dict[str, Any]] = json.loads(data) if isinstance(data, str) else data
+    return rows
+
+
+def test_two_gpu_workers_share_a_backlog_and_render_each_job_once(
+    stack: LocalStack, receiver: CallbackReceiver
+) -> None:
+    deployment = stack.deployment_id("generate-job", "sdxl")
+    jobs = [sdxl_job(num_images=3, resolution="512x512") for _ in range(6)]
+    runs = [stack.trigger(deployment, job) for job in jobs]
+    done = stack.wait_for_flow_runs([r["id"] for r in runs], timeout=240)
+    assert {r["state"]["type"] for r in done} == {"COMPLETED"}, stack.logs()
+
+    for run in runs:
+        (render,) = renders_of(stack, run["id"])
+        assert render["state"]["type"] == "COMPLETED" and render["run_count"] == 1
+    job_ids = {str(job["id"]) for job in jobs}
+    events = wait_until(
+        lambda: (found := finished_renders(stack, job_ids)) and len(found) == len(jobs) and found,
+        30,
+        "one genjobs.render.finished event per job",
+    )
+    assert all(len(found) == 1 for found in events.values())  # no job rendered twice
+    workers: dict[str, int] = {}
+    for (event,) in events.values():
+        worker = event["payload"]["worker"]
+        workers[worker] = max(workers.get(worker, 0), event["payload"]["pipeline_loads"])
+    assert len(workers) == 2, workers  # both GPU workers took part
+    assert set(workers.values()) == {1}, workers  # each loaded its model once, at start
+    for job in jobs:
+        assert [p["status"] for p in receiver.accepted(str(job["id"]))] == ["completed"]
+
+
+def test_cancelling_a_run_stops_its_render_removes_its_uploads_and_reports_cancelled(
+    stack: LocalStack, receiver: CallbackReceiver, standin: StorageStandIn
+) -> None:
+    deployment = stack.deployment_id("generate-job", "wan")
+    job = {
+        **sdxl_job(),
+        "type": "video_fast",
+        "config": {"num_inference_steps": 40},  # 40 steps x 0.4 s on the timed renderer
+        "metadata": {},
+    }
+    partial = thumbnail_path(USER_ID, job["id"], 0)  # as if an upload had begun
+    standin.put_object(BUCKET, partial, b"RIFF partial", "image/webp")
+    run = stack.trigger(deployment, job)
+    wait_until(
+        lambda: any(
+            e["resource"]["prefect.resource.id"] == f"genjobs.job.{job['id']}"
+            for e in stack.events("genjobs.render.step")
+        ),
+        90,
+        "the first render step",
+    )
+    cancelled_at = time.monotonic()
+    stack.http.post(
+        f"/flow_runs/{run['id']}/set_state",
+        json={"state": {"type": "CANCELLING"}, "force": True},
+    ).raise_for_status()
+    (final,) = stack.wait_for_flow_runs([run["id"]], timeout=60)
+    assert final["state"]["type"] == "CANCELLED", stack.logs()
+
+    (render,) = wait_until(
+        lambda: [r for r in renders_of(stack, run["id"]) if r["state"]["type"] != "RUNNING"],
+        20,
+        "the render to stop",
+    )
+    assert render["state"]["type"] in ("FAILED", "CANCELLED")
+    assert time.monotonic() - cancelled_at < 12  # its 40 steps would take 16 s
+    steps = [
+        e["payload"]["step"]
+        for e in stack.events("genjobs.render.step")
+        if e["resource"]["prefect.resource.id"] == f"genjobs.job.{job['id']}"
+    ]
+    assert 1 <= max(steps) < 30, steps  # stopped at a step, long before the last
+    (payload,) = wait_until(lambda: receiver.accepted(job["id"]), 30, "the failed callback")
+    assert payload["status"] == "failed" and payload["metadata"]["error_code"] == "CANCELLED"
+    assert standin.get_object(BUCKET, partial) is None
+    time.sleep(1.0)  # nothing else arrives later
+    assert len(receiver.accepted(job["id"])) == 1

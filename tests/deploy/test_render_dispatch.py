@@ -1,0 +1,193 @@
+"""Render dispatch on the session's Prefect API: cancellation stops a render at its next step and
+sends one cancelled callback, and a render presumed lost is submitted again and rendered once.
+
+The renders use the timed renderer (benchmarks/timed_renderer.py: real pipeline cache, sleeping
+steps), the local callback receiver and local storage; the GPU worker runs in a thread of this
+process, as genjobs/gpu_worker.py runs it in its own.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import threading
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+from uuid import UUID
+
+import pytest
+from prefect.client.orchestration import get_client
+from prefect.client.schemas.filters import FlowRunFilter, FlowRunFilterName
+from prefect.states import Cancelling
+
+from flows.generate import generate_job
+from genjobs import progress
+from genjobs.devserver.receiver import CallbackReceiver
+from genjobs.gpu_worker import GpuTaskWorker
+from genjobs.runtime import Runtime, build_runtime, set_runtime
+from genjobs.storage.base import asset_path
+from tasks.render import SUPERSEDED, render_sdxl
+from tests.conftest import make_settings
+from tests.flows.helpers import USER_ID, sdxl_job
+
+pytestmark = pytest.mark.usefixtures("prefect_api")
+TIMED = "benchmarks.timed_renderer:TimedRenderer"
+
+
+@pytest.fixture
+def steps() -> Iterator[list[tuple[int, int]]]:
+    """Every render step reported in this process, as (done, total)."""
+    seen: list[tuple[int, int]] = []
+    unsubscribe = progress.subscribe(
+        lambda stage, done, total: seen.append((done, total)) if stage == "render" else None
+    )
+    yield seen
+    unsubscribe()
+
+
+def timed_runtime(
+    tmp_path: Path,
+    model_cache: Path,
+    receiver: CallbackReceiver,
+    secret: str,
+    monkeypatch: pytest.MonkeyPatch,
+    step_seconds: float,
+    **overrides: Any,
+) -> Runtime:
+    monkeypatch.setenv("GENJOBS_TIMED_STEP_SECONDS", str(step_seconds))
+    monkeypatch.setenv("GENJOBS_TIMED_LOAD_SECONDS", "0")
+    settings = make_settings(
+        tmp_path, model_cache, receiver, secret, renderer_class=TIMED, **overrides
+    )
+    runtime = build_runtime(settings)
+    set_runtime(runtime)
+    return runtime
+
+
+async def flow_run_id_of(job_id: str) -> UUID:
+    async with get_client() as client:
+        (run,) = await client.read_flow_runs(
+            flow_run_filter=FlowRunFilter(name=FlowRunFilterName(any_=[f"job-{job_id}"]))
+        )
+    return run.id
+
+
+def in_thread(action: Callable[[], None]) -> threading.Thread:
+    thread = threading.Thread(target=action, daemon=True)
+    thread.start()
+    return thread
+
+
+@contextlib.contextmanager
+def gpu_worker_thread(*tasks: Any) -> Iterator[None]:
+    """A GpuTaskWorker on its own event loop in a thread, cancelled on exit."""
+    loop = asyncio.new_event_loop()
+    started = threading.Event()
+    runner: dict[str, asyncio.Task[Any]] = {}
+
+    async def serve() -> None:
+        worker = GpuTaskWorker(*tasks)
+        current = asyncio.current_task()
+        assert current is not None
+        runner["task"] = current
+        started.set()
+        with contextlib.suppress(asyncio.CancelledError, BaseExceptionGroup):
+            await worker.astart()
+
+    thread = in_thread(lambda: loop.run_until_complete(serve()))
+    assert started.wait(10)
+    try:
+        yield
+    finally:
+        loop.call_soon_threadsafe(runner["task"].cancel)
+        thread.join(15)
+        loop.close()
+
+
+async def test_cancelling_a_run_stops_its_render_at_a_step_and_reports_it_once(
+    tmp_path: Path,
+    model_cache: Path,
+    receiver: CallbackReceiver,
+    callback_secret: str,
+    monkeypatch: pytest.MonkeyPatch,
+    steps: list[tuple[int, int]],
+) -> None:
+    runtime = timed_runtime(
+        tmp_path, model_cache, receiver, callback_secret, monkeypatch, 0.1,
+        cancel_check_seconds=0.2,
+    )  # fmt: skip
+    job = sdxl_job(num_images=1, num_inference_steps=40)
+    partial = asset_path(USER_ID, job["id"], 0, "png")  # as if an upload had begun
+    runtime.storage.put("workspace-temp", partial, b"\x89PNG partial", "image/png")
+    cancelled_at: list[float] = []
+
+    def cancel_after_a_few_steps() -> None:
+        deadline = time.monotonic() + 60
+        while len(steps) < 3 and time.monotonic() < deadline:
+            time.sleep(0.05)
+        run_id = asyncio.run(flow_run_id_of(job["id"]))
+        with get_client(sync_client=True) as client:
+            client.set_flow_run_state(run_id, Cancelling(), force=True)
+        cancelled_at.append(time.monotonic())
+
+    canceller = in_thread(cancel_after_a_few_steps)
+    state = await generate_job(job, return_state=True)
+    stopped_at = time.monotonic()
+    canceller.join(10)
+    set_runtime(None)
+
+    assert state.is_cancelling() or state.is_cancelled(), state
+    done = max(step for step, _ in steps)
+    assert 3 <= done < 40, done
+    assert stopped_at - cancelled_at[0] < 2.0  # the next check after 0.2 s, plus the hook
+    (payload,) = receiver.accepted(job["id"])
+    assert payload["status"] == "failed" and payload["assets"] == []
+    assert payload["metadata"]["error_code"] == "CANCELLED"
+    assert "cancelled" in payload["error_message"]
+    assert runtime.storage.list("workspace-temp", f"{USER_ID}/{job['id']}") == []
+    assert not (runtime.settings.work_dir / job["id"]).exists()
+
+
+async def test_a_render_presumed_lost_is_submitted_again_and_rendered_once(
+    tmp_path: Path,
+    model_cache: Path,
+    receiver: CallbackReceiver,
+    callback_secret: str,
+    monkeypatch: pytest.MonkeyPatch,
+    steps: list[tuple[int, int]],
+) -> None:
+    timed_runtime(
+        tmp_path, model_cache, receiver, callback_secret, monkeypatch, 0.01,
+        render_dispatch="gpu_workers", render_queue_timeout_seconds=1.0,
+        render_poll_seconds=0.2,
+    )  # fmt: skip
+    job = sdxl_job(num_images=2, num_inference_steps=10)
+    running = asyncio.create_task(generate_job(job, return_state=True))
+    # No GPU worker yet: the render waits past the queue timeout and is submitted again. The
+    # first submission is still queued, so the worker receives both, in order.
+    deadline = time.monotonic() + 30
+    async with get_client() as client:
+        while time.monotonic() < deadline:
+            runs = await client.read_task_runs()
+            if any(r.state and r.state.name == SUPERSEDED for r in runs):
+                break
+            await asyncio.sleep(0.1)
+    with gpu_worker_thread(render_sdxl):
+        state = await asyncio.wait_for(running, 60)
+    set_runtime(None)
+
+    assert state.is_completed(), state.message
+    async with get_client() as client:
+        renders = [
+            r
+            for r in await client.read_task_runs()
+            if r.flow_run_id == state.state_details.flow_run_id and r.name.startswith("render")
+        ]
+    by_state = sorted((r.state.type.value, r.state.message or "") for r in renders if r.state)
+    assert [s for s, _ in by_state] == ["COMPLETED", "FAILED"], by_state
+    assert "superseded" in by_state[1][1]
+    assert steps.count((10, 10)) == 1  # one render ran to its end; the superseded one never began
+    assert len(steps) == 10
+    assert [p["status"] for p in receiver.accepted(job["id"])] == ["completed"]

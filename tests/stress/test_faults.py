@@ -1,0 +1,180 @@
+"""Real jobs under injected faults: Supabase Storage answering 503, hanging past the timeout or
+dropping connections, and the callback receiver down for a while.
+
+The tiny real SDXL pipeline renders (256x256, 10 steps, one or three images); the official
+``storage3`` client talks HTTP to the storage stand-in (``workspace-temp`` with the contract's
+MIME list); the callback goes over HTTP to the local receiver. The fault rate is
+``GENJOBS_STRESS_FAULT_RATE`` (default 0.25) of the upload requests, seeded, plus one certain
+fault on one image.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from collections.abc import Iterator
+from pathlib import Path
+
+import httpx
+import pytest
+from pydantic import SecretStr
+
+from flows.generate import generate_job
+from flows.outbox import redeliver_callbacks
+from genjobs.callback.outbox import Outbox
+from genjobs.callback.sender import CallbackSender
+from genjobs.devserver.receiver import CallbackReceiver
+from genjobs.devserver.storage_standin import StorageStandIn
+from genjobs.runtime import Runtime, build_runtime, set_runtime
+from genjobs.storage.supabase import SupabaseStorage
+from tests.flows.helpers import USER_ID, sdxl_job
+from tests.stress.faults import (
+    BUCKET,
+    HANG_SECONDS,
+    check_stored_assets,
+    contract_paths,
+    receiver_down_until_refused,
+    supabase_settings,
+    task_runs,
+    uploads,
+)
+
+pytestmark = pytest.mark.usefixtures("prefect_api")
+JWT_SECRET = "stress-tests-jwt-secret-0123456789abcdef0123"
+FAULT_RATE = float(os.environ.get("GENJOBS_STRESS_FAULT_RATE", "0.25"))
+
+
+@pytest.fixture(scope="module")
+def standin_server() -> Iterator[StorageStandIn]:
+    with StorageStandIn(JWT_SECRET, hang_seconds=HANG_SECONDS) as running:
+        yield running
+
+
+@pytest.fixture
+def standin(standin_server: StorageStandIn) -> Iterator[StorageStandIn]:
+    standin_server.reset()
+    standin_server.create_contract_buckets([BUCKET])
+    yield standin_server
+    standin_server.clear_faults()
+    standin_server.release_hangs()
+
+
+@pytest.fixture
+def faulty_runtime(
+    tmp_path: Path,
+    model_cache: Path,
+    receiver: CallbackReceiver,
+    callback_secret: str,
+    standin: StorageStandIn,
+) -> Iterator[Runtime]:
+    runtime = build_runtime(
+        supabase_settings(tmp_path, model_cache, receiver, callback_secret, standin)
+    )
+    assert isinstance(runtime.storage, SupabaseStorage)
+    set_runtime(runtime)
+    yield runtime
+    set_runtime(None)
+    runtime.storage.close()
+
+
+@pytest.mark.parametrize(
+    ("kind", "images"), [("status", 3), ("hang", 1), ("drop", 1), ("drop_after", 3)]
+)
+async def test_upload_faults_and_a_down_receiver_lose_nothing_and_repeat_nothing(
+    kind: str,
+    images: int,
+    faulty_runtime: Runtime,
+    standin: StorageStandIn,
+    receiver: CallbackReceiver,
+    callback_secret: str,
+) -> None:
+    job = sdxl_job(num_images=images)
+    prefix = f"{USER_ID}/{job['id']}"
+    uploads_prefix = f"/object/{BUCKET}/{prefix}/"
+    certain = f"{prefix}/{images // 2}.png"  # the one upload that certainly meets the fault
+    standin.inject_fault(kind, method="POST", path_prefix=f"/object/{BUCKET}/{certain}")  # type: ignore[arg-type]
+    standin.set_fault_rate(FAULT_RATE, seed=7, kind=kind, method="POST", path_prefix=uploads_prefix)  # type: ignore[arg-type]
+
+    with receiver_down_until_refused(receiver, refusals=2):
+        state = await generate_job(job, return_state=True)
+
+    assert state.is_completed(), state.message
+    standin.clear_faults()
+    # Nothing lost, nothing stored twice: exactly the contract objects, each one whole.
+    assert standin.object_names(BUCKET) == contract_paths(USER_ID, job["id"], images)
+    (payload,) = receiver.accepted(job["id"])
+    assert payload["status"] == "completed"
+    assert [a["url"] for a in payload["assets"]] == [f"{prefix}/{i}.png" for i in range(images)]
+    assert [a["thumbnail_url"] for a in payload["assets"]] == [
+        f"{prefix}/{i}.thumb.webp" for i in range(images)
+    ]
+    check_stored_assets(standin, payload)
+    assert len(receiver.assets(job["id"])) == images
+    # The faults happened, and every path ended with one successful upload.
+    faulted = uploads(standin, certain)
+    assert faulted[0].fault == kind and faulted[-1].status == 200, faulted
+    assert sum(r.fault == kind for r in standin.requests) >= 1
+    for path in contract_paths(USER_ID, job["id"], images):
+        assert uploads(standin, path)[-1].status == 200, path
+    # Rendered once; only the uploads were attempted again.
+    attempts = await task_runs(state.state_details.flow_run_id)
+    assert attempts["render"] == [1] and attempts["encode"] == [1]
+    assert len(attempts["upload"]) == images and max(attempts["upload"]) >= 2, attempts
+    # The callback waited out the receiver's downtime and was accepted once.
+    answered = [r.answered for r in receiver.requests if json.loads(r.body)["job_id"] == job["id"]]
+    assert answered[:2] == [503, 503] and answered[2:] == [200], answered
+    # Repeats are harmless: the backend skips a terminal job.
+    (delivered,) = [r for r in receiver.requests if r.answered == 200]
+    async with httpx.AsyncClient(timeout=5) as client:
+        sender = CallbackSender(receiver.url, SecretStr(callback_secret), None, client)
+        for _ in range(2):
+            assert (await sender.deliver(delivered.body)).skipped
+    assert len(receiver.accepted(job["id"])) == 1
+    assert len(receiver.assets(job["id"])) == images
+    assert not list(faulty_runtime.settings.work_dir.glob("*")), "scratch folder left behind"
+
+
+async def test_undeliverable_callback_waits_in_the_outbox_and_is_delivered_once_later(
+    tmp_path: Path,
+    model_cache: Path,
+    receiver: CallbackReceiver,
+    callback_secret: str,
+    standin: StorageStandIn,
+) -> None:
+    settings = supabase_settings(
+        tmp_path,
+        model_cache,
+        receiver,
+        callback_secret,
+        standin,
+        callback_retry_window_seconds=0.5,
+        callback_retry_base_seconds=0.1,
+    )
+    runtime = build_runtime(settings)
+    set_runtime(runtime)
+    job = sdxl_job(num_images=1)
+    standin.set_fault_rate(FAULT_RATE, seed=11, method="POST", path_prefix=f"/object/{BUCKET}/")
+    try:
+        receiver.down_for(3600)
+        state = await generate_job(job, return_state=True)
+        # The assets are stored; only the callback is missing, and it waits in the outbox.
+        assert state.is_failed()
+        assert standin.object_names(BUCKET) == contract_paths(USER_ID, job["id"], 1)
+        (entry,) = Outbox(settings.outbox_dir).entries()
+        assert (entry.job_id, entry.status) == (job["id"], "completed")
+        assert receiver.accepted(job["id"]) == []
+        refused = len(receiver.requests)
+        assert refused >= 2 and all(r.answered == 503 for r in receiver.requests)
+
+        receiver.down_for(0)
+        assert await redeliver_callbacks() == {"delivered": 1, "waiting": 0, "rejected": 0}
+        assert await redeliver_callbacks() == {"delivered": 0, "waiting": 0, "rejected": 0}
+    finally:
+        set_runtime(None)
+        runtime.storage.close()  # type: ignore[attr-defined]
+    assert Outbox(settings.outbox_dir).entries() == []
+    assert len(receiver.requests) == refused + 1
+    (payload,) = receiver.accepted(job["id"])
+    assert payload["status"] == "completed" and json.loads(entry.body) == payload
+    check_stored_assets(standin, payload)
+    assert len(receiver.assets(job["id"])) == 1

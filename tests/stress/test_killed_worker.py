@@ -1,0 +1,226 @@
+"""A worker killed with SIGKILL at the worst moments, then the same job run again.
+
+Three flow runs start in child processes (the embedded default against the same Prefect API,
+storage stand-in and callback receiver) and are killed: after the render with nothing stored
+yet, in the middle of the uploads, and while the callback is being retried. The moments are made
+certain with the stand-in's hang faults and the receiver's downtime, not with sleeps. Then each
+job runs again in this process, as a resubmission would: every job ends with exactly its
+contract objects (what the killed run stored is overwritten), the same seeds, and one accepted
+callback. (Pixels are not compared: a worker with another thread count or device may round
+differently, so only the seeds are promised to repeat.)
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import prefect.settings
+import pytest
+from prefect.client.orchestration import get_client
+from prefect.client.schemas.filters import FlowRunFilter, FlowRunFilterName
+
+from flows.generate import generate_job
+from genjobs.callback.outbox import Outbox
+from genjobs.devserver.receiver import CallbackReceiver
+from genjobs.devserver.storage_standin import StorageStandIn
+from genjobs.jobs.payload import parse_job
+from genjobs.jobs.plan import plan_job
+from genjobs.render.sdxl import TINY_FOLDER_NAME
+from genjobs.render.tiny_sdxl import ensure_tiny_sdxl
+from genjobs.runtime import build_runtime, set_runtime
+from genjobs.settings import Settings
+from tests.flows.helpers import USER_ID, sdxl_job
+from tests.stress.faults import BUCKET, check_stored_assets, contract_paths, supabase_settings
+
+pytestmark = [pytest.mark.usefixtures("prefect_api"), pytest.mark.slow]
+JWT_SECRET = "killed-worker-jwt-secret-0123456789abcdef0123"
+REPO_ROOT = Path(__file__).resolve().parents[2]
+CHILD = (
+    "import asyncio, json, sys\n"
+    "from flows.generate import generate_job\n"
+    "asyncio.run(generate_job(json.loads(sys.argv[1])))\n"
+)
+KILL_DEADLINE_SECONDS = 120.0
+
+
+@dataclass
+class Scenario:
+    """One job whose worker is killed the moment ``reached`` becomes true."""
+
+    name: str
+    job: dict[str, Any]
+    reached: Callable[[], bool]
+    process: subprocess.Popen[bytes] | None = None
+    killed_after: float | None = None
+
+
+@pytest.fixture
+def standin() -> Iterator[StorageStandIn]:
+    with StorageStandIn(JWT_SECRET, hang_seconds=60.0) as running:
+        running.create_contract_buckets([BUCKET])
+        yield running
+        running.release_hangs()
+
+
+def child_env(settings: Settings) -> dict[str, str]:
+    """The child's environment: the same settings, through GENJOBS_* variables."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith("GENJOBS_")}
+    assert settings.supabase_service_key is not None and settings.job_callback_secret is not None
+    env.update(
+        {
+            "PREFECT_API_URL": str(prefect.settings.PREFECT_API_URL.value()),
+            "PREFECT_LOGGING_LEVEL": "WARNING",
+            "OMP_NUM_THREADS": "1",  # three workers share the CPU cores
+            "GENJOBS_HOME": str(settings.home),
+            "GENJOBS_MODEL_CACHE": str(settings.model_dir),
+            "GENJOBS_SUPABASE_URL": str(settings.supabase_url),
+            "GENJOBS_SUPABASE_SERVICE_KEY": settings.supabase_service_key.get_secret_value(),
+            "GENJOBS_JOB_CALLBACK_SECRET": settings.job_callback_secret.get_secret_value(),
+            "GENJOBS_CALLBACK_URL": str(settings.callback_url),
+            "GENJOBS_STORAGE_TIMEOUT_SECONDS": "120",
+            "GENJOBS_CALLBACK_RETRY_WINDOW_SECONDS": "600",
+            "GENJOBS_CALLBACK_RETRY_BASE_SECONDS": "0.1",
+            "GENJOBS_CALLBACK_RETRY_CAP_SECONDS": "0.5",
+        }
+    )
+    return env
+
+
+def hung(standin: StorageStandIn, path: str) -> Callable[[], bool]:
+    route = f"/object/{BUCKET}/{path}"
+    return lambda: any(r.path == route and r.fault == "hang" for r in standin.requests)
+
+
+def refused_callback(receiver: CallbackReceiver, job_id: str) -> Callable[[], bool]:
+    return lambda: any(
+        r.answered == 503 and json.loads(r.body).get("job_id") == job_id for r in receiver.requests
+    )
+
+
+def run_and_kill(scenarios: list[Scenario], env: dict[str, str], logs: Path) -> None:
+    """Start every scenario's worker, SIGKILL each once its moment is reached."""
+    started = time.monotonic()
+    for scenario in scenarios:
+        log = (logs / f"{scenario.name}.log").open("wb")
+        scenario.process = subprocess.Popen(
+            [sys.executable, "-c", CHILD, json.dumps(scenario.job)],
+            cwd=REPO_ROOT,
+            env=env,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+        )
+    pending = list(scenarios)
+    while pending and time.monotonic() - started < KILL_DEADLINE_SECONDS:
+        for scenario in list(pending):
+            assert scenario.process is not None
+            assert scenario.process.poll() is None, (
+                f"the {scenario.name} worker ended on its own: "
+                + (logs / f"{scenario.name}.log").read_text(errors="replace")[-3000:]
+            )
+            if scenario.reached():
+                scenario.process.send_signal(signal.SIGKILL)
+                scenario.process.wait(timeout=10)
+                scenario.killed_after = time.monotonic() - started
+                pending.remove(scenario)
+        time.sleep(0.02)
+    for scenario in pending:
+        assert scenario.process is not None
+        scenario.process.kill()
+        scenario.process.wait(timeout=10)
+    assert not pending, f"never reached: {[s.name for s in pending]}"
+
+
+async def flow_run_states(job_id: str) -> list[str]:
+    async with get_client() as client:
+        runs = await client.read_flow_runs(
+            flow_run_filter=FlowRunFilter(name=FlowRunFilterName(any_=[f"job-{job_id}"]))
+        )
+    return sorted(str(run.state_type.value) for run in runs if run.state_type is not None)
+
+
+async def test_jobs_killed_after_render_mid_upload_and_before_callback_finish_once_when_rerun(
+    tmp_path: Path,
+    model_cache: Path,
+    receiver: CallbackReceiver,
+    callback_secret: str,
+    standin: StorageStandIn,
+) -> None:
+    ensure_tiny_sdxl(model_cache / TINY_FOLDER_NAME)  # built once here, loaded by the workers
+    settings = supabase_settings(tmp_path, model_cache, receiver, callback_secret, standin)
+    after_render, mid_upload, before_callback = (sdxl_job(num_images=1) for _ in range(3))
+    paths = {
+        name: f"{USER_ID}/{job['id']}/0{suffix}"
+        for name, job, suffix in (
+            ("after_render", after_render, ".png"),
+            ("mid_upload", mid_upload, ".thumb.webp"),
+        )
+    }
+    for path in paths.values():
+        standin.inject_fault("hang", method="POST", path_prefix=f"/object/{BUCKET}/{path}")
+    scenarios = [
+        Scenario("after_render", after_render, hung(standin, paths["after_render"])),
+        Scenario("mid_upload", mid_upload, hung(standin, paths["mid_upload"])),
+        Scenario(
+            "before_callback",
+            before_callback,
+            refused_callback(receiver, before_callback["id"]),
+        ),
+    ]
+    receiver.down_for(3600)
+    run_and_kill(scenarios, child_env(settings), tmp_path)
+    standin.release_hangs()
+    receiver.down_for(0)
+
+    # What the kills left behind: nothing, a lone original, or everything but the callback.
+    def stored(job: dict[str, Any]) -> list[str]:
+        prefix = f"{USER_ID}/{job['id']}/"
+        return [name for name in standin.object_names(BUCKET) if name.startswith(prefix)]
+
+    assert stored(after_render) == []
+    assert stored(mid_upload) == [f"{USER_ID}/{mid_upload['id']}/0.png"]
+    assert stored(before_callback) == contract_paths(USER_ID, before_callback["id"], 1)
+    assert receiver.accepted() == []
+    for scenario in scenarios:
+        # The kill left the scratch folder behind, unless the run had already cleaned it.
+        scratch = tmp_path / "work" / scenario.job["id"]
+        assert scratch.is_dir() == (scenario.name != "before_callback"), scenario.name
+
+    # The same jobs again, in a healthy worker.
+    runtime = build_runtime(settings)
+    set_runtime(runtime)
+    try:
+        for scenario in scenarios:
+            state = await generate_job(scenario.job, return_state=True)
+            assert state.is_completed(), (scenario.name, state.message)
+    finally:
+        set_runtime(None)
+        runtime.storage.close()  # type: ignore[attr-defined]
+
+    for scenario in scenarios:
+        job_id = scenario.job["id"]
+        assert stored(scenario.job) == contract_paths(USER_ID, job_id, 1), scenario.name
+        (payload,) = receiver.accepted(job_id)
+        assert payload["status"] == "completed", scenario.name
+        check_stored_assets(standin, payload)
+        # The rerun drew the same seed (a function of the job id) and overwrote what the
+        # killed run had stored: the object is the one the callback describes.
+        assert (
+            payload["assets"][0]["metadata"]["seed"] == plan_job(parse_job(scenario.job)).seeds[0]
+        )
+        assert len(receiver.assets(job_id)) == 1
+        assert not (tmp_path / "work" / job_id).exists(), scenario.name
+        # A SIGKILLed process runs no hook: its flow run stays Running (the cleanup flow's
+        # stuck-job sweep owns those); the rerun completed.
+        assert await flow_run_states(job_id) == ["COMPLETED", "RUNNING"], scenario.name
+    statuses = [json.loads(r.body)["status"] for r in receiver.requests]
+    assert "failed" not in statuses
+    assert Outbox(settings.outbox_dir).entries() == []
