@@ -7,10 +7,8 @@ whole batch runs in one pipeline call with one seeded generator per image.
 
 from __future__ import annotations
 
-import gc
 import logging
 import threading
-import traceback
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
@@ -23,6 +21,7 @@ from genjobs.errors import InvalidPayload, JobError, ModelLoadError, OutOfMemory
 from genjobs.jobs.plan import ReferenceRole, RenderPlan
 from genjobs.render.base import ModelSpec, RenderOutput, StepCallback
 from genjobs.render.cache import PIPELINES, PipelineCache, resolve_device, resolve_dtype
+from genjobs.render.device import free_device_memory, step_callback
 from genjobs.render.tiny_sdxl import ensure_tiny_sdxl
 from genjobs.render.tokenizers import CLIP_BYTE_VOCAB_SIZE, check_tokenizer
 
@@ -161,7 +160,7 @@ def load_sdxl_pipelines(spec: ModelSpec, model_dir: Path) -> SdxlPipelines:
             add_watermarker=False,
         )
     except torch.OutOfMemoryError as exc:
-        _free_memory(exc)
+        free_device_memory(exc)
         raise OutOfMemory(
             f"Out of memory loading SDXL from {spec.source or EMBEDDED_SOURCE}"
         ) from exc
@@ -183,22 +182,6 @@ def load_sdxl_pipelines(spec: ModelSpec, model_dir: Path) -> SdxlPipelines:
         dtype=str(dtype).removeprefix("torch."),
         device=device,
     )
-
-
-def _free_memory(exc: BaseException) -> None:
-    """Drop the tensors a failed call's frames still hold, then return cached device memory."""
-    traceback.clear_frames(exc.__traceback__)
-    gc.collect()
-    if torch.cuda.is_available():
-        torch.cuda.empty_cache()
-
-
-def _step_callback(on_step: StepCallback) -> Any:
-    def callback(pipe: Any, step: int, timestep: Any, kwargs: dict[str, Any]) -> dict[str, Any]:
-        on_step(step + 1, pipe.num_timesteps)
-        return kwargs
-
-    return callback
 
 
 class SdxlRenderer:
@@ -254,7 +237,7 @@ class SdxlRenderer:
             "num_images_per_prompt": len(plan.seeds),
             "generator": [torch.Generator(entry.device).manual_seed(s) for s in plan.seeds],
             "output_type": "np",
-            "callback_on_step_end": _step_callback(on_step) if on_step else None,
+            "callback_on_step_end": step_callback(on_step) if on_step else None,
         }
         if reference is None:
             pipe = entry.text2img
@@ -276,7 +259,7 @@ class SdxlRenderer:
                 images = pipe(**arguments).images
                 denoising_steps = pipe.num_timesteps
         except torch.OutOfMemoryError as exc:
-            _free_memory(exc)
+            free_device_memory(exc)
             logger.warning("SDXL ran out of device memory on job %s.", plan.job_id)
             raise OutOfMemory(
                 f"Out of device memory rendering {len(plan.seeds)} images of "

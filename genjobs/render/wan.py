@@ -10,10 +10,8 @@ never changed by a job.
 
 from __future__ import annotations
 
-import gc
 import logging
 import threading
-import traceback
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
@@ -33,6 +31,7 @@ from genjobs.jobs.plan import ReferenceRole, RenderPlan
 from genjobs.jobs.types import WAN_SAMPLE_SHIFT
 from genjobs.render.base import ModelSpec, RenderOutput, StepCallback
 from genjobs.render.cache import PIPELINES, PipelineCache, resolve_device, resolve_dtype
+from genjobs.render.device import free_device_memory, step_callback
 from genjobs.render.sdxl import fit_reference
 from genjobs.render.tiny_wan import ensure_tiny_wan, ensure_tiny_wan_vace
 from genjobs.render.tokenizers import check_tokenizer
@@ -182,14 +181,6 @@ class VaceView:
     source: str
 
 
-def _free_memory(exc: BaseException) -> None:
-    """Drop the tensors a failed call's frames still hold, then return cached device memory."""
-    traceback.clear_frames(exc.__traceback__)
-    gc.collect()
-    if torch.cuda.is_available():
-        torch.cuda.empty_cache()
-
-
 def _check_text_stack(pipe: Any) -> None:
     if pipe.tokenizer is None or pipe.text_encoder is None or pipe.transformer is None:
         raise ModelLoadError("The WAN model has no tokenizer, text encoder or transformer")
@@ -246,7 +237,7 @@ def load_wan_pipelines(spec: ModelSpec, model_dir: Path) -> WanPipelines:
             logger.info("Compiling the WAN transformer with torch.compile.")
             pipe.transformer.compile()
     except torch.OutOfMemoryError as exc:
-        _free_memory(exc)
+        free_device_memory(exc)
         raise OutOfMemory(f"Out of memory loading WAN from {source}") from exc
     except JobError:
         raise
@@ -285,7 +276,7 @@ def load_vace_transformer(spec: ModelSpec, model_dir: Path) -> VaceTransformer:
         if spec.compile:
             transformer.compile()
     except torch.OutOfMemoryError as exc:
-        _free_memory(exc)
+        free_device_memory(exc)
         raise OutOfMemory(f"Out of memory loading the VACE transformer from {source}") from exc
     except Exception as exc:
         raise _load_error("the WAN VACE transformer", spec.source, exc) from exc
@@ -308,14 +299,6 @@ def _shared_view(pipeline_class: Any, pipe: Any, **overrides: Any) -> Any:
     )
     view.set_progress_bar_config(disable=True)
     return view
-
-
-def _step_callback(on_step: StepCallback) -> Any:
-    def callback(pipe: Any, step: int, timestep: Any, kwargs: dict[str, Any]) -> dict[str, Any]:
-        on_step(step + 1, pipe.num_timesteps)
-        return kwargs
-
-    return callback
 
 
 class WanRenderer:
@@ -423,7 +406,7 @@ class WanRenderer:
             "guidance_scale": plan.guidance_scale,
             "generator": torch.Generator(entry.device).manual_seed(seed),
             "output_type": "np",
-            "callback_on_step_end": _step_callback(on_step) if on_step else None,
+            "callback_on_step_end": step_callback(on_step) if on_step else None,
             **conditioning,
         }
         logger.info(
@@ -444,7 +427,7 @@ class WanRenderer:
             with entry.lock, torch.inference_mode():
                 video = pipe(**arguments).frames[0]
         except torch.OutOfMemoryError as exc:
-            _free_memory(exc)
+            free_device_memory(exc)
             logger.warning("WAN ran out of device memory on job %s.", plan.job_id)
             raise OutOfMemory(
                 f"Out of device memory rendering {num_frames} frames of {plan.width}x{plan.height}"

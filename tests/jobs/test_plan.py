@@ -2,30 +2,20 @@
 
 from __future__ import annotations
 
-import uuid
 from typing import Any
 
 import pytest
 
 from genjobs.errors import InvalidPayload, ReferenceModeUnsupported
 from genjobs.jobs.payload import MAX_SEED, parse_job
-from genjobs.jobs.plan import WAN_DEFAULT_NEGATIVE_PROMPT, plan_job
+from genjobs.jobs.plan import WAN_DEFAULT_NEGATIVE_PROMPT, RenderPlan, plan_job
+from tests.jobs.test_payload import USER, payload
 
-USER = str(uuid.uuid4())
 REF = f"workspace-temp/{USER}/old/0.png"
 
 
-def plan(**changes: Any):  # type: ignore[no-untyped-def]
-    raw: dict[str, Any] = {
-        "id": str(uuid.uuid4()),
-        "user_id": USER,
-        "type": "sdxl_image_fast",
-        "prompt": "a cat",
-        "config": {},
-        "metadata": {},
-    }
-    raw.update(changes)
-    return plan_job(parse_job(raw))
+def plan(**changes: Any) -> RenderPlan:
+    return plan_job(parse_job(payload(**changes)))
 
 
 def test_sdxl_defaults_follow_the_job_type_table() -> None:
