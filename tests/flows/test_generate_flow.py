@@ -154,3 +154,59 @@ async def test_permanent_upload_failure_fails_the_job_and_removes_partial_upload
     (payload,) = receiver.accepted(job["id"])
     assert payload["status"] == "failed" and payload["assets"] == []
     assert payload["metadata"]["error_code"] == "INVALID_MIME_TYPE"
+
+
+def _reference_png(runtime: Runtime, path: str) -> bytes:
+    image = Image.new("RGB", (320, 200), (200, 30, 30))
+    buffer = io.BytesIO()
+    image.save(buffer, format="PNG")
+    runtime.storage.put("workspace-temp", path, buffer.getvalue(), "image/png")
+    return buffer.getvalue()
+
+
+async def test_image_to_image_reads_the_reference_from_storage_and_reports_effective_values(
+    runtime: Runtime, receiver: CallbackReceiver
+) -> None:
+    _reference_png(runtime, f"{USER_ID}/earlier/0.png")
+    job = sdxl_job(num_images=1, seed=3, pipeline="img2img")
+    job["metadata"].update(
+        reference_image_url=f"workspace-temp/{USER_ID}/earlier/0.png", denoise_strength=0.3
+    )
+    state = await run(job)
+    assert state.is_completed(), state.message
+    (payload,) = receiver.accepted(job["id"])
+    meta = payload["assets"][0]["metadata"]
+    assert (meta["pipeline"], meta["denoise_strength"], meta["denoising_steps"]) == (
+        "img2img",
+        0.3,
+        3,
+    )
+    assert meta["resize_policy"] == "center_crop" and (meta["width"], meta["height"]) == (256, 256)
+    assert payload["metadata"]["reference_mode"] == "modify"
+
+
+async def test_missing_reference_fails_the_job_instead_of_falling_back_to_text(
+    runtime: Runtime, receiver: CallbackReceiver
+) -> None:
+    job = sdxl_job(num_images=1, pipeline="img2img")
+    job["metadata"]["reference_image_url"] = f"workspace-temp/{USER_ID}/missing/0.png"
+    state = await run(job)
+    assert state.is_failed()
+    (payload,) = receiver.accepted(job["id"])
+    assert payload["metadata"]["error_code"] == "REFERENCE_DOWNLOAD_ERROR"
+    assert payload["assets"] == []
+
+
+async def test_another_users_reference_is_refused_before_any_render(
+    runtime: Runtime, receiver: CallbackReceiver
+) -> None:
+    other = "9d0e4c1a-2b3c-4d5e-8f90-a1b2c3d4e5f6"
+    _reference_png(runtime, f"{other}/private/0.png")
+    job = sdxl_job(num_images=1, pipeline="img2img")
+    job["metadata"]["reference_image_url"] = f"workspace-temp/{other}/private/0.png"
+    state = await run(job)
+    assert state.is_failed()
+    counts = await task_run_counts(state.state_details.flow_run_id)
+    assert counts["render"] == 0
+    (payload,) = receiver.accepted(job["id"])
+    assert payload["metadata"]["error_code"] == "CROSS_USER_REFERENCE"
