@@ -19,9 +19,11 @@ Each figure prints one line ``name: new X, baseline Y, ratio Z (target ...)``:
 * ``rss``: the worker's resident memory over 100 jobs with that renderer: after 100 jobs against
   after the first 10. Target: growth < 5 %.
 * ``warm``: first job (pipeline load) against the second job, with the embedded tiny SDXL.
-* ``others``: benchmarks/backfill_copy_rate.py and benchmarks/deployed_path.py when present
-  (their ``run(quick)`` returns such lines; a ``main(argv)`` prints its own), else
-  "not available".
+* ``others``: benchmarks/backfill_copy_rate.py (backfill copy rate) and
+  benchmarks/deployed_path.py (GPU duty cycle, loads, deployed overhead), each run as its own
+  process, the deployed path with a smaller backlog than its own default (run the script alone
+  for that) and both smaller again under ``--quick``; their lines are passed on with the
+  script's name in front, or "not available" when a script is missing or fails.
 
 ``--quick`` uses fewer repetitions and 30 jobs for ``rss``. Everything runs on loopback in
 temporary folders; the Prefect runs go to a throwaway ``PREFECT_HOME`` unless ``PREFECT_API_URL``
@@ -34,13 +36,15 @@ from __future__ import annotations
 import argparse
 import asyncio
 import gc
-import importlib
 import io
+import os
 import secrets
 import shutil
+import subprocess
 import sys
 import tempfile
 import time
+import warnings
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
@@ -58,7 +62,15 @@ from benchmarks.common import (
 
 SECTIONS = ("pipeline", "overhead", "rss", "warm", "others")
 JWT_SECRET = "benchmark-jwt-secret-0123456789abcdef0123456789"
-OTHER_BENCHMARKS = ("backfill_copy_rate", "deployed_path")
+OTHER_BENCHMARKS = {  # script -> its arguments here (run it alone for its own defaults)
+    "backfill_copy_rate": {"default": [], "quick": ["--objects", "60"]},
+    "deployed_path": {
+        "default": ["--backlog", "6", "--load-jobs", "4", "--overhead-jobs", "3"],
+        "quick": ["--backlog", "4", "--load-jobs", "2", "--overhead-jobs", "2"],
+    },
+}
+OTHER_TIMEOUT_SECONDS = 300
+ORIGINAL_ENVIRONMENT = dict(os.environ)  # the other scripts get it, not this run's changes
 
 
 # --- (a) the post-render pipeline ----------------------------------------------------------------
@@ -79,6 +91,24 @@ def synthetic_frames(count: int, side: int) -> list[Any]:
     return frames
 
 
+class Phases:
+    """Seconds per phase of one run: encode, upload, callback (metadata included)."""
+
+    def __init__(self) -> None:
+        self.seconds: dict[str, float] = {}
+        self._last = time.perf_counter()
+        self.started = self._last
+
+    def mark(self, phase: str) -> None:
+        now = time.perf_counter()
+        self.seconds[phase] = now - self._last
+        self._last = now
+
+    @property
+    def total(self) -> float:
+        return self._last - self.started
+
+
 class PostRenderBench:
     """Both ways of finishing a rendered batch, against the same stand-in and receiver."""
 
@@ -92,23 +122,28 @@ class PostRenderBench:
         from genjobs.jobs.payload import parse_job
         from genjobs.jobs.plan import plan_job
 
-        return plan_job(parse_job(job_payload(len(self.frames), f"{self._side}x{self._side}")))
+        side = int(self.frames[0].shape[1])
+        return plan_job(parse_job(job_payload(len(self.frames), f"{side}x{side}")))
 
-    @property
-    def _side(self) -> int:
-        return int(self.frames[0].shape[1])
-
-    async def new_way(self) -> float:
-        from genjobs.assets import EncodedAsset, UploadedAsset
+    async def _report(self, plan: Any, uploaded: list[Any], phases: Phases) -> None:
         from genjobs.callback.payload import serialise
-        from genjobs.encode.images import encode_images
         from genjobs.metadata import completed_payload
+
+        payload = completed_payload(plan, {"model": "benchmark"}, uploaded, 0.0, None)
+        receipt = await self.sender.deliver(serialise(payload))
+        phases.mark("callback")
+        assert receipt.status_code == 200 and not receipt.skipped, receipt
+
+    async def new_way(self) -> Phases:
+        """Parallel level-1 PNG, files in scratch as the tasks keep them, parallel uploads."""
+        from genjobs.assets import EncodedAsset, UploadedAsset
+        from genjobs.encode.images import encode_images
         from genjobs.storage.base import asset_path, thumbnail_path
 
         plan = self._plan()
         folder = self.scratch / plan.job_id
         folder.mkdir(parents=True)
-        started = time.perf_counter()
+        phases = Phases()
         encoded = []
         for index, image in enumerate(encode_images(self.frames, compress_level=1)):
             png, thumb = folder / f"{index}.png", folder / f"{index}.thumb.webp"
@@ -127,6 +162,7 @@ class PostRenderBench:
                     thumbnail_file=str(thumb),
                 )
             )
+        phases.mark("encode")
 
         def upload(asset: EncodedAsset) -> UploadedAsset:
             path = asset_path(plan.user_id, plan.job_id, asset.index, "png")
@@ -139,24 +175,21 @@ class PostRenderBench:
 
         with ThreadPoolExecutor(max_workers=len(encoded)) as pool:
             uploaded = list(pool.map(upload, encoded))
-        payload = completed_payload(plan, {"model": "benchmark"}, uploaded, 0.0, None)
-        receipt = await self.sender.deliver(serialise(payload))
-        seconds = time.perf_counter() - started
-        assert receipt.status_code == 200 and not receipt.skipped, receipt
+        phases.mark("upload")
+        await self._report(plan, uploaded, phases)
         shutil.rmtree(folder)
-        return seconds
+        return phases
 
-    async def predecessor_way(self) -> float:
+    async def predecessor_way(self) -> Phases:
+        """``optimize=True`` PNG and a thumbnail one image at a time, then uploads one by one."""
         from PIL import Image
 
         from genjobs.assets import EncodedAsset, UploadedAsset
-        from genjobs.callback.payload import serialise
         from genjobs.encode.images import encode_thumbnail
-        from genjobs.metadata import completed_payload
         from genjobs.storage.base import asset_path, thumbnail_path
 
         plan = self._plan()
-        started = time.perf_counter()
+        phases = Phases()
         outputs = []
         for frame in self.frames:
             image = Image.fromarray(frame, mode="RGB")
@@ -164,6 +197,7 @@ class PostRenderBench:
             image.save(buffer, format="PNG", optimize=True)
             thumb, _, _ = encode_thumbnail(image)
             outputs.append((buffer.getvalue(), thumb, image.size))
+        phases.mark("encode")
         uploaded = []
         for index, (png, thumb, (width, height)) in enumerate(outputs):
             path = asset_path(plan.user_id, plan.job_id, index, "png")
@@ -182,11 +216,14 @@ class PostRenderBench:
                 thumbnail_file=thumb_path,
             )
             uploaded.append(UploadedAsset(encoded=asset, path=path, thumbnail_path=thumb_path))
-        payload = completed_payload(plan, {"model": "benchmark"}, uploaded, 0.0, None)
-        receipt = await self.sender.deliver(serialise(payload))
-        seconds = time.perf_counter() - started
-        assert receipt.status_code == 200 and not receipt.skipped, receipt
-        return seconds
+        phases.mark("upload")
+        await self._report(plan, uploaded, phases)
+        return phases
+
+
+def phase_note(runs: list[Phases]) -> str:
+    names = runs[0].seconds
+    return "/".join(f"{median([r.seconds[n] for r in runs]):.2f}" for n in names)
 
 
 async def pipeline_section(scratch: Path, repeats: int) -> list[str]:
@@ -200,7 +237,8 @@ async def pipeline_section(scratch: Path, repeats: int) -> list[str]:
 
     frames = synthetic_frames(6, 1024)
     secret = secrets.token_hex(16)
-    new, old = [], []
+    new: list[Phases] = []
+    old: list[Phases] = []
     with (
         StorageStandIn(JWT_SECRET) as standin,
         CallbackReceiver(secret) as receiver,
@@ -216,11 +254,12 @@ async def pipeline_section(scratch: Path, repeats: int) -> list[str]:
     return [
         figure(
             "post_render_pipeline_6x1024",
-            median(new),
-            median(old),
+            median([r.total for r in new]),
+            median([r.total for r in old]),
             "s",
             "<= 0.10",
-            f"median of {repeats}; 2 objects per image through SupabaseStorage to the stand-in",
+            f"median of {repeats}; encode/upload/callback s: new {phase_note(new)}, "
+            f"baseline {phase_note(old)}; 12 objects through SupabaseStorage to the stand-in",
         )
     ]
 
@@ -269,7 +308,9 @@ async def run_plain(job: dict[str, Any]) -> float:
 
     settings = get_runtime().settings
     started = time.perf_counter()
-    with disable_run_logger():
+    with disable_run_logger(), warnings.catch_warnings():
+        # The task bodies publish artifacts; outside a run Prefect warns that this is deprecated.
+        warnings.simplefilter("ignore", FutureWarning)
         # Synchronous steps run in a thread, as Prefect runs a sync task called from an async
         # flow: Prefect's dual sync/async helpers (artifacts) then take their sync path.
         plan = await asyncio.to_thread(validate_job.fn, job)
@@ -340,7 +381,7 @@ async def rss_section(jobs: int) -> list[str]:
     ]
 
 
-async def warm_section() -> list[str]:
+async def warm_section(warm_jobs: int) -> list[str]:
     from genjobs.render.cache import PIPELINES
     from genjobs.render.sdxl import TINY_FOLDER_NAME
     from genjobs.render.tiny_sdxl import ensure_tiny_sdxl
@@ -349,17 +390,17 @@ async def warm_section() -> list[str]:
     ensure_tiny_sdxl(get_runtime().settings.model_dir / TINY_FOLDER_NAME)  # built, not timed
     loads = PIPELINES.load_count("sdxl")
     cold = await run_flow(job_payload(1))
-    warm = await run_flow(job_payload(1))
-    assert PIPELINES.load_count("sdxl") == loads + 1
+    warm = [await run_flow(job_payload(1)) for _ in range(warm_jobs)]
+    assert PIPELINES.load_count("sdxl") == loads + 1, "the pipeline was loaded more than once"
     return [
         figure(
             "warm_vs_cold_tiny_sdxl_job",
-            warm,
+            median(warm),
             cold,
             "s",
-            "the second job pays no load",
-            "new = second job in the worker, baseline = first job (loads the pipeline); "
-            "1 image 256x256, 10 steps, CPU",
+            "later jobs pay no load",
+            f"new = median of the next {warm_jobs} jobs in the same worker, baseline = the "
+            "first job (loads the pipeline); 1 image 256x256, 10 steps, CPU; 1 load in all",
         )
     ]
 
@@ -376,34 +417,48 @@ async def flow_sections(scratch: Path, chosen: set[str], quick: bool) -> list[st
         set_runtime(build_runtime(fast))
         try:
             if "overhead" in chosen:
-                lines += report(await overhead_section(3 if quick else 7))
+                lines += report(await overhead_section(3 if quick else 5))
             if "rss" in chosen:
                 lines += report(await rss_section(30 if quick else 100))
             if "warm" in chosen:
                 set_runtime(build_runtime(embedded_settings(scratch / "tiny", receiver, secret)))
-                lines += report(await warm_section())
+                lines += report(await warm_section(1 if quick else 3))
         finally:
             set_runtime(None)
     return lines
 
 
-# --- (e) the other engineers' benchmarks ---------------------------------------------------------
+# --- (e) the benchmarks of the backfill and of the deployed path ---------------------------------
 
 
 def other_sections(quick: bool) -> list[str]:
+    """Run each in its own process (own event loop, argv and environment); pass its lines on."""
     lines = []
-    for name in OTHER_BENCHMARKS:
-        if not (REPO_ROOT / "benchmarks" / f"{name}.py").is_file():
+    for name, sizes in OTHER_BENCHMARKS.items():
+        arguments = sizes["quick" if quick else "default"]
+        script = REPO_ROOT / "benchmarks" / f"{name}.py"
+        if not script.is_file():
             lines += report([f"{name}: not available"])
             continue
-        module = importlib.import_module(f"benchmarks.{name}")
-        if hasattr(module, "run"):
-            lines += report([str(line) for line in module.run(quick=quick) or []])
-        elif hasattr(module, "main"):
-            print(f"{name}:", flush=True)
-            module.main([])
-        else:
-            lines += report([f"{name}: not available (no run() or main())"])
+        command = [sys.executable, str(script), *arguments]
+        try:
+            done = subprocess.run(
+                command,
+                cwd=REPO_ROOT,
+                env=ORIGINAL_ENVIRONMENT,
+                capture_output=True,
+                text=True,
+                timeout=OTHER_TIMEOUT_SECONDS,
+                check=False,
+            )
+        except subprocess.TimeoutExpired:
+            lines += report([f"{name}: not available (no result within {OTHER_TIMEOUT_SECONDS} s)"])
+            continue
+        if done.returncode != 0:
+            tail = (done.stderr or done.stdout).strip().splitlines()[-3:]
+            lines += report([f"{name}: not available (exit {done.returncode}: {' | '.join(tail)})"])
+            continue
+        lines += report([f"{name}: {line}" for line in done.stdout.splitlines() if line.strip()])
     return lines
 
 

@@ -14,6 +14,8 @@ import time
 from typing import Any
 
 from prefect import Flow, flow, get_run_logger
+from prefect.client.orchestration import get_client
+from prefect.client.schemas.filters import FlowRunFilter, FlowRunFilterId
 from prefect.client.schemas.objects import FlowRun
 from prefect.events import emit_event
 from prefect.exceptions import MissingContextError
@@ -116,10 +118,29 @@ async def _on_abnormal_end(flow: Flow[..., Any], flow_run: FlowRun, state: State
             code="WORKER_CRASHED",
             retryable=True,
         )
+    if await _callback_delivered(flow_run):
+        return  # the run already reported (completed, or failed): undo nothing, send nothing
     plan = _plan_or_none(job)
     if plan is not None:
         shutil.rmtree(scratch_dir(get_runtime().settings.work_dir, plan.job_id), ignore_errors=True)
     await _report_failure(job, error, plan)
+
+
+async def _callback_delivered(flow_run: FlowRun) -> bool:
+    """Whether a callback of this run was accepted before it stopped (API trouble: no)."""
+    try:
+        async with get_client() as client:
+            runs = await client.read_task_runs(
+                flow_run_filter=FlowRunFilter(id=FlowRunFilterId(any_=[flow_run.id]))
+            )
+    except Exception:
+        return False
+    return any(
+        run.task_key.startswith("send_callback")
+        and run.state is not None
+        and run.state.is_completed()
+        for run in runs
+    )
 
 
 @flow(
@@ -149,9 +170,16 @@ async def generate_job(job: dict[str, Any]) -> JobOutcome:
                 settings.upload_retry_base_seconds * 2**i for i in range(settings.upload_retries)
             ],
         )
-        uploaded = await asyncio.gather(
-            *(upload(asset, plan.user_id, plan.job_id) for asset in encoded)
+        settled = await asyncio.gather(
+            *(upload(asset, plan.user_id, plan.job_id) for asset in encoded),
+            return_exceptions=True,
         )
+        # Raise only once every upload has settled: the removal of partial uploads must not
+        # race an upload that is still in flight (it would leave an orphaned object).
+        uploaded = [result for result in settled if not isinstance(result, BaseException)]
+        failures = [result for result in settled if isinstance(result, BaseException)]
+        if failures:
+            raise failures[0]
         payload = assemble_metadata(
             plan, batch.details, list(uploaded), time.perf_counter() - started
         )

@@ -1,16 +1,18 @@
-"""The long-lived GPU worker: one process per GPU keeps its pipelines loaded and renders one job
-at a time for every flow run that hands it a render (``render_dispatch = "gpu_workers"``).
+"""The long-lived GPU worker: one process per GPU keeps its pipelines loaded and renders for
+every flow run that hands it a render (``render_dispatch = "gpu_workers"``).
 
-It is a Prefect task worker serving the background render tasks of tasks/render.py with a limit
-of one. Prefect's own task worker acknowledges the next queued run while it is still busy, so
-that run would wait for this GPU even when another GPU is idle, and would be lost with this
-process if it died. :class:`GpuTaskWorker` therefore takes a run from the server's queue only
-when it is idle: it subscribes, receives one run, disconnects, renders, and subscribes again.
-A run the server sends to a worker that disconnects without acknowledging it goes back to the
-head of the queue.
+It is a Prefect task worker serving the background render tasks of tasks/render.py. Prefect's
+own task worker acknowledges the next queued run while it is still busy, so that run would wait
+for this GPU even when another GPU is idle, and would be lost with this process if it died.
+:class:`GpuTaskWorker` takes a run from the server's queue only when its GPU is idle or about to
+be (genjobs/gpu_schedule.py): it subscribes, receives one run, disconnects, and subscribes again
+when it may take another. A run the server sends to a worker that disconnects without
+acknowledging it goes back to the head of the queue. The render holds ``GPU_LOCK`` around the
+pipeline call, so one pipeline runs at a time while the next job is set up.
 
-Start one per GPU (``genjobs gpu-worker --device cuda:0``; see docs/runbook.md). It needs a
-Prefect server (``PREFECT_API_URL``); background tasks do not work with the ephemeral API.
+Start one per GPU (``genjobs gpu-worker --device cuda:0``, or ``python -m genjobs.gpu_worker``;
+see docs/runbook.md). It needs a Prefect server (``PREFECT_API_URL``): background tasks do not
+work with the ephemeral API.
 """
 
 from __future__ import annotations
@@ -28,6 +30,7 @@ from prefect.client.subscriptions import Subscription
 from prefect.settings import get_current_settings
 from prefect.task_worker import StopTaskWorker, TaskWorker
 
+from genjobs.gpu_schedule import GPU
 from genjobs.jobs.types import Family
 from genjobs.render.cache import PIPELINES
 from genjobs.render.registry import renderer_for
@@ -41,13 +44,17 @@ SUBSCRIPTION_PATH = "/task_runs/subscriptions/scheduled"
 
 
 class GpuTaskWorker(TaskWorker):
-    """A task worker that runs one task at a time and takes a run only when idle."""
+    """A task worker for one GPU: one pipeline at a time (tasks/render.py holds GPU_LOCK),
+    a run taken from the queue only when this GPU is idle or about to be (``prefetch_seconds``
+    before the current render ends), so at most two runs are held: one rendering, one set up."""
 
-    def __init__(self, *tasks: Any) -> None:
-        super().__init__(*tasks, limit=1)
+    def __init__(self, *tasks: Any, prefetch_seconds: float = 2.0) -> None:
+        super().__init__(*tasks, limit=2)
+        self.prefetch_seconds = prefetch_seconds
 
-    def _idle(self) -> bool:
-        return self._limiter is None or self._limiter.available_tokens >= 1
+    def _may_take(self) -> bool:
+        free = self._limiter is None or self._limiter.available_tokens >= 1
+        return free and GPU.may_take_next(self.prefetch_seconds)
 
     async def _subscribe_to_task_scheduling(self) -> None:
         base_url = get_current_settings().api.url
@@ -58,13 +65,22 @@ class GpuTaskWorker(TaskWorker):
             )
         logger.info("Waiting for renders (task keys %s).", ", ".join(sorted(self.task_keys)))
         while not self.stopping:
-            while not self._idle():
+            while not self._may_take():
                 await anyio.sleep(0.01)
             task_run = await self._receive_one(base_url)
             logger.info("Received render %s (%s).", task_run.name, task_run.id)
+            GPU.claim(task_run.id)
             if await self._acquire_token(task_run.id):
                 assert self._runs_task_group is not None
-                self._runs_task_group.start_soon(self._safe_submit_scheduled_task_run, task_run)
+                self._runs_task_group.start_soon(self._run_then_release, task_run)
+            else:
+                GPU.release(task_run.id)
+
+    async def _run_then_release(self, task_run: TaskRun) -> None:
+        try:
+            await self._safe_submit_scheduled_task_run(task_run)
+        finally:
+            GPU.release(task_run.id)  # also when the run never reached the GPU
 
     async def _receive_one(self, base_url: str) -> TaskRun:
         """Subscribe, take one run (acknowledged), and disconnect before the next arrives."""
@@ -129,7 +145,10 @@ async def aserve_gpu_worker(
     runtime = gpu_runtime(device)
     if warm:
         await asyncio.to_thread(warm_up, runtime, families)
-    worker = GpuTaskWorker(*(GPU_RENDER_TASKS[f] for f in families))
+    worker = GpuTaskWorker(
+        *(GPU_RENDER_TASKS[f] for f in families),
+        prefetch_seconds=runtime.settings.gpu_prefetch_seconds,
+    )
     logger.info(
         "GPU worker %s serves %s renders, one at a time.",
         worker_label(runtime.settings),
@@ -174,7 +193,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = parser.parse_args(argv)
     families = tuple(f.strip() for f in args.families.split(",") if f.strip())
     handler = logging.StreamHandler()
-    handler.setFormatter(logging.Formatter("%(asctime)s | %(levelname)-7s | %(name)s - %(message)s"))
+    handler.setFormatter(
+        logging.Formatter("%(asctime)s | %(levelname)-7s | %(name)s - %(message)s")
+    )
     for name in ("genjobs", "tasks"):
         package_logger = logging.getLogger(name)
         package_logger.setLevel(logging.INFO)

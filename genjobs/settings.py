@@ -109,6 +109,12 @@ class Settings(BaseSettings):
     render_resubmits: int = Field(
         default=2, ge=0, description="How many times a lost or stuck render is submitted again."
     )
+    gpu_prefetch_seconds: float = Field(
+        default=2.0,
+        ge=0,
+        description="A GPU worker takes its next job this long before the current render is "
+        "expected to end, so the next set-up overlaps it; 0 takes jobs only when idle.",
+    )
     cancel_check_seconds: float = Field(
         default=1.5,
         ge=0,

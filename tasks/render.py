@@ -6,17 +6,21 @@ default). ``render_sdxl`` and ``render_wan`` are what the warm GPU workers serve
 task key per model family, so a worker can serve one family or both.
 
 While a render runs, a :class:`RenderWatch` is called after every diffusion step: it feeds the
-process-local progress listeners, emits a ``genjobs.render.step`` event, updates a progress
-artifact at most about once a second, and at most every ``cancel_check_seconds`` asks the API
-whether the job's flow run was cancelled (or this render superseded); if so it raises
-:class:`~genjobs.errors.JobCancelled`, which stops the pipeline at that step.
+process-local progress listeners and emits a ``genjobs.render.step`` event, and its monitor
+thread updates a progress artifact at most about once a second and asks the API at most every
+``cancel_check_seconds`` whether the job's flow run was cancelled (or this render superseded);
+the next step then raises :class:`~genjobs.errors.JobCancelled`, which stops the pipeline there.
+The pipeline call holds ``GPU_LOCK`` (genjobs/gpu_schedule.py): one pipeline at a time per
+process.
 """
 
 from __future__ import annotations
 
+import contextvars
 import logging
 import os
 import socket
+import threading
 import time
 from typing import Any
 from uuid import UUID
@@ -33,6 +37,7 @@ from prefect.events import emit_event
 from genjobs import progress
 from genjobs.assets import RenderedBatch, scratch_dir
 from genjobs.errors import JobCancelled
+from genjobs.gpu_schedule import GPU, GPU_LOCK
 from genjobs.jobs.plan import RenderPlan
 from genjobs.references import ReferenceFetcher, fetch_all
 from genjobs.render.cache import PIPELINES
@@ -66,14 +71,25 @@ def worker_label(settings: Settings) -> str:
 
 
 class RenderWatch:
-    """The per-step callback of one render: progress, events, artifact, cancellation.
+    """The per-step callback of one render, and the thread that talks to the API for it.
+
+    The callback itself stays cheap (the GPU waits while it runs): it feeds the process-local
+    progress listeners, emits a buffered ``genjobs.render.step`` event and raises the stop a
+    monitor thread has found. The monitor, while the pipeline runs, updates the progress
+    artifact at most every ``progress_update_seconds`` and asks the API at most every
+    ``cancel_check_seconds`` whether the flow run was cancelled (or ended) or this render
+    superseded.
+
+    Use as a context manager around the pipeline call, after :meth:`start`.
 
     Args:
         plan: The plan being rendered.
         settings: Throttle intervals (``progress_update_seconds``, ``cancel_check_seconds``).
         client: A synchronous Prefect client, or ``None`` to skip the API checks and artifact.
         flow_run_id: The flow run that asked for the render (cancelling it stops the render).
-        task_run_id: This render's task run (a flow may supersede it with a new one).
+        task_run_id: This render's task run.
+        background: Whether a GPU worker runs it for a flow elsewhere (the flow may then
+            supersede it with a new submission); ``False`` when it runs in the flow's process.
     """
 
     def __init__(
@@ -83,69 +99,56 @@ class RenderWatch:
         client: SyncPrefectClient | None,
         flow_run_id: UUID | None,
         task_run_id: UUID | None,
+        *,
+        background: bool = False,
     ):
         self.plan = plan
         self.settings = settings
         self.client = client
         self.flow_run_id = flow_run_id
         self.task_run_id = task_run_id
+        self.background = background
         self.resource = {"prefect.resource.id": f"genjobs.job.{plan.job_id}"}
         self.checks = 0
         self.artifact_updates = 0
         self._artifact_id: UUID | None = None
-        self._last_check = 0.0
-        self._last_update = 0.0
+        self._step = (0, 0)
+        self._shown = (0, 0)
+        self._stop: JobCancelled | None = None
+        self._done = threading.Event()
+        self._monitor: threading.Thread | None = None
 
-    # -- checks -----------------------------------------------------------------------------
-    def ensure_wanted(self, *, starting: bool = False) -> None:
-        """Raise JobCancelled when the flow run was cancelled or ended, or this render was
-        superseded. API trouble is logged and ignored: monitoring never fails a render."""
-        self._last_check = time.monotonic()
-        if self.client is None:
-            return
-        self.checks += 1
-        try:
-            reason = self._stop_reason(starting)
-        except JobCancelled:
-            raise
-        except Exception as exc:  # an API blip must not fail a render
-            logger.warning(
-                "Could not check whether job %s is still wanted: %s", self.plan.job_id, exc
-            )
-            return
-        if reason:
-            raise JobCancelled(reason)
-
-    def _stop_reason(self, starting: bool) -> str | None:
-        """Why the render should stop, if it should (raises FlowRunCancelled directly)."""
-        assert self.client is not None
-        if self.task_run_id is not None:
-            if starting:
-                names = [s.name for s in self.client.read_task_run_states(self.task_run_id)]
-            else:
-                state = self.client.read_task_run(self.task_run_id).state
-                names = [state.name] if state is not None else []
-            if SUPERSEDED in names:
-                return f"The render of job {self.plan.job_id} was superseded by a new submission"
-        if self.flow_run_id is not None:
-            flow_state = self.client.read_flow_run(self.flow_run_id).state
-            if flow_state is not None and flow_state.type in _FLOW_STOPPED:
-                raise FlowRunCancelled(
-                    f"The job {self.plan.job_id} was cancelled during its render"
-                )
-            if flow_state is not None and flow_state.type in _FLOW_ENDED:
-                return (
-                    f"The flow run of job {self.plan.job_id} ended ({flow_state.type.value}) "
-                    "before its render finished"
-                )
-        return None
-
-    # -- progress artifact ------------------------------------------------------------------
+    # -- before and after the pipeline -------------------------------------------------------
     def start(self) -> None:
-        """Check the render is still wanted, then publish its progress artifact at 0 %."""
-        self.ensure_wanted(starting=True)
-        if self.client is None:
-            return
+        """Before the pipeline: a background render checks it was not superseded while it
+        waited in the queue (Prefect itself refuses to start it once its flow run stopped)."""
+        if self.background:
+            self._probe(self._superseded_while_queued)
+            if self._stop is not None:
+                raise self._stop
+
+    def __enter__(self) -> RenderWatch:
+        if self.client is not None:
+            context = contextvars.copy_context()  # the run context: artifacts link to the run
+            self._monitor = threading.Thread(
+                target=context.run,
+                args=(self._watch,),
+                name=f"render-watch-{self.plan.job_id}",
+                daemon=True,
+            )
+            self._monitor.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._done.set()
+        if self._monitor is not None:
+            self._monitor.join(timeout=30)
+
+    def finish(self) -> None:
+        """Show the render as complete (after the pipeline returned)."""
+        self._update((1, 1))
+
+    def _create_artifact(self) -> None:
         try:
             self._artifact_id = create_progress_artifact(  # type: ignore[assignment]
                 progress=0.0,
@@ -156,35 +159,92 @@ class RenderWatch:
             logger.warning(
                 "Could not create the progress artifact of job %s: %s", self.plan.job_id, exc
             )
-        self._last_update = time.monotonic()
-
-    def _update(self, percent: float) -> None:
-        self._last_update = time.monotonic()
-        if self._artifact_id is None:
-            return
-        try:
-            update_progress_artifact(self._artifact_id, progress=percent)
-            self.artifact_updates += 1
-        except Exception as exc:
-            logger.warning("Could not update the progress of job %s: %s", self.plan.job_id, exc)
-
-    def finish(self) -> None:
-        """Show the render as complete."""
-        self._update(100.0)
 
     # -- the step callback ------------------------------------------------------------------
     def __call__(self, done: int, total: int) -> None:
+        GPU.step(done, total)
+        self._step = (done, total)
         progress.report("render", done, total)
         emit_event(
             event="genjobs.render.step",
             resource=self.resource,
             payload={"step": done, "total": total},
         )
-        now = time.monotonic()
-        if now - self._last_update >= self.settings.progress_update_seconds and done < total:
-            self._update(100.0 * done / max(total, 1))
-        if now - self._last_check >= self.settings.cancel_check_seconds:
-            self.ensure_wanted()
+        if self._stop is not None:
+            raise self._stop
+
+    # -- the monitor thread -----------------------------------------------------------------
+    def _watch(self) -> None:
+        self._create_artifact()  # here, so the pipeline does not wait for it
+        settings = self.settings
+        tick = max(min(settings.progress_update_seconds, settings.cancel_check_seconds), 0.05)
+        last_check = last_update = time.monotonic()
+        while not self._done.wait(tick):
+            now = time.monotonic()
+            if now - last_update >= settings.progress_update_seconds and self._step != self._shown:
+                self._update(self._step)
+                last_update = now
+            if now - last_check >= settings.cancel_check_seconds and self._stop is None:
+                self._probe(self._stop_reason)
+                last_check = now
+
+    def _probe(self, probe: Any) -> None:
+        """Run one check; API trouble is logged and ignored (monitoring never fails a render)."""
+        if self.client is None:
+            return
+        self.checks += 1
+        try:
+            reason = probe()
+        except JobCancelled as exc:
+            self._stop = exc
+            return
+        except Exception as exc:
+            logger.warning(
+                "Could not check whether job %s is still wanted: %s", self.plan.job_id, exc
+            )
+            return
+        if reason:
+            self._stop = JobCancelled(reason)
+
+    def _superseded_while_queued(self) -> str | None:
+        assert self.client is not None
+        if self.task_run_id is None:
+            return None
+        history = self.client.read_task_run_states(self.task_run_id)
+        if any(state.name == SUPERSEDED for state in history):
+            return f"The render of job {self.plan.job_id} was superseded by a new submission"
+        return None
+
+    def _stop_reason(self) -> str | None:
+        assert self.client is not None
+        if self.background and self.task_run_id is not None:
+            state = self.client.read_task_run(self.task_run_id).state
+            if state is not None and state.name == SUPERSEDED:
+                return f"The render of job {self.plan.job_id} was superseded by a new submission"
+        if self.flow_run_id is None:
+            return None
+        flow_state = self.client.read_flow_run(self.flow_run_id).state
+        if flow_state is None:
+            return None
+        if flow_state.type in _FLOW_STOPPED:
+            raise FlowRunCancelled(f"The job {self.plan.job_id} was cancelled during its render")
+        if flow_state.type in _FLOW_ENDED:
+            return (
+                f"The flow run of job {self.plan.job_id} ended ({flow_state.type.value}) "
+                "before its render finished"
+            )
+        return None
+
+    def _update(self, step: tuple[int, int]) -> None:
+        self._shown = step
+        if self._artifact_id is None:
+            return  # no client, or the artifact could not be created
+        done, total = step
+        try:
+            update_progress_artifact(self._artifact_id, progress=100.0 * done / max(total, 1))
+            self.artifact_updates += 1
+        except Exception as exc:
+            logger.warning("Could not update the progress of job %s: %s", self.plan.job_id, exc)
 
 
 def _run_ids() -> tuple[UUID | None, UUID | None]:
@@ -194,7 +254,7 @@ def _run_ids() -> tuple[UUID | None, UUID | None]:
     return context.task_run.flow_run_id, context.task_run.id
 
 
-def _render(plan: RenderPlan) -> RenderedBatch:
+def _render(plan: RenderPlan, *, background: bool) -> RenderedBatch:
     """Fetch references, run the pipeline, save one ``.npy`` frame file per asset."""
     run_logger = get_run_logger()
     runtime = get_runtime()
@@ -203,7 +263,7 @@ def _render(plan: RenderPlan) -> RenderedBatch:
     loads_before = PIPELINES.load_count()
     flow_run_id, task_run_id = _run_ids()
     with get_client(sync_client=True) as client:
-        watch = RenderWatch(plan, settings, client, flow_run_id, task_run_id)
+        watch = RenderWatch(plan, settings, client, flow_run_id, task_run_id, background=background)
         watch.start()
         with httpx.Client(timeout=settings.reference_timeout_seconds) as http:
             fetcher = ReferenceFetcher(
@@ -215,7 +275,16 @@ def _render(plan: RenderPlan) -> RenderedBatch:
                 storage_url=settings.supabase_url,
             )
             references = fetch_all(plan, fetcher)  # keyed by ReferenceRole
-        output = renderer_for(plan.family, settings).render(plan, references, watch)
+        renderer = renderer_for(plan.family, settings)
+        gpu_key = task_run_id or plan.job_id
+        with GPU_LOCK, watch:  # one pipeline at a time in this process
+            GPU.pipeline_started(gpu_key)
+            pipeline_started = time.time()
+            try:
+                output = renderer.render(plan, references, watch)
+            finally:
+                pipeline_finished = time.time()
+                GPU.release(gpu_key)
         watch.finish()
     folder = scratch_dir(settings.work_dir, plan.job_id) / "render"
     folder.mkdir(parents=True, exist_ok=True)
@@ -236,6 +305,8 @@ def _render(plan: RenderPlan) -> RenderedBatch:
         payload={
             "worker": worker,
             "render_seconds": round(seconds, 4),
+            "pipeline_started": pipeline_started,
+            "pipeline_finished": pipeline_finished,
             "pipeline_loads": loads,
             "pipeline_loads_during_render": loads - loads_before,
         },
@@ -264,19 +335,19 @@ _RENDER_OPTIONS: dict[str, Any] = {
 @task(name="render", **_RENDER_OPTIONS)
 def render_assets(plan: RenderPlan) -> RenderedBatch:
     """Render in this process: fetch references, run the pipeline, save the frames."""
-    return _render(plan)
+    return _render(plan, background=False)
 
 
 @task(name="render-sdxl", **_RENDER_OPTIONS)
 def render_sdxl(plan: RenderPlan) -> RenderedBatch:
     """Render an SDXL plan on a GPU worker (served by genjobs/gpu_worker.py)."""
-    return _render(plan)
+    return _render(plan, background=True)
 
 
 @task(name="render-wan", **_RENDER_OPTIONS)
 def render_wan(plan: RenderPlan) -> RenderedBatch:
     """Render a WAN plan on a GPU worker (served by genjobs/gpu_worker.py)."""
-    return _render(plan)
+    return _render(plan, background=True)
 
 
 GPU_RENDER_TASKS = {"sdxl": render_sdxl, "wan": render_wan}

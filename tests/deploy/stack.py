@@ -68,6 +68,7 @@ class LocalStack:
     port: int = field(default_factory=free_port)
     processes: list[Process] = field(default_factory=list)
     extra_env: dict[str, str] = field(default_factory=dict)
+    database_url: str | None = None  # e.g. postgresql+asyncpg://...; default: SQLite in home
 
     def __post_init__(self) -> None:
         self.root.mkdir(parents=True, exist_ok=True)
@@ -75,6 +76,21 @@ class LocalStack:
         self.genjobs_home = self.root / "genjobs-home"
         self.api_url = f"http://127.0.0.1:{self.port}/api"
         self.http = httpx.Client(base_url=self.api_url, timeout=30.0)
+
+    def request(self, method: str, url: str, **kwargs: Any) -> httpx.Response:
+        """One API call, retried on 503 and connection errors, as every API client should (the
+        server answers 503 for retryable faults such as a busy SQLite database)."""
+        for attempt in range(6):
+            try:
+                answer = self.http.request(method, url, **kwargs)
+            except httpx.TransportError:
+                if attempt == 5:
+                    raise
+            else:
+                if answer.status_code != 503 or attempt == 5:
+                    return answer
+            time.sleep(0.25 * 2**attempt)
+        raise AssertionError("unreachable")
 
     # -- environment ------------------------------------------------------------------------
     def env(self, **extra: str) -> dict[str, str]:
@@ -92,7 +108,9 @@ class LocalStack:
             PREFECT_LOGGING_LEVEL="INFO",
             GENJOBS_HOME=str(self.genjobs_home),
             GENJOBS_CHECKOUT=str(REPO_ROOT),
-            PYTHONPATH=os.pathsep.join(filter(None, [str(REPO_ROOT), os.environ.get("PYTHONPATH")])),
+            PYTHONPATH=os.pathsep.join(
+                filter(None, [str(REPO_ROOT), os.environ.get("PYTHONPATH")])
+            ),
             HF_HUB_OFFLINE="1",
             TOKENIZERS_PARALLELISM="false",
         )
@@ -132,12 +150,11 @@ class LocalStack:
 
     # -- server -----------------------------------------------------------------------------
     def start_server(self, timeout: float = 120.0) -> None:
-        server = self.spawn(
-            "server",
-            [sys.executable, "-m", "prefect", "server", "start", "--host", "127.0.0.1"]
-            + ["--port", str(self.port)],
-            self.env(),
-        )
+        args = ["server", "start", "--host", "127.0.0.1", "--port", str(self.port)]
+        env = self.env()
+        if self.database_url:
+            env["PREFECT_SERVER_DATABASE_CONNECTION_URL"] = self.database_url
+        server = self.spawn("server", [sys.executable, "-m", "prefect", *args], env)
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             if server.popen.poll() is not None:
@@ -150,7 +167,7 @@ class LocalStack:
 
     def create_pools(self, *names: str) -> None:
         for name in names:
-            answer = self.http.post("/work_pools/", json={"name": name, "type": "process"})
+            answer = self.request("POST", "/work_pools/", json={"name": name, "type": "process"})
             if answer.status_code != 409:  # already there
                 answer.raise_for_status()
 
@@ -177,9 +194,7 @@ class LocalStack:
         args += ["--type", "process", "--name", f"{pool}-worker"]
         if limit is not None:
             args += ["--limit", str(limit)]
-        return self.spawn(
-            f"worker-{pool}", args, self.env(PREFECT_WORKER_QUERY_SECONDS="1", **env)
-        )
+        return self.spawn(f"worker-{pool}", args, self.env(PREFECT_WORKER_QUERY_SECONDS="1", **env))
 
     def start_gpu_worker(
         self, name: str, device: str = "cpu", families: str = "sdxl,wan", **env: str
@@ -197,7 +212,7 @@ class LocalStack:
         """Until ``count`` GPU workers have subscribed to the render queues."""
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
-            workers = self.http.post("/task_workers/filter", json={}).json()
+            workers = self.request("POST", "/task_workers/filter", json={}).json()
             if len(workers) >= count:
                 return
             for process in self.processes:
@@ -208,13 +223,14 @@ class LocalStack:
 
     # -- runs -------------------------------------------------------------------------------
     def deployment_id(self, flow_name: str, deployment: str) -> str:
-        answer = self.http.get(f"/deployments/name/{flow_name}/{deployment}")
+        answer = self.request("GET", f"/deployments/name/{flow_name}/{deployment}")
         answer.raise_for_status()
         return str(answer.json()["id"])
 
     def trigger(self, deployment_id: str, job: dict[str, Any]) -> dict[str, Any]:
         """What queue-job sends: the job as parameter, its id as idempotency key."""
-        answer = self.http.post(
+        answer = self.request(
+            "POST",
             f"/deployments/{deployment_id}/create_flow_run",
             json={"parameters": {"job": job}, "idempotency_key": str(job["id"])},
         )
@@ -223,7 +239,7 @@ class LocalStack:
         return run
 
     def flow_run(self, flow_run_id: str) -> dict[str, Any]:
-        answer = self.http.get(f"/flow_runs/{flow_run_id}")
+        answer = self.request("GET", f"/flow_runs/{flow_run_id}")
         answer.raise_for_status()
         run: dict[str, Any] = answer.json()
         return run
@@ -243,23 +259,25 @@ class LocalStack:
 
     def flow_runs_of(self, deployment_id: str) -> list[dict[str, Any]]:
         body = {"deployments": {"id": {"any_": [deployment_id]}}}
-        runs: list[dict[str, Any]] = self.http.post("/flow_runs/filter", json=body).json()
+        runs: list[dict[str, Any]] = self.request("POST", "/flow_runs/filter", json=body).json()
         return runs
 
     def task_runs_of(self, flow_run_ids: Sequence[str]) -> list[dict[str, Any]]:
         body = {"flow_runs": {"id": {"any_": list(flow_run_ids)}}, "limit": 200}
-        runs: list[dict[str, Any]] = self.http.post("/task_runs/filter", json=body).json()
+        runs: list[dict[str, Any]] = self.request("POST", "/task_runs/filter", json=body).json()
         return runs
 
     def artifacts_of(self, flow_run_id: str) -> list[dict[str, Any]]:
         body = {"artifacts": {"flow_run_id": {"any_": [flow_run_id]}}}
-        artifacts: list[dict[str, Any]] = self.http.post("/artifacts/filter", json=body).json()
+        artifacts: list[dict[str, Any]] = self.request(
+            "POST", "/artifacts/filter", json=body
+        ).json()
         return artifacts
 
     def events(self, name: str) -> list[dict[str, Any]]:
         """Every stored event of that name (oldest first), following the API's pages."""
         body = {"filter": {"event": {"name": [name]}, "order": "ASC"}, "limit": 50}
-        answer = self.http.post("/events/filter", json=body)
+        answer = self.request("POST", "/events/filter", json=body)
         events: list[dict[str, Any]] = []
         while True:
             answer.raise_for_status()
@@ -267,7 +285,7 @@ class LocalStack:
             events += page["events"]
             if not page.get("next_page"):
                 return events
-            answer = self.http.get(page["next_page"])
+            answer = self.request("GET", page["next_page"])
 
     # -- teardown ---------------------------------------------------------------------------
     def stop(self) -> None:
@@ -280,8 +298,10 @@ class LocalStack:
 
 
 @contextlib.contextmanager
-def local_stack(root: Path, **extra_env: str) -> Iterator[LocalStack]:
-    stack = LocalStack(root, extra_env=dict(extra_env))
+def local_stack(
+    root: Path, database_url: str | None = None, **extra_env: str
+) -> Iterator[LocalStack]:
+    stack = LocalStack(root, extra_env=dict(extra_env), database_url=database_url)
     try:
         stack.start_server()
         yield stack

@@ -53,14 +53,11 @@ def stack(
     root = tmp_path_factory.mktemp("stack")
     with local_stack(root, GENJOBS_MODEL_CACHE=str(model_cache)) as running:
         try:
-            t0 = time.monotonic(); print('server', flush=True)
             running.create_pools("gpu-pool")
             running.save_blocks(
                 blocks_script(standin.url, standin.token(), receiver.url, SECRET, device="cpu")
             )
-            print('blocks', time.monotonic()-t0, flush=True)
             running.deploy("sdxl", "wan")
-            print('deployed', time.monotonic()-t0, flush=True)
             running.start_process_worker("gpu-pool")
             running.start_gpu_worker(
                 "gpu-wan",
@@ -71,12 +68,11 @@ def stack(
                 GENJOBS_CANCEL_CHECK_SECONDS="0.5",
             )
             running.start_gpu_worker("gpu-0", families="sdxl")
-            running.wait_for_task_workers(2); print('gpu0', time.monotonic()-t0, flush=True)  # the tiny model is built once; gpu-1 loads it
+            running.wait_for_task_workers(2)  # gpu-0 builds the tiny model; gpu-1 loads it
             running.start_gpu_worker("gpu-1", families="sdxl")
-            running.wait_for_task_workers(3); print('all', time.monotonic()-t0, flush=True)
-        except Exception:
-            print(running.logs())  # noqa: T201 - the subprocesses' logs explain a failed setup
-            raise
+            running.wait_for_task_workers(3)
+        except Exception as exc:
+            raise RuntimeError(f"The stack did not start:\n{running.logs()}") from exc
         yield running
 
 
@@ -109,11 +105,9 @@ def test_a_job_triggered_twice_with_one_key_runs_once_and_lands_everywhere(
 ) -> None:
     deployment = stack.deployment_id("generate-job", "sdxl")
     job = sdxl_job(num_images=3)
-    t0 = time.monotonic()
     first, second = stack.trigger(deployment, job), stack.trigger(deployment, job)
     assert first["id"] == second["id"]
     (run,) = stack.wait_for_flow_runs([first["id"]], timeout=120)
-    print("t1 run", time.monotonic() - t0, flush=True)
     assert run["state"]["type"] == "COMPLETED", stack.logs()
     same_job = [r for r in stack.flow_runs_of(deployment) if r["name"] == f"job-{job['id']}"]
     assert [r["id"] for r in same_job] == [first["id"]]
@@ -136,7 +130,6 @@ def test_a_job_triggered_twice_with_one_key_runs_once_and_lands_everywhere(
     table = artifacts[f"assets-{job['id']}"]
     assert table["type"] == "table"
     assert [r["path"] for r in _table_rows(table)] == [r["temp_storage_path"] for r in rows]
-    print("t1 checks", time.monotonic() - t0, flush=True)
     progress = artifacts[f"render-progress-{job['id']}"]
     assert progress["type"] == "progress" and float(progress["data"]) == 100.0
     wait_until(
@@ -208,7 +201,8 @@ def test_cancelling_a_run_stops_its_render_removes_its_uploads_and_reports_cance
         "the first render step",
     )
     cancelled_at = time.monotonic()
-    stack.http.post(
+    stack.request(
+        "POST",
         f"/flow_runs/{run['id']}/set_state",
         json={"state": {"type": "CANCELLING"}, "force": True},
     ).raise_for_status()

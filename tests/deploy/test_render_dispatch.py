@@ -164,7 +164,9 @@ async def test_a_render_presumed_lost_is_submitted_again_and_rendered_once(
         render_poll_seconds=0.2,
     )  # fmt: skip
     job = sdxl_job(num_images=2, num_inference_steps=10)
-    running = asyncio.create_task(generate_job(job, return_state=True))
+    running: asyncio.Task[Any] = asyncio.create_task(
+        generate_job(job, return_state=True)  # type: ignore[arg-type]
+    )
     # No GPU worker yet: the render waits past the queue timeout and is submitted again. The
     # first submission is still queued, so the worker receives both, in order.
     deadline = time.monotonic() + 30

@@ -12,7 +12,7 @@ import copy
 import math
 import re
 import uuid
-from dataclasses import dataclass
+from collections.abc import Callable
 from typing import Any
 
 from hypothesis import strategies as st
@@ -158,16 +158,12 @@ def _is_uuid(text: str) -> bool:
     return True
 
 
-def _with_uuid(trick: str) -> str:
-    """A path trick wrapped around a real UUID, so the value is unique and almost valid."""
-    return f"{trick}/{uuid.uuid4()}"
-
-
 not_uuid_text = st.one_of(
     st.sampled_from(PATH_TRICKS),
-    st.sampled_from(PATH_TRICKS).map(_with_uuid),
-    st.builds(lambda: str(uuid.uuid4()) + "/.."),
-    st.builds(lambda: "../" + str(uuid.uuid4())),
+    # Tricks around a real UUID: unique, and almost valid.
+    st.builds(lambda trick, u: f"{trick}/{u}", st.sampled_from(PATH_TRICKS), st.uuids()),
+    st.uuids().map(lambda u: f"{u}/.."),
+    st.uuids().map(lambda u: f"../{u}"),
     st.text(min_size=1, max_size=60).filter(lambda s: not _is_uuid(s)),
 )
 huge_text = st.builds(
@@ -180,7 +176,8 @@ huge_ints = st.one_of(
 )
 
 
-def _strings_except_none() -> st.SearchStrategy[Any]:
+def _not_strings() -> st.SearchStrategy[Any]:
+    """JSON values of every type but string (and not None, which optional fields accept)."""
     return st.one_of(
         st.integers(),
         st.floats(allow_nan=True),
@@ -293,16 +290,22 @@ REFERENCE_SLOTS = ("modify", "copy", "single", "start", "end")
 # --- Mutations -----------------------------------------------------------------------------------
 
 
-@dataclass(frozen=True)
 class Hostile:
-    """A hostile payload and a short label of what was done to it."""
+    """A hostile payload and a short label of what was done to it.
 
-    label: str
-    payload: dict[str, Any]
+    A plain class with a short ``repr`` (not a dataclass, whose fields Hypothesis would print
+    in full): a payload may hold a prompt of 200 000 characters.
+    """
+
+    __slots__ = ("label", "payload")
+
+    def __init__(self, label: str, payload: dict[str, Any]):
+        self.label = label
+        self.payload = payload
 
     def __repr__(self) -> str:
         shown = repr(self.payload)
-        return f"Hostile({self.label}: {shown[:300]}{'...' if len(shown) > 300 else ''})"
+        return f"Hostile({self.label!r}, {shown[:300]}{'...' if len(shown) > 300 else ''})"
 
 
 def _set(payload: dict[str, Any], path: str, value: Any) -> dict[str, Any]:
@@ -320,8 +323,6 @@ def _set(payload: dict[str, Any], path: str, value: Any) -> dict[str, Any]:
 def _drop(payload: dict[str, Any], key: str) -> dict[str, Any]:
     job = copy.deepcopy(payload)
     job.pop(key, None)
-    if key == "type":
-        job.pop("job_type", None)
     return job
 
 
@@ -352,7 +353,7 @@ def refused_payloads(draw: st.DrawFn) -> Hostile:
     if kind == "user_id_not_uuid":
         return Hostile(kind, _set(payload, "user_id", draw(not_uuid_text)))
     if kind == "id_wrong_type":
-        return Hostile(kind, _set(payload, "id", draw(_strings_except_none())))
+        return Hostile(kind, _set(payload, "id", draw(_not_strings())))
     if kind == "id_missing":
         return Hostile(kind, _drop(payload, "id"))
     if kind == "huge_prompt":
@@ -402,7 +403,7 @@ def _wrong_value_for(field: str) -> st.SearchStrategy[Any]:
         )
     if field.split(".")[-1] in METADATA_NUMBER_FIELDS:
         return st.sampled_from(["0.5", True, [0.5], {"value": 0.5}])
-    return _strings_except_none()
+    return _not_strings()
 
 
 @st.composite
@@ -443,6 +444,10 @@ def hostile_payloads(draw: st.DrawFn) -> Hostile:
     return Hostile("+".join(labels), payload)
 
 
+def _not_in(names: set[str]) -> Callable[[str], bool]:
+    return lambda key: key not in names
+
+
 @st.composite
 def unknown_keys(draw: st.DrawFn) -> dict[str, dict[str, Any]]:
     """Extra keys for the top level, ``config`` and ``metadata`` that no model declares."""
@@ -455,7 +460,7 @@ def unknown_keys(draw: st.DrawFn) -> dict[str, dict[str, Any]]:
     for where, names in known.items():
         extras[where] = draw(
             st.dictionaries(
-                st.text(min_size=1, max_size=12).filter(lambda k, n=names: k not in n),
+                st.text(min_size=1, max_size=12).filter(_not_in(names)),
                 json_values,
                 max_size=3,
             )
