@@ -8,7 +8,6 @@ refused (before any render) and when the process crashes (the ``on_crashed`` hoo
 from __future__ import annotations
 
 import asyncio
-import logging
 import shutil
 import time
 from typing import Any
@@ -18,7 +17,6 @@ from prefect.client.orchestration import get_client
 from prefect.client.schemas.filters import FlowRunFilter, FlowRunFilterId
 from prefect.client.schemas.objects import FlowRun
 from prefect.events import emit_event
-from prefect.exceptions import MissingContextError
 from prefect.runtime import flow_run as current_flow_run
 from prefect.states import State
 from pydantic import BaseModel
@@ -35,6 +33,7 @@ from tasks.encode import encode_assets
 from tasks.metadata import assemble_metadata
 from tasks.render import FlowRunCancelled
 from tasks.render_dispatch import render
+from tasks.run_logger import run_logger
 from tasks.upload import remove_uploads, upload_asset
 from tasks.validate import validate_job
 
@@ -85,17 +84,9 @@ def _emit_outcome(job_id: str, status: str, payload: CallbackPayload) -> None:
     )
 
 
-def _hook_safe_logger() -> logging.Logger | logging.LoggerAdapter[logging.Logger]:
-    """The run logger; the module logger where a worker runs a hook outside any run context."""
-    try:
-        return get_run_logger()  # type: ignore[return-value]
-    except MissingContextError:
-        return logging.getLogger(__name__)
-
-
 async def _report_failure(job: Any, error: BaseException, plan: RenderPlan | None) -> None:
     """Remove partial uploads, then send the one failed callback (when the job has an id)."""
-    logger = _hook_safe_logger()
+    logger = run_logger(__name__)
     job_id = plan.job_id if plan else raw_job_id(job)
     if plan is not None:
         await remove_uploads(plan.job_id, _planned_paths(plan))

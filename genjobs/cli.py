@@ -160,6 +160,18 @@ def _receiver(args: argparse.Namespace) -> int:
             return 0
 
 
+def _delegate(module_name: str) -> Any:
+    """A handler that passes the remaining arguments to ``module_name.main``."""
+
+    def handler(args: argparse.Namespace) -> int:
+        import importlib
+
+        module = importlib.import_module(module_name)
+        return int(module.main(args.args) or 0)
+
+    return handler
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="genjobs", description=__doc__)
     parser.add_argument("-v", "--verbose", action="store_true", help="show Prefect's logs")
@@ -177,6 +189,16 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--job-file", help="a job JSON file in the payload shape (overrides the rest)")
     run.set_defaults(handler=_run)
 
+    worker = sub.add_parser(
+        "gpu-worker", help="serve renders on one GPU with warm models (see docs/deployment.md)"
+    )
+    worker.add_argument("args", nargs=argparse.REMAINDER, help="--device cuda:N, --families ...")
+    worker.set_defaults(handler=_delegate("genjobs.gpu_worker"))
+
+    standin = sub.add_parser("storage-standin", help="serve the local Supabase Storage stand-in")
+    standin.add_argument("args", nargs=argparse.REMAINDER, help="--port, --jwt-secret, --bucket")
+    standin.set_defaults(handler=_delegate("genjobs.devserver.storage_standin"))
+
     receiver = sub.add_parser("receiver", help="serve the local job-callback receiver")
     receiver.add_argument("--port", type=int, default=54321)
     receiver.set_defaults(handler=_receiver)
@@ -186,7 +208,7 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
-    if not args.verbose:
+    if args.command == "run" and not args.verbose:
         for name, value in QUIET_ENVIRONMENT.items():
             os.environ.setdefault(name, value)
         logging.basicConfig(level=logging.WARNING)

@@ -11,6 +11,7 @@ from genjobs.callback.sender import CallbackReceipt, CallbackSender, retry_delay
 from genjobs.errors import CallbackUnavailable, JobError
 from genjobs.runtime import Runtime, get_runtime
 from tasks.naming import retry_if_transient, run_name
+from tasks.run_logger import run_logger
 
 
 def sender_for(runtime: Runtime, client: httpx.AsyncClient) -> CallbackSender:
@@ -65,7 +66,7 @@ async def deliver_callback(payload: CallbackPayload) -> CallbackReceipt:
         Outbox(settings.outbox_dir).put(
             payload.job_id, payload.status, runtime.callback_url or "", body
         )
-        get_run_logger().error(
+        run_logger(__name__).error(
             "The %s callback of job %s could not be delivered within %.0f s; it waits in the "
             "outbox for a later re-send.",
             payload.status,
