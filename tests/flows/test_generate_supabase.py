@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import io
 import json
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
@@ -40,27 +40,38 @@ def standin(standin_server: StorageStandIn) -> StorageStandIn:
 
 
 @pytest.fixture
-def supabase_runtime(
+def use_supabase(
     tmp_path: Path,
     model_cache: Path,
     receiver: CallbackReceiver,
     callback_secret: str,
     standin: StorageStandIn,
-) -> Iterator[Runtime]:
-    settings = make_settings(
-        tmp_path,
-        model_cache,
-        receiver,
-        callback_secret,
-        supabase_url=standin.url,
-        supabase_service_key=standin.token(),
-        storage_timeout_seconds=5.0,
-    )
-    runtime = build_runtime(settings)
-    assert isinstance(runtime.storage, SupabaseStorage)
-    set_runtime(runtime)
-    yield runtime
+) -> Iterator[Callable[..., Runtime]]:
+    """Installs a runtime on the stand-in through the real client; overrides tune settings."""
+
+    def install(**overrides: object) -> Runtime:
+        settings = make_settings(
+            tmp_path,
+            model_cache,
+            receiver,
+            callback_secret,
+            supabase_url=standin.url,
+            supabase_service_key=standin.token(),
+            storage_timeout_seconds=5.0,
+            **overrides,
+        )
+        runtime = build_runtime(settings)
+        assert isinstance(runtime.storage, SupabaseStorage)
+        set_runtime(runtime)
+        return runtime
+
+    yield install
     set_runtime(None)
+
+
+@pytest.fixture
+def supabase_runtime(use_supabase: Callable[..., Runtime]) -> Runtime:
+    return use_supabase()
 
 
 def upload_statuses(standin: StorageStandIn, path: str) -> list[int]:
@@ -122,30 +133,16 @@ async def test_two_injected_503s_store_the_object_once_and_render_once(
 
 @pytest.mark.slow
 async def test_receiver_down_for_a_minute_still_gets_one_accepted_delivery(
-    tmp_path: Path,
-    model_cache: Path,
-    receiver: CallbackReceiver,
-    callback_secret: str,
-    standin: StorageStandIn,
+    use_supabase: Callable[..., Runtime], receiver: CallbackReceiver
 ) -> None:
-    settings = make_settings(
-        tmp_path,
-        model_cache,
-        receiver,
-        callback_secret,
-        supabase_url=standin.url,
-        supabase_service_key=standin.token(),
+    use_supabase(
         callback_retry_window_seconds=120,
         callback_retry_base_seconds=1.0,
         callback_retry_cap_seconds=4.0,
     )
-    set_runtime(build_runtime(settings))
-    try:
-        job = sdxl_job(num_images=1)
-        receiver.down_for(60)
-        state = await generate_job(job, return_state=True)
-    finally:
-        set_runtime(None)
+    job = sdxl_job(num_images=1)
+    receiver.down_for(60)
+    state = await generate_job(job, return_state=True)
     assert state.is_completed(), state.message
     answered = [r.answered for r in receiver.requests]
     assert answered.count(503) >= 10 and answered[-1] == 200
@@ -153,36 +150,19 @@ async def test_receiver_down_for_a_minute_still_gets_one_accepted_delivery(
 
 
 async def test_undeliverable_callback_waits_in_the_outbox_and_is_redelivered_once(
-    tmp_path: Path,
-    model_cache: Path,
-    receiver: CallbackReceiver,
-    callback_secret: str,
-    standin: StorageStandIn,
+    use_supabase: Callable[..., Runtime], receiver: CallbackReceiver
 ) -> None:
-    settings = make_settings(
-        tmp_path,
-        model_cache,
-        receiver,
-        callback_secret,
-        supabase_url=standin.url,
-        supabase_service_key=standin.token(),
-        callback_retry_window_seconds=0.3,
-        callback_retry_base_seconds=0.1,
-    )
-    set_runtime(build_runtime(settings))
-    try:
-        job = sdxl_job(num_images=1)
-        receiver.down_for(3600)
-        state = await generate_job(job, return_state=True)
-        assert state.is_failed()  # the assets are stored; the callback is not yet delivered
-        (entry,) = Outbox(settings.outbox_dir).entries()
-        assert (entry.job_id, entry.status) == (job["id"], "completed")
-        assert receiver.accepted(job["id"]) == []
-        receiver.down_for(0)
-        assert await redeliver_callbacks() == {"delivered": 1, "waiting": 0, "rejected": 0}
-        assert await redeliver_callbacks() == {"delivered": 0, "waiting": 0, "rejected": 0}
-    finally:
-        set_runtime(None)
+    runtime = use_supabase(callback_retry_window_seconds=0.3, callback_retry_base_seconds=0.1)
+    job = sdxl_job(num_images=1)
+    receiver.down_for(3600)
+    state = await generate_job(job, return_state=True)
+    assert state.is_failed()  # the assets are stored; the callback is not yet delivered
+    (entry,) = Outbox(runtime.settings.outbox_dir).entries()
+    assert (entry.job_id, entry.status) == (job["id"], "completed")
+    assert receiver.accepted(job["id"]) == []
+    receiver.down_for(0)
+    assert await redeliver_callbacks() == {"delivered": 1, "waiting": 0, "rejected": 0}
+    assert await redeliver_callbacks() == {"delivered": 0, "waiting": 0, "rejected": 0}
     (payload,) = receiver.accepted(job["id"])
     assert payload["status"] == "completed" and json.loads(entry.body) == payload
     assert len(receiver.assets(job["id"])) == 1
