@@ -17,6 +17,7 @@ from prefect.client.schemas.filters import (
     LogFilter,
     LogFilterFlowRunId,
 )
+from prefect.logging.handlers import APILogHandler
 
 from flows.generate import generate_job
 from genjobs.devserver.receiver import CallbackReceiver
@@ -38,6 +39,7 @@ def standin() -> Iterator[StorageStandIn]:
 
 async def recorded_text(flow_run_id: object) -> str:
     """Everything the Prefect API holds about a flow run, as one string."""
+    await APILogHandler.aflush()  # logs reach the API in batches; send what is queued
     async with get_client() as client:
         flow_run = await client.read_flow_run(flow_run_id)  # type: ignore[arg-type]
         runs = FlowRunFilter(id=FlowRunFilterId(any_=[flow_run_id]))  # type: ignore[list-item]
