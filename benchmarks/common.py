@@ -34,6 +34,10 @@ def prepare_environment(scratch: Path) -> None:
         os.environ.setdefault(name, value)
     if "PREFECT_API_URL" not in os.environ and "PREFECT_HOME" not in os.environ:
         os.environ["PREFECT_HOME"] = str(scratch / "prefect")
+    if "PREFECT_API_URL" not in os.environ:  # the ephemeral API on SQLite
+        from genjobs.prefect_tuning import batch_task_run_writes
+
+        batch_task_run_writes()
 
 
 def job_payload(

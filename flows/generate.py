@@ -152,9 +152,9 @@ async def generate_job(job: dict[str, Any]) -> JobOutcome:
     started = time.perf_counter()
     plan: RenderPlan | None = None
     try:
-        plan = validate_job(job)
+        plan = await validate_job(job)
         batch = await render(plan)
-        encoded = encode_assets(batch)
+        encoded = await encode_assets(batch)
         upload = upload_asset.with_options(
             retries=settings.upload_retries,
             retry_delay_seconds=[
@@ -171,7 +171,7 @@ async def generate_job(job: dict[str, Any]) -> JobOutcome:
         failures = [result for result in settled if isinstance(result, BaseException)]
         if failures:
             raise failures[0]
-        payload = assemble_metadata(
+        payload = await assemble_metadata(
             plan, batch.details, list(uploaded), time.perf_counter() - started
         )
     except FlowRunCancelled:

@@ -4,12 +4,14 @@ from __future__ import annotations
 
 import httpx
 from prefect import get_run_logger, task
+from prefect.cache_policies import NO_CACHE
 
 from genjobs.callback.outbox import Outbox
 from genjobs.callback.payload import CallbackPayload, serialise
 from genjobs.callback.sender import CallbackReceipt, CallbackSender, retry_delays
 from genjobs.errors import CallbackUnavailable, JobError
 from genjobs.runtime import Runtime, get_runtime
+from genjobs.tls import ssl_context
 from tasks.naming import retry_if_transient, run_name
 from tasks.run_logger import run_logger
 
@@ -27,6 +29,7 @@ def sender_for(runtime: Runtime, client: httpx.AsyncClient) -> CallbackSender:
 
 @task(
     name="send-callback",
+    cache_policy=NO_CACHE,
     task_run_name=run_name("callback"),
     retries=20,
     retry_jitter_factor=0.5,
@@ -35,7 +38,9 @@ def sender_for(runtime: Runtime, client: httpx.AsyncClient) -> CallbackSender:
 async def send_callback(job_id: str, status: str, body: bytes) -> CallbackReceipt:
     """POST the exact ``body`` once per attempt; retries cover 5xx, 429, timeouts, resets."""
     runtime = get_runtime()
-    async with httpx.AsyncClient(timeout=runtime.settings.callback_timeout_seconds) as client:
+    async with httpx.AsyncClient(
+        timeout=runtime.settings.callback_timeout_seconds, verify=ssl_context()
+    ) as client:
         receipt = await sender_for(runtime, client).deliver(body)
     logger = get_run_logger()
     if receipt.skipped:

@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import asyncio
 from pathlib import Path
 
 import numpy as np
 from prefect import get_run_logger, task
+from prefect.cache_policies import NO_CACHE
 
 from genjobs.assets import EncodedAsset, RenderedBatch
 from genjobs.encode.images import encode_images, encode_thumbnail, to_image
@@ -44,9 +46,23 @@ def _encode_video(
     )
 
 
-@task(name="encode", task_run_name=run_name("encode"))
-def encode_assets(batch: RenderedBatch) -> list[EncodedAsset]:
-    """PNG (low compression, parallel threads) or H.264 MP4, and a 256 px WEBP thumbnail each."""
+@task(name="encode", task_run_name=run_name("encode"), cache_policy=NO_CACHE)
+async def encode_assets(batch: RenderedBatch) -> list[EncodedAsset]:
+    """PNG (low compression, parallel threads) or H.264 MP4, and a 256 px WEBP thumbnail each.
+
+    The encoding runs in a thread, so the flow's event loop stays free meanwhile.
+    """
+    encoded = await asyncio.to_thread(_encode, batch)
+    get_run_logger().info(
+        "Encoded %d asset(s) for job %s (%d bytes in all).",
+        len(encoded),
+        batch.plan.job_id,
+        sum(a.size for a in encoded),
+    )
+    return encoded
+
+
+def _encode(batch: RenderedBatch) -> list[EncodedAsset]:
     settings = get_runtime().settings
     folder = Path(batch.frame_files[0]).parent.parent / "encoded"
     folder.mkdir(parents=True, exist_ok=True)
@@ -69,10 +85,4 @@ def encode_assets(batch: RenderedBatch) -> list[EncodedAsset]:
             )
             for i, image in enumerate(images)
         ]
-    get_run_logger().info(
-        "Encoded %d asset(s) for job %s (%d bytes in all).",
-        len(encoded),
-        batch.plan.job_id,
-        sum(a.size for a in encoded),
-    )
     return encoded

@@ -5,7 +5,8 @@ from __future__ import annotations
 from typing import Any
 
 from prefect import get_run_logger, task
-from prefect.artifacts import create_table_artifact
+from prefect.artifacts import acreate_table_artifact
+from prefect.cache_policies import NO_CACHE
 from prefect.runtime import flow_run
 
 from genjobs.assets import UploadedAsset
@@ -16,8 +17,8 @@ from genjobs.metadata import completed_payload
 from tasks.naming import run_name
 
 
-@task(name="assemble-metadata", task_run_name=run_name("metadata"))
-def assemble_metadata(
+@task(name="assemble-metadata", task_run_name=run_name("metadata"), cache_policy=NO_CACHE)
+async def assemble_metadata(
     plan: RenderPlan, details: dict[str, Any], uploaded: list[UploadedAsset], generation_time: float
 ) -> CallbackPayload:
     """Never ``completed`` with fewer stored originals than rendered (contract 5.4)."""
@@ -26,7 +27,7 @@ def assemble_metadata(
             f"Only {len(uploaded)} of {plan.num_images} assets were stored", code="UPLOAD_ERROR"
         )
     payload = completed_payload(plan, details, uploaded, generation_time, flow_run.get_id())
-    create_table_artifact(
+    await acreate_table_artifact(
         key=f"assets-{plan.job_id}",
         table=[
             {

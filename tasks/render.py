@@ -16,6 +16,7 @@ process.
 
 from __future__ import annotations
 
+import asyncio
 import contextvars
 import logging
 import os
@@ -29,9 +30,10 @@ import httpx
 import numpy as np
 from prefect import get_run_logger, task
 from prefect.artifacts import create_progress_artifact, update_progress_artifact
+from prefect.cache_policies import NO_CACHE
 from prefect.client.orchestration import SyncPrefectClient, get_client
 from prefect.client.schemas.objects import StateType
-from prefect.context import TaskRunContext
+from prefect.context import SyncClientContext, TaskRunContext
 from prefect.events import emit_event
 
 from genjobs import progress
@@ -44,6 +46,7 @@ from genjobs.render.cache import PIPELINES
 from genjobs.render.registry import renderer_for
 from genjobs.runtime import get_runtime
 from genjobs.settings import Settings
+from genjobs.tls import ssl_context
 from tasks.naming import retry_if_transient, run_name
 
 logger = logging.getLogger(__name__)
@@ -85,26 +88,30 @@ class RenderWatch:
     Args:
         plan: The plan being rendered.
         settings: Throttle intervals (``progress_update_seconds``, ``cancel_check_seconds``).
-        client: A synchronous Prefect client, or ``None`` to skip the API checks and artifact.
         flow_run_id: The flow run that asked for the render (cancelling it stops the render).
         task_run_id: This render's task run.
         background: Whether a GPU worker runs it for a flow elsewhere (the flow may then
             supersede it with a new submission); ``False`` when it runs in the flow's process.
+        use_api: ``False`` skips the API checks and the artifact (no run to report to).
+
+    The monitor thread opens one synchronous Prefect client for the whole render (the
+    artifact helpers find it in the thread's context), so the pipeline never waits for it.
     """
 
     def __init__(
         self,
         plan: RenderPlan,
         settings: Settings,
-        client: SyncPrefectClient | None,
         flow_run_id: UUID | None,
         task_run_id: UUID | None,
         *,
         background: bool = False,
+        use_api: bool = True,
     ):
         self.plan = plan
         self.settings = settings
-        self.client = client
+        self.use_api = use_api
+        self.client: SyncPrefectClient | None = None
         self.flow_run_id = flow_run_id
         self.task_run_id = task_run_id
         self.background = background
@@ -122,13 +129,18 @@ class RenderWatch:
     def start(self) -> None:
         """Before the pipeline: a background render checks it was not superseded while it
         waited in the queue (Prefect itself refuses to start it once its flow run stopped)."""
-        if self.background:
-            self._probe(self._superseded_while_queued)
+        if self.background and self.use_api:
+            with get_client(sync_client=True) as client:
+                self.client = client
+                try:
+                    self._probe(self._superseded_while_queued)
+                finally:
+                    self.client = None
             if self._stop is not None:
                 raise self._stop
 
     def __enter__(self) -> RenderWatch:
-        if self.client is not None:
+        if self.use_api:
             context = contextvars.copy_context()  # the run context: artifacts link to the run
             self._monitor = threading.Thread(
                 target=context.run,
@@ -139,21 +151,22 @@ class RenderWatch:
             self._monitor.start()
         return self
 
-    def __exit__(self, *exc: object) -> None:
+    def __exit__(self, exc_type: object, *exc: object) -> None:
+        if exc_type is None:
+            self._step = (1, 1)  # the monitor shows the render complete before it stops
         self._done.set()
         if self._monitor is not None:
             self._monitor.join(timeout=30)
 
-    def finish(self) -> None:
-        """Show the render as complete (after the pipeline returned)."""
-        self._update((1, 1))
-
+    # The artifact helpers pick their async form inside an async task run, even in this thread;
+    # ``_sync=True`` asks for the blocking form the monitor thread needs.
     def _create_artifact(self) -> None:
         try:
-            self._artifact_id = create_progress_artifact(  # type: ignore[assignment]
+            self._artifact_id = create_progress_artifact(  # type: ignore[assignment, call-arg]
                 progress=0.0,
                 key=f"render-progress-{self.plan.job_id}",
                 description=f"Render of job {self.plan.job_id} ({self.plan.job_type})",
+                _sync=True,
             )
         except Exception as exc:
             logger.warning(
@@ -175,6 +188,16 @@ class RenderWatch:
 
     # -- the monitor thread -----------------------------------------------------------------
     def _watch(self) -> None:
+        try:
+            with SyncClientContext.get_or_create() as context:
+                self.client = context.client
+                self._monitor_loop()
+        except Exception as exc:  # monitoring never fails a render
+            logger.warning("Could not watch the render of job %s: %s", self.plan.job_id, exc)
+        finally:
+            self.client = None
+
+    def _monitor_loop(self) -> None:
         self._create_artifact()  # here, so the pipeline does not wait for it
         settings = self.settings
         tick = max(min(settings.progress_update_seconds, settings.cancel_check_seconds), 0.05)
@@ -187,6 +210,8 @@ class RenderWatch:
             if now - last_check >= settings.cancel_check_seconds and self._stop is None:
                 self._probe(self._stop_reason)
                 last_check = now
+        if self._step == (1, 1):
+            self._update(self._step)
 
     def _probe(self, probe: Any) -> None:
         """Run one check; API trouble is logged and ignored (monitoring never fails a render)."""
@@ -241,7 +266,9 @@ class RenderWatch:
             return  # no client, or the artifact could not be created
         done, total = step
         try:
-            update_progress_artifact(self._artifact_id, progress=100.0 * done / max(total, 1))
+            update_progress_artifact(  # type: ignore[call-arg]
+                self._artifact_id, progress=100.0 * done / max(total, 1), _sync=True
+            )
             self.artifact_updates += 1
         except Exception as exc:
             logger.warning("Could not update the progress of job %s: %s", self.plan.job_id, exc)
@@ -262,30 +289,28 @@ def _render(plan: RenderPlan, *, background: bool) -> RenderedBatch:
     started = time.perf_counter()
     loads_before = PIPELINES.load_count()
     flow_run_id, task_run_id = _run_ids()
-    with get_client(sync_client=True) as client:
-        watch = RenderWatch(plan, settings, client, flow_run_id, task_run_id, background=background)
-        watch.start()
-        with httpx.Client(timeout=settings.reference_timeout_seconds) as http:
-            fetcher = ReferenceFetcher(
-                runtime.storage,
-                http,
-                timeout_seconds=settings.reference_timeout_seconds,
-                max_bytes=settings.reference_max_bytes,
-                allow_hosts=settings.reference_allow_hosts,
-                storage_url=settings.supabase_url,
-            )
-            references = fetch_all(plan, fetcher)  # keyed by ReferenceRole
-        renderer = renderer_for(plan.family, settings)
-        gpu_key = task_run_id or plan.job_id
-        with GPU_LOCK, watch:  # one pipeline at a time in this process
-            GPU.pipeline_started(gpu_key)
-            pipeline_started = time.time()
-            try:
-                output = renderer.render(plan, references, watch)
-            finally:
-                pipeline_finished = time.time()
-                GPU.release(gpu_key)
-        watch.finish()
+    watch = RenderWatch(plan, settings, flow_run_id, task_run_id, background=background)
+    watch.start()
+    with httpx.Client(timeout=settings.reference_timeout_seconds, verify=ssl_context()) as http:
+        fetcher = ReferenceFetcher(
+            runtime.storage,
+            http,
+            timeout_seconds=settings.reference_timeout_seconds,
+            max_bytes=settings.reference_max_bytes,
+            allow_hosts=settings.reference_allow_hosts,
+            storage_url=settings.supabase_url,
+        )
+        references = fetch_all(plan, fetcher)  # keyed by ReferenceRole
+    renderer = renderer_for(plan.family, settings)
+    gpu_key = task_run_id or plan.job_id
+    with GPU_LOCK, watch:  # one pipeline at a time in this process
+        GPU.pipeline_started(gpu_key)
+        pipeline_started = time.time()
+        try:
+            output = renderer.render(plan, references, watch)
+        finally:
+            pipeline_finished = time.time()
+            GPU.release(gpu_key)
     folder = scratch_dir(settings.work_dir, plan.job_id) / "render"
     folder.mkdir(parents=True, exist_ok=True)
     files = []
@@ -326,28 +351,33 @@ def _render(plan: RenderPlan, *, background: bool) -> RenderedBatch:
 
 _RENDER_OPTIONS: dict[str, Any] = {
     "task_run_name": run_name("render"),
+    "cache_policy": NO_CACHE,
     "retries": 1,
     "retry_delay_seconds": 5,
     "retry_condition_fn": retry_if_transient,
 }
 
 
+# The tasks are async and run the render in a thread: the event loop of the flow (or of the GPU
+# worker) stays free, and an async task run reuses the loop's Prefect client.
+
+
 @task(name="render", **_RENDER_OPTIONS)
-def render_assets(plan: RenderPlan) -> RenderedBatch:
+async def render_assets(plan: RenderPlan) -> RenderedBatch:
     """Render in this process: fetch references, run the pipeline, save the frames."""
-    return _render(plan, background=False)
+    return await asyncio.to_thread(_render, plan, background=False)
 
 
 @task(name="render-sdxl", **_RENDER_OPTIONS)
-def render_sdxl(plan: RenderPlan) -> RenderedBatch:
+async def render_sdxl(plan: RenderPlan) -> RenderedBatch:
     """Render an SDXL plan on a GPU worker (served by genjobs/gpu_worker.py)."""
-    return _render(plan, background=True)
+    return await asyncio.to_thread(_render, plan, background=True)
 
 
 @task(name="render-wan", **_RENDER_OPTIONS)
-def render_wan(plan: RenderPlan) -> RenderedBatch:
+async def render_wan(plan: RenderPlan) -> RenderedBatch:
     """Render a WAN plan on a GPU worker (served by genjobs/gpu_worker.py)."""
-    return _render(plan, background=True)
+    return await asyncio.to_thread(_render, plan, background=True)
 
 
 GPU_RENDER_TASKS = {"sdxl": render_sdxl, "wan": render_wan}

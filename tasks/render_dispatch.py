@@ -26,10 +26,9 @@ from typing import Any
 from uuid import UUID
 
 import httpx
-from prefect import Task, get_run_logger
+from prefect import get_run_logger
 from prefect.client.orchestration import get_client
 from prefect.client.schemas.objects import StateType
-from prefect.futures import PrefectDistributedFuture
 from prefect.states import Cancelled, State
 from prefect.task_runs import TaskRunWaiter
 
@@ -63,8 +62,7 @@ async def render(plan: RenderPlan) -> RenderedBatch:
     settings = get_runtime().settings
     if settings.render_dispatch == "gpu_workers":
         return await render_on_gpu_workers(plan, settings)
-    local: Task[..., RenderedBatch] = render_assets.with_options(tags=render_tags(plan))
-    return local(plan)
+    return await render_assets.with_options(tags=render_tags(plan))(plan)
 
 
 async def render_on_gpu_workers(plan: RenderPlan, settings: Settings) -> RenderedBatch:
@@ -75,12 +73,10 @@ async def render_on_gpu_workers(plan: RenderPlan, settings: Settings) -> Rendere
         JobError: Whatever the render raised (for example JobCancelled, OutOfMemory).
     """
     run_logger = get_run_logger()
-    task: Task[..., RenderedBatch] = GPU_RENDER_TASKS[plan.family].with_options(
-        tags=render_tags(plan)
-    )
+    task = GPU_RENDER_TASKS[plan.family].with_options(tags=render_tags(plan))
     TaskRunWaiter.instance()  # listen for completion events before the first submission
     resubmits = 0
-    future: PrefectDistributedFuture[RenderedBatch] = task.delay(plan)
+    future = task.delay(plan)
     submitted = time.monotonic()
     running_since: float | None = None
     api_trouble = False

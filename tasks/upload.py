@@ -6,6 +6,7 @@ import asyncio
 from pathlib import Path
 
 from prefect import get_run_logger, task
+from prefect.cache_policies import NO_CACHE
 from prefect.tasks import exponential_backoff
 
 from genjobs.assets import EncodedAsset, UploadedAsset
@@ -17,6 +18,7 @@ from tasks.naming import retry_if_transient, run_name
 
 @task(
     name="upload",
+    cache_policy=NO_CACHE,
     task_run_name=run_name("upload"),
     retries=4,
     retry_delay_seconds=exponential_backoff(backoff_factor=1),
@@ -59,7 +61,9 @@ async def upload_asset(asset: EncodedAsset, user_id: str, job_id: str) -> Upload
     return UploadedAsset(encoded=asset, path=path, thumbnail_path=thumb_path)
 
 
-@task(name="remove-partial-uploads", task_run_name=run_name("remove-uploads"))
+@task(
+    name="remove-partial-uploads", task_run_name=run_name("remove-uploads"), cache_policy=NO_CACHE
+)
 async def remove_uploads(job_id: str, paths: list[str]) -> list[str]:
     """Delete what a failed or cancelled job stored, so no object outlives its record."""
     runtime = get_runtime()

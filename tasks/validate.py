@@ -5,6 +5,7 @@ from __future__ import annotations
 from typing import Any
 
 from prefect import get_run_logger, task
+from prefect.cache_policies import NO_CACHE
 
 from genjobs.jobs.payload import parse_job
 from genjobs.jobs.plan import RenderPlan, plan_job
@@ -12,8 +13,8 @@ from genjobs.references import classify_references
 from tasks.naming import run_name
 
 
-@task(name="validate-job", task_run_name=run_name("validate"))
-def validate_job(job: dict[str, Any]) -> RenderPlan:
+@task(name="validate-job", task_run_name=run_name("validate"), cache_policy=NO_CACHE)
+async def validate_job(job: dict[str, Any]) -> RenderPlan:
     """Refuse a bad payload with an error naming the field; return the render plan."""
     plan = plan_job(parse_job(job))
     classify_references(plan)  # refuses other users' objects and unsafe URLs, no I/O
