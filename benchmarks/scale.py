@@ -53,7 +53,7 @@ def job() -> dict[str, Any]:
         "user_id": USER_ID,
         "type": "sdxl_image_fast",
         "prompt": "a lighthouse at dusk",
-        "config": {"num_images": 1, "num_inference_steps": 4, "resolution": "256x256"},
+        "config": {"num_images": 1, "num_inference_steps": 10, "resolution": "256x256"},
         "metadata": {"aspect_ratio": "1:1"},
     }
 
@@ -236,6 +236,11 @@ def main() -> int:
     print(f"Job latency, trigger to Completed: p50 {percentile(latencies, 0.5):.2f} s, "
           f"p99 {percentile(latencies, 0.99):.2f} s, max {max(latencies, default=mean):.2f} s, "
           f"mean {mean:.2f} s")  # fmt: skip
+    failures = Counter(
+        (r["state"].get("message") or "")[:200] for r in runs if r["state"]["type"] != "COMPLETED"
+    )
+    for message, count in failures.most_common(3):
+        print(f"  {count} run(s) ended: {message}")
     print("Resident memory, MiB (start -> end):")
     for name in memory_start:
         print(f"  {name:15s} {memory_start[name]:8.0f} -> {memory_end[name]:8.0f}")
