@@ -24,6 +24,7 @@ from pydantic import BaseModel
 from genjobs.assets import scratch_dir
 from genjobs.callback.payload import CallbackPayload, failure_payload
 from genjobs.errors import JobCancelled, JobError
+from genjobs.jobs.form import JobParameter
 from genjobs.jobs.payload import parse_job, raw_job_id
 from genjobs.jobs.plan import RenderPlan, plan_job
 from genjobs.runtime import get_runtime
@@ -140,12 +141,13 @@ async def _callback_delivered(flow_run: FlowRun) -> bool:
     on_crashed=[_on_abnormal_end],
     on_cancellation=[_on_abnormal_end],
 )
-async def generate_job(job: dict[str, Any]) -> JobOutcome:
+async def generate_job(job: JobParameter) -> JobOutcome:
     """Render one job from the app and report it to the backend.
 
     Args:
-        job: The job payload exactly as queue-job sends it (contract section 2): ``id``,
-            ``user_id``, ``type``, ``prompt``, ``config``, ``metadata``, ``negative_prompt``...
+        job: The job payload exactly as queue-job sends it: id and user_id (UUIDs), type,
+            prompt, negative_prompt, config and metadata. The flow validates it; a refusal
+            names the field and is reported to the backend as a failed job.
     """
     logger = get_run_logger()
     settings = get_runtime().settings

@@ -43,7 +43,7 @@ import socket
 import threading
 import time
 import warnings
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from types import TracebackType
 from typing import Any
@@ -174,21 +174,30 @@ def _storage_reference(
     return StorageReference(bucket=bucket, path=path)
 
 
-def classify_reference(url: str, user_id: str, *, role: str | None = None) -> Reference:
+def classify_reference(
+    url: str, user_id: str, *, role: str | None = None, allow_hosts: Sequence[str] = ()
+) -> Reference:
     """Decide where a reference image may be read from, without any I/O.
+
+    A host written as an IP address is judged here already: a private, loopback, link-local or
+    otherwise non-public one is refused before any render (a host name is judged when the
+    fetcher resolves it).
 
     Args:
         url: The payload value: an http(s) URL or a bare ``workspace-temp/...`` or
             ``user-library/...`` storage path.
         user_id: The job's user; storage objects must lie in this user's folder.
         role: The reference role (``image``, ``first_frame``, ``last_frame``) for messages.
+        allow_hosts: ``host`` or ``host:port`` entries exempt from the public-address rule
+            (the ``reference_allow_hosts`` setting).
 
     Returns:
         A :class:`StorageReference` for a bare storage path, else an :class:`HttpReference`.
 
     Raises:
         InvalidPayload: The URL is empty, malformed, uses another scheme, carries credentials,
-            or names another user's object (code ``CROSS_USER_REFERENCE``).
+            names a non-public IP address, or names another user's object (code
+            ``CROSS_USER_REFERENCE``).
     """
     label = _label(role)
     text = url.strip() if isinstance(url, str) else ""
@@ -230,13 +239,42 @@ def classify_reference(url: str, user_id: str, *, role: str | None = None) -> Re
         storage_object = _storage_reference(
             match["bucket"], unquote(match["path"]), user_id, label, shown
         )
+    host = parts.hostname.lower()
+    allowed = {_parse_allow_entry(entry) for entry in allow_hosts}
+    effective_port = port or (443 if scheme == "https" else 80)
+    if storage_object is None and not ({(host, effective_port), (host, None)} & allowed):
+        reason = _literal_address_refusal(host)
+        if reason:
+            raise _refuse(
+                label,
+                shown,
+                f"host {host} is a {reason} address; only public addresses are fetched",
+            )
     return HttpReference(url=text, storage_object=storage_object)
 
 
-def classify_references(plan: RenderPlan) -> dict[ReferenceRole, Reference]:
+def _literal_address_refusal(host: str) -> str | None:
+    """Why a host written as an IP address (or ``localhost``) must not be fetched, else None."""
+    if host == "localhost" or host.endswith(".localhost"):
+        return "loopback"
+    try:
+        address: IPAddress = ipaddress.ip_address(host)
+    except ValueError:
+        try:  # the resolver's numeric IPv4 spellings: 127.1, 0x7f000001, 2130706433, 0177.1
+            address = ipaddress.IPv4Address(socket.inet_aton(host))
+        except OSError:
+            return None  # a name: judged when it is resolved
+    return refusal_reason(address)
+
+
+def classify_references(
+    plan: RenderPlan, allow_hosts: Sequence[str] = ()
+) -> dict[ReferenceRole, Reference]:
     """Classify every reference of a plan, by role: the validation-stage check before a render."""
     return {
-        reference.role: classify_reference(reference.url, plan.user_id, role=reference.role)
+        reference.role: classify_reference(
+            reference.url, plan.user_id, role=reference.role, allow_hosts=allow_hosts
+        )
         for reference in plan.references
     }
 
@@ -444,6 +482,7 @@ class ReferenceFetcher:
         self.timeout_seconds = timeout_seconds
         self.max_bytes = max_bytes
         self.max_pixels = max_pixels
+        self.allow_hosts = tuple(allow_hosts)
         self._allowed = frozenset(_parse_allow_entry(entry) for entry in allow_hosts)
         self._storage_origin = _origin(httpx.URL(storage_url)) if storage_url else None
 
@@ -684,5 +723,5 @@ def fetch_all(plan: RenderPlan, fetcher: ReferenceFetcher) -> dict[ReferenceRole
         InvalidPayload: A reference is malformed or another user's object.
         ReferenceDownloadError: A reference could not be read; the job must fail.
     """
-    references = classify_references(plan)
+    references = classify_references(plan, fetcher.allow_hosts)
     return {role: fetcher.fetch(ref, role=role) for role, ref in references.items()}

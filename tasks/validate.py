@@ -10,6 +10,7 @@ from prefect.cache_policies import NO_CACHE
 from genjobs.jobs.payload import parse_job
 from genjobs.jobs.plan import RenderPlan, plan_job
 from genjobs.references import classify_references
+from genjobs.runtime import get_runtime
 from tasks.naming import run_name
 
 
@@ -17,7 +18,8 @@ from tasks.naming import run_name
 async def validate_job(job: dict[str, Any]) -> RenderPlan:
     """Refuse a bad payload with an error naming the field; return the render plan."""
     plan = plan_job(parse_job(job))
-    classify_references(plan)  # refuses other users' objects and unsafe URLs, no I/O
+    # Refuses other users' objects and unsafe URLs, without I/O.
+    classify_references(plan, get_runtime().settings.reference_allow_hosts)
     get_run_logger().info(
         "Job %s is a %s %s job: %d asset(s) at %dx%d, %d steps, guidance %s, seeds %s.",
         plan.job_id,

@@ -208,7 +208,9 @@ def fetcher(
 
 
 def http_ref(url: str) -> HttpReference:
-    ref = classify_reference(url, USER, role="image")
+    """A URL reference as the fetcher receives it; built directly, so the fetcher's own
+    address checks are tested even for hosts validation would already refuse."""
+    ref = classify_reference(url, USER, role="image", allow_hosts=(httpx.URL(url).host,))
     assert isinstance(ref, HttpReference)
     return ref
 
@@ -335,6 +337,39 @@ def test_malformed_references_are_refused(url: str) -> None:
         classify_reference(url, USER, role="image")
     assert caught.value.code == "INVALID_PAYLOAD"
     assert "pw" not in caught.value.message
+
+
+@pytest.mark.parametrize(
+    ("url", "reason"),
+    [
+        ("http://127.0.0.1:8080/a.png", "loopback"),
+        ("http://localhost/a.png", "loopback"),
+        ("https://[::1]/a.png", "loopback"),
+        ("http://10.1.2.3/a.png", "private"),
+        ("http://192.168.0.7/a.png", "private"),
+        ("http://169.254.169.254/latest/meta-data", "link-local"),
+        ("http://0.0.0.0/a.png", "unspecified"),
+        ("http://[::ffff:10.0.0.1]/a.png", "private (embedded IPv4 10.0.0.1)"),
+        ("http://127.1/a.png", "loopback"),
+        ("http://0x7f000001/a.png", "loopback"),
+        ("http://2130706433:8080/a.png", "loopback"),
+    ],
+)
+def test_non_public_addresses_are_refused_at_validation(url: str, reason: str) -> None:
+    with pytest.raises(InvalidPayload) as caught:
+        classify_reference(url, USER, role="first_frame")
+    message = caught.value.message
+    assert "Reference image for 'first_frame'" in message
+    assert f"is a {reason} address" in message
+    # An operator's allow-list entry (host, or host:port) lets it through to the fetcher.
+    host = httpx.URL(url).host
+    allowed = classify_reference(url, USER, role="first_frame", allow_hosts=(host,))
+    assert isinstance(allowed, HttpReference) and allowed.url == url
+
+
+def test_public_addresses_and_names_pass_validation() -> None:
+    for url in ("http://93.184.215.14/a.png", "https://cdn.example.com/a.png"):
+        assert classify_reference(url, USER) == HttpReference(url=url)
 
 
 def test_http_urls_are_http_references_and_supabase_urls_name_their_object() -> None:

@@ -8,7 +8,7 @@ message that names the offending field and value.
 from __future__ import annotations
 
 import math
-from typing import Any, Literal
+from typing import Any, Literal, get_args
 from uuid import UUID
 
 from pydantic import (
@@ -156,8 +156,38 @@ class Job(BaseModel):
         return job_type_spec(self.type)
 
 
+def _nested_model(annotation: Any) -> type[BaseModel] | None:
+    """The model a field holds (``Model`` or ``Model | None``), else None."""
+    for candidate in (annotation, *get_args(annotation)):
+        if isinstance(candidate, type) and issubclass(candidate, BaseModel):
+            return candidate
+    return None
+
+
 def _field_name(loc: tuple[int | str, ...]) -> str:
-    return ".".join(str(part) for part in loc if part not in ("function-after", "function-before"))
+    """The payload path of a validation error, as the payload spells it.
+
+    Pydantic's location also names union members and validators (``config.guidance_scale.int``);
+    only the payload's own keys are kept.
+    """
+    names: list[str] = []
+    model: type[BaseModel] | None = Job
+    for part in loc:
+        if model is None:
+            break
+        found = next(
+            (
+                (name, info)
+                for name, info in model.model_fields.items()
+                if part in (name, info.alias, info.validation_alias)
+            ),
+            None,
+        )
+        if found is None:
+            break
+        names.append(str(part))
+        model = _nested_model(found[1].annotation)
+    return ".".join(names)
 
 
 def _describe(value: Any) -> str:
@@ -175,7 +205,10 @@ def parse_job(raw: Any) -> Job:
         first = exc.errors(include_url=False)[0]
         field = _field_name(first["loc"]) or "job"
         shown = "missing" if first["type"] == "missing" else _describe(first.get("input"))
-        raise InvalidPayload(f"Field '{field}' is invalid ({shown}): {first['msg']}") from None
+        message = first["msg"]
+        if first["loc"][-1:] in (("int",), ("float",)) and first["type"].endswith("_type"):
+            message = "Input should be a number"  # the first member of the int | float union
+        raise InvalidPayload(f"Field '{field}' is invalid ({shown}): {message}") from None
     job.spec  # noqa: B018 - raises UnsupportedJobType for out-of-scope and unknown types
     return job
 

@@ -142,6 +142,29 @@ def test_a_job_triggered_twice_with_one_key_runs_once_and_lands_everywhere(
     )
 
 
+def test_the_ui_form_is_typed_and_an_off_form_payload_still_gets_a_failed_callback(
+    stack: LocalStack, receiver: CallbackReceiver
+) -> None:
+    deployment = stack.deployment_id("generate-job", "sdxl")
+    answer = stack.request("GET", f"/deployments/{deployment}")
+    assert answer.json()["enforce_parameter_schema"] is False
+    form = answer.json()["parameter_openapi_schema"]["properties"]["job"]
+    assert form["properties"]["user_id"] == {"format": "uuid", "title": "User Id", "type": "string"}
+    assert "sdxl_image_fast" in form["properties"]["type"]["enum"]
+    assert form["properties"]["config"]["properties"]["num_images"]["type"] == "integer"
+    assert "job" in answer.json()["parameter_openapi_schema"]["required"]
+
+    job = sdxl_job(num_images=1)
+    job["config"]["num_images"] = "three"  # the form would not allow it; the API takes it
+    run = stack.trigger(deployment, job)
+    (done,) = stack.wait_for_flow_runs([run["id"]], timeout=120)
+    assert done["state"]["type"] == "FAILED"
+    (payload,) = receiver.accepted(job["id"])
+    assert payload["status"] == "failed"
+    assert "Field 'config.num_images' is invalid ('three')" in payload["error_message"]
+    assert renders_of(stack, run["id"]) == []
+
+
 def _table_rows(artifact: dict[str, Any]) -> list[dict[str, Any]]:
     import json
 

@@ -85,6 +85,12 @@ def test_unknown_types_are_refused_naming_the_field(job_type: str) -> None:
         ({"prompt": "x" * 5000}, "'prompt'"),
         ({"prompt": 7}, "'prompt'"),
         ({"metadata": {"denoise_strength": 1.5}}, "'metadata.denoise_strength'"),
+        # A value of neither number type: the field, not pydantic's union member, is named.
+        (
+            {"config": {"guidance_scale": "high"}},
+            r"'config.guidance_scale' is invalid \('high'\): Input should be a number$",
+        ),
+        ({"metadata": {"reference_strength": [1]}}, "'metadata.reference_strength' is"),
     ],
 )
 def test_invalid_fields_are_named_in_the_error(changes: dict[str, Any], field: str) -> None:

@@ -201,12 +201,18 @@ def test_private_loopback_and_link_local_references_are_never_fetched(
     url: str, slot: str, offline_fetcher: tuple[ReferenceFetcher, NoNetwork]
 ) -> None:
     fetcher, transport = offline_fetcher
-    plan = validate(place_reference(base_payload(), url, slot))
-    ((role, reference),) = classify_references(plan).items()
-    assert isinstance(reference, HttpReference)
+    with pytest.raises(InvalidPayload) as refused:
+        validate(place_reference(base_payload(), url, slot))
+    assert_clear_refusal(refused.value)
+    assert re.search(r"is a (\S+ )?(loopback|link-local|private|non-global|unspecified|reserved)",
+                     refused.value.message), refused.value.message  # fmt: skip
+    assert "secret" not in refused.value.message
+    # The fetcher refuses it again on its own (a host name resolving to such an address gets
+    # that far), before any connection.
+    role = "image"
     before = len(transport.requests)
     with pytest.raises(ReferenceDownloadError) as caught:
-        fetcher.fetch(reference, role=role)
+        fetcher.fetch(HttpReference(url=url), role=role)
     message = caught.value.message
     assert f"'{role}'" in message and "was refused" in message, message
     assert re.search(
@@ -314,29 +320,27 @@ async def test_hostile_payload_through_the_flow_ends_in_one_failed_callback_and_
     "url",
     ["http://169.254.169.254/latest/meta-data/", "http://[::1]:9/a.png", "http://localhost/a.png"],
 )
-async def test_private_reference_fails_the_job_before_any_model_load_or_connection(
+async def test_private_reference_fails_the_job_at_validation(
     url: str, runtime: Runtime, receiver: CallbackReceiver
 ) -> None:
-    """Addresses are judged when the reference is fetched (``reference_allow_hosts`` is a fetch
-    setting), at the start of the render task and before the pipeline is touched: no model is
-    loaded and the job fails with one callback. (The pure test above shows no connection is
-    even attempted.)"""
+    """A host written as a non-public address is refused by validation: no render task run,
+    no model loaded, one failed callback naming the reference. (A host name that resolves to
+    such an address is refused by the fetcher, before any connection: the pure test above.)"""
     job = place_reference(base_payload(), url, "modify")
-    validate(job)  # a well-formed http URL passes validation
     loads_before = PIPELINES.load_count()
     state = await generate_job(job, return_state=True)
     assert state.is_failed()
     assert state.state_details.flow_run_id is not None
     counts = await task_run_counts(state.state_details.flow_run_id)
-    assert counts["render"] == 1 and counts["upload"] == 0, counts
+    assert counts["render"] == 0 and counts["upload"] == 0, counts
     assert PIPELINES.load_count() == loads_before
     assert stored_files(runtime) == []
     (payload,) = receiver.accepted(job["id"])
     assert payload["status"] == "failed" and payload["assets"] == []
-    assert payload["metadata"]["error_code"] == "REFERENCE_DOWNLOAD_ERROR"
+    assert payload["metadata"]["error_code"] == "INVALID_PAYLOAD"
     assert payload["metadata"]["retryable"] is False
     message = payload["error_message"]
-    assert "'image'" in message and "was refused" in message and "address" in message
+    assert "Reference image for 'image'" in message and "address" in message
 
 
 @pytest.mark.usefixtures("prefect_api")
