@@ -124,6 +124,12 @@ class Settings(BaseSettings):
     progress_update_seconds: float = Field(
         default=1.0, ge=0, description="Least time between two render progress artifact updates."
     )
+    artifact_preview_seconds: int = Field(
+        default=7 * 24 * 3600,
+        ge=0,
+        description="Lifetime of the signed thumbnail links in a job's preview artifact "
+        "(Supabase storage only); 0 publishes no previews.",
+    )
     renderer_class: str | None = Field(
         default=None,
         description="'module:Class' of a renderer that serves every family instead of the "

@@ -1,19 +1,27 @@
-"""Assemble the completed callback payload and publish the asset table artifact."""
+"""Assemble the completed callback payload and publish the asset artifacts.
+
+Two artifacts per completed job: a table of the assets (path, bytes, MIME type, seed, size,
+duration) and, where the storage signs URLs (Supabase), the same table in markdown with a
+preview of each thumbnail. A preview is a signed link to the 256 px WEBP that expires after
+``artifact_preview_seconds`` (0 turns previews off); it opens that one object and nothing else.
+"""
 
 from __future__ import annotations
 
+import asyncio
 from typing import Any
 
 from prefect import get_run_logger, task
-from prefect.artifacts import acreate_table_artifact
+from prefect.artifacts import acreate_markdown_artifact, acreate_table_artifact
 from prefect.cache_policies import NO_CACHE
 from prefect.runtime import flow_run
 
 from genjobs.assets import UploadedAsset
 from genjobs.callback.payload import CallbackPayload
-from genjobs.errors import JobError
+from genjobs.errors import JobError, StorageError
 from genjobs.jobs.plan import RenderPlan
 from genjobs.metadata import completed_payload
+from genjobs.runtime import get_runtime
 from tasks.naming import run_name
 
 
@@ -27,24 +35,66 @@ async def assemble_metadata(
             f"Only {len(uploaded)} of {plan.num_images} assets were stored", code="UPLOAD_ERROR"
         )
     payload = completed_payload(plan, details, uploaded, generation_time, flow_run.get_id())
-    await acreate_table_artifact(
-        key=f"assets-{plan.job_id}",
-        table=[
-            {
-                "path": a.url,
-                "thumbnail": a.thumbnail_url,
-                "bytes": a.metadata["file_size_bytes"],
-                "mime": a.metadata["mime_type"],
-                "seed": a.metadata["seed"],
-                "width": a.metadata["width"],
-                "height": a.metadata["height"],
-                "duration_s": a.metadata["duration_seconds"],
-            }
-            for a in payload.assets
-        ],
-        description=f"Assets of job {plan.job_id} ({plan.job_type})",
-    )
+    rows = [
+        {
+            "path": a.url,
+            "thumbnail": a.thumbnail_url,
+            "bytes": a.metadata["file_size_bytes"],
+            "mime": a.metadata["mime_type"],
+            "seed": a.metadata["seed"],
+            "width": a.metadata["width"],
+            "height": a.metadata["height"],
+            "duration_s": a.metadata["duration_seconds"],
+        }
+        for a in payload.assets
+    ]
+    description = f"Assets of job {plan.job_id} ({plan.job_type})"
+    await acreate_table_artifact(key=f"assets-{plan.job_id}", table=rows, description=description)
+    previews = await _preview_links([a.thumbnail_url for a in payload.assets])
+    if any(previews):
+        await acreate_markdown_artifact(
+            key=f"asset-previews-{plan.job_id}",
+            markdown=preview_markdown(rows, previews),
+            description=description,
+        )
     get_run_logger().info(
         "Assembled metadata for %d asset(s) of job %s.", len(payload.assets), plan.job_id
     )
     return payload
+
+
+async def _preview_links(thumbnails: list[str | None]) -> list[str | None]:
+    """A signed, expiring URL per thumbnail, where the storage signs URLs; else None each."""
+    runtime = get_runtime()
+    seconds = runtime.settings.artifact_preview_seconds
+    sign = getattr(runtime.storage, "signed_url", None)
+    if not seconds or sign is None:
+        return [None] * len(thumbnails)
+
+    async def link(path: str | None) -> str | None:
+        if path is None:
+            return None
+        try:
+            url: str = await asyncio.to_thread(sign, runtime.settings.bucket, path, seconds)
+        except StorageError as exc:  # a preview never fails a job
+            get_run_logger().warning("No preview link for %s: %s", path, exc)
+            return None
+        return url
+
+    return list(await asyncio.gather(*(link(path) for path in thumbnails)))
+
+
+def preview_markdown(rows: list[dict[str, Any]], previews: list[str | None]) -> str:
+    """The asset table in markdown, a thumbnail image in its first column."""
+    lines = [
+        "| # | Preview | Path | Bytes | MIME | Seed | Size | Duration |",
+        "|---|---|---|---|---|---|---|---|",
+    ]
+    for index, (row, preview) in enumerate(zip(rows, previews, strict=True)):
+        image = f"![asset {index}]({preview})" if preview else "none"
+        duration = f"{row['duration_s']:.2f} s" if row["duration_s"] is not None else ""
+        lines.append(
+            f"| {index} | {image} | `{row['path']}` | {row['bytes']} | {row['mime']} | "
+            f"{row['seed']} | {row['width']}x{row['height']} | {duration} |"
+        )
+    return "\n".join(lines)

@@ -5,11 +5,17 @@ from __future__ import annotations
 
 import io
 import json
+import re
 from collections.abc import Callable, Iterator
 from pathlib import Path
+from urllib.parse import parse_qs, urlsplit
 
+import httpx
+import jwt
 import pytest
 from PIL import Image
+from prefect.client.orchestration import get_client
+from prefect.client.schemas.filters import ArtifactFilter, ArtifactFilterKey
 
 from flows.generate import generate_job
 from flows.outbox import redeliver_callbacks
@@ -98,6 +104,31 @@ async def test_job_stores_objects_at_contract_paths_with_exact_content_types(
     (payload,) = receiver.accepted(job["id"])
     assert payload["assets"][0]["metadata"]["file_size_bytes"] == original.size
     assert payload["assets"][0]["metadata"]["seed"] == 7
+
+
+async def test_the_preview_artifact_links_each_thumbnail_for_a_limited_time(
+    use_supabase: Callable[..., Runtime], standin: StorageStandIn
+) -> None:
+    use_supabase(artifact_preview_seconds=600)
+    job = sdxl_job(num_images=1, seed=3)
+    state = await generate_job(job, return_state=True)
+    assert state.is_completed(), state.message
+    async with get_client() as client:
+        (artifact,) = await client.read_artifacts(
+            artifact_filter=ArtifactFilter(
+                key=ArtifactFilterKey(any_=[f"asset-previews-{job['id']}"])
+            )
+        )
+    assert artifact.type == "markdown" and isinstance(artifact.data, str)
+    thumb_path = f"{USER_ID}/{job['id']}/0.thumb.webp"
+    assert f"`{USER_ID}/{job['id']}/0.png`" in artifact.data
+    (link,) = re.findall(r"!\[asset 0\]\((\S+)\)", artifact.data)
+    answer = httpx.get(link)  # no credentials: the signed link alone opens the thumbnail
+    stored = standin.get_object(BUCKET, thumb_path)
+    assert answer.status_code == 200 and stored is not None and answer.content == stored.data
+    token = parse_qs(urlsplit(link).query)["token"][0]
+    claims = jwt.decode(token, options={"verify_signature": False})
+    assert 590 <= claims["exp"] - claims["iat"] <= 610
 
 
 async def test_disallowed_mime_type_fails_the_job_with_a_clear_code(
