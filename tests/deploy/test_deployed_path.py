@@ -90,6 +90,27 @@ def renders_of(stack: LocalStack, flow_run_id: str) -> list[dict[str, Any]]:
     return [t for t in stack.task_runs_of([flow_run_id]) if t["name"].startswith("render")]
 
 
+def recorded_task_runs(stack: LocalStack, flow_run_id: str, step: str) -> list[dict[str, Any]]:
+    """The task runs of a finished flow run once the ``step`` ones are recorded in a final
+    state: the server records task runs from their events, in batches (up to 1 s late)."""
+    final = {"COMPLETED", "FAILED", "CANCELLED", "CRASHED"}
+    return wait_until(  # type: ignore[no-any-return]
+        lambda: (
+            (runs := stack.task_runs_of([flow_run_id]))
+            and all(r["state"]["type"] in final for r in runs if r["name"].startswith(step))
+            and any(r["name"].startswith(step) for r in runs)
+            and runs
+        ),
+        15,
+        f"the {step} task run in a final state",
+    )
+
+
+def settled_renders(stack: LocalStack, flow_run_id: str) -> list[dict[str, Any]]:
+    runs = recorded_task_runs(stack, flow_run_id, "render")
+    return [t for t in runs if t["name"].startswith("render")]
+
+
 def finished_renders(stack: LocalStack, job_ids: set[str]) -> dict[str, list[dict[str, Any]]]:
     """The genjobs.render.finished events of these jobs, by job id."""
     found: dict[str, list[dict[str, Any]]] = {}
@@ -123,7 +144,7 @@ def test_a_job_triggered_twice_with_one_key_runs_once_and_lands_everywhere(
         assert row["asset_metadata"]["file_size_bytes"] == len(stored.data)
         assert standin.get_object(BUCKET, thumbnail_path(USER_ID, job["id"], index)) is not None
 
-    (render,) = renders_of(stack, first["id"])
+    (render,) = settled_renders(stack, first["id"])
     assert render["state"]["type"] == "COMPLETED" and render["run_count"] == 1
     assert {"gpu", "job-type:sdxl_image_fast", "family:sdxl"} <= set(render["tags"])
     artifacts = {a["key"]: a for a in stack.artifacts_of(first["id"])}
@@ -162,7 +183,9 @@ def test_the_ui_form_is_typed_and_an_off_form_payload_still_gets_a_failed_callba
     (payload,) = receiver.accepted(job["id"])
     assert payload["status"] == "failed"
     assert "Field 'config.num_images' is invalid ('three')" in payload["error_message"]
-    assert renders_of(stack, run["id"]) == []
+    recorded = recorded_task_runs(stack, run["id"], "validate")
+    assert [r["state"]["type"] for r in recorded if r["name"].startswith("validate")] == ["FAILED"]
+    assert not [r for r in recorded if r["name"].startswith("render")]
 
 
 def _table_rows(artifact: dict[str, Any]) -> list[dict[str, Any]]:
@@ -183,7 +206,7 @@ def test_two_gpu_workers_share_a_backlog_and_render_each_job_once(
     assert {r["state"]["type"] for r in done} == {"COMPLETED"}, stack.logs()
 
     for run in runs:
-        (render,) = renders_of(stack, run["id"])
+        (render,) = settled_renders(stack, run["id"])
         assert render["state"]["type"] == "COMPLETED" and render["run_count"] == 1
     job_ids = {str(job["id"]) for job in jobs}
     events = wait_until(
