@@ -97,7 +97,9 @@ def recorded_task_runs(stack: LocalStack, flow_run_id: str, step: str) -> list[d
     return wait_until(  # type: ignore[no-any-return]
         lambda: (
             (runs := stack.task_runs_of([flow_run_id]))
-            and all(r["state"]["type"] in final for r in runs if r["name"].startswith(step))
+            and all(
+                (r["state"] or {}).get("type") in final for r in runs if r["name"].startswith(step)
+            )
             and any(r["name"].startswith(step) for r in runs)
             and runs
         ),
@@ -256,7 +258,11 @@ def test_cancelling_a_run_stops_its_render_removes_its_uploads_and_reports_cance
     assert final["state"]["type"] == "CANCELLED", stack.logs()
 
     (render,) = wait_until(
-        lambda: [r for r in renders_of(stack, run["id"]) if r["state"]["type"] != "RUNNING"],
+        lambda: [
+            r
+            for r in renders_of(stack, run["id"])
+            if (r["state"] or {}).get("type") not in (None, "RUNNING")
+        ],
         20,
         "the render to stop",
     )
