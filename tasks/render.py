@@ -92,7 +92,6 @@ class RenderWatch:
         task_run_id: This render's task run.
         background: Whether a GPU worker runs it for a flow elsewhere (the flow may then
             supersede it with a new submission); ``False`` when it runs in the flow's process.
-        use_api: ``False`` skips the API checks and the artifact (no run to report to).
 
     The monitor thread opens one synchronous Prefect client for the whole render (the
     artifact helpers find it in the thread's context), so the pipeline never waits for it.
@@ -106,11 +105,9 @@ class RenderWatch:
         task_run_id: UUID | None,
         *,
         background: bool = False,
-        use_api: bool = True,
     ):
         self.plan = plan
         self.settings = settings
-        self.use_api = use_api
         self.client: SyncPrefectClient | None = None
         self.flow_run_id = flow_run_id
         self.task_run_id = task_run_id
@@ -129,7 +126,7 @@ class RenderWatch:
     def start(self) -> None:
         """Before the pipeline: a background render checks it was not superseded while it
         waited in the queue (Prefect itself refuses to start it once its flow run stopped)."""
-        if self.background and self.use_api:
+        if self.background:
             with get_client(sync_client=True) as client:
                 self.client = client
                 try:
@@ -140,15 +137,14 @@ class RenderWatch:
                 raise self._stop
 
     def __enter__(self) -> RenderWatch:
-        if self.use_api:
-            context = contextvars.copy_context()  # the run context: artifacts link to the run
-            self._monitor = threading.Thread(
-                target=context.run,
-                args=(self._watch,),
-                name=f"render-watch-{self.plan.job_id}",
-                daemon=True,
-            )
-            self._monitor.start()
+        context = contextvars.copy_context()  # the run context: artifacts link to the run
+        self._monitor = threading.Thread(
+            target=context.run,
+            args=(self._watch,),
+            name=f"render-watch-{self.plan.job_id}",
+            daemon=True,
+        )
+        self._monitor.start()
         return self
 
     def __exit__(self, exc_type: object, *exc: object) -> None:
