@@ -35,9 +35,9 @@ def prepare_environment(scratch: Path) -> None:
     if "PREFECT_API_URL" not in os.environ and "PREFECT_HOME" not in os.environ:
         os.environ["PREFECT_HOME"] = str(scratch / "prefect")
     if "PREFECT_API_URL" not in os.environ:  # the ephemeral API on SQLite
-        from genjobs.prefect_tuning import batch_task_run_writes
+        from genjobs.prefect_tuning import batch_event_writes
 
-        batch_task_run_writes()
+        batch_event_writes()
 
 
 def job_payload(

@@ -35,6 +35,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import atexit
 import gc
 import io
 import os
@@ -493,12 +494,12 @@ def main(argv: list[str] | None = None) -> int:
     if unknown:
         parser.error(f"unknown sections {sorted(unknown)}; choose from {SECTIONS}")
     scratch = Path(tempfile.mkdtemp(prefix="genjobs-bench-"))
+    # Registered before Prefect registers the ephemeral API's shutdown, so it runs after it: the
+    # API's last writes of batched events still find their database.
+    atexit.register(shutil.rmtree, scratch, ignore_errors=True)
     prepare_environment(scratch)
     started = time.perf_counter()
-    try:
-        asyncio.run(run(chosen, args.quick, scratch))
-    finally:
-        shutil.rmtree(scratch, ignore_errors=True)
+    asyncio.run(run(chosen, args.quick, scratch))
     print(f"total: {time.perf_counter() - started:.1f} s", flush=True)
     return 0
 

@@ -18,6 +18,7 @@ from prefect.client.schemas.filters import FlowRunFilter, FlowRunFilterId
 from prefect.client.schemas.objects import FlowRun
 from prefect.events import emit_event
 from prefect.runtime import flow_run as current_flow_run
+from prefect.settings import get_current_settings
 from prefect.states import State
 from pydantic import BaseModel
 
@@ -27,7 +28,7 @@ from genjobs.errors import JobCancelled, JobError
 from genjobs.jobs.form import JobParameter
 from genjobs.jobs.payload import parse_job, raw_job_id
 from genjobs.jobs.plan import RenderPlan, plan_job
-from genjobs.runtime import get_runtime
+from genjobs.runtime import aget_runtime, get_runtime
 from genjobs.storage.base import asset_path, thumbnail_path
 from tasks.callback import deliver_callback
 from tasks.encode import encode_assets
@@ -138,6 +139,10 @@ async def _callback_delivered(flow_run: FlowRun) -> bool:
 @flow(
     name="generate-job",
     flow_run_name=_flow_run_name,
+    # Nothing of a run is persisted: its outcome goes to the backend in the callback. Naming
+    # both spares every run Prefect's three look-ups of the server's default result storage.
+    persist_result=False,
+    result_storage=get_current_settings().results.local_storage_path,
     on_crashed=[_on_abnormal_end],
     on_cancellation=[_on_abnormal_end],
 )
@@ -150,8 +155,8 @@ async def generate_job(job: JobParameter) -> JobOutcome:
             names the field and is reported to the backend as a failed job.
     """
     logger = get_run_logger()
-    settings = get_runtime().settings
     started = time.perf_counter()
+    settings = (await aget_runtime()).settings
     plan: RenderPlan | None = None
     try:
         plan = await validate_job(job)

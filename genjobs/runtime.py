@@ -1,19 +1,28 @@
 """The connections a process uses, built once from settings (and blocks) at the edge.
 
+Everything a build may need is imported with this module, at process start-up, so a deployed
+flow run spends none of its own time importing the block classes or the Supabase client.
+
 Tasks ask :func:`get_runtime` for the storage backend and the callback endpoint; nothing inside
 reads the environment. Tests and the CLI may install their own with :func:`set_runtime`.
 """
 
 from __future__ import annotations
 
+import asyncio
 import logging
 from dataclasses import dataclass
-from typing import TypeVar, cast
+from typing import Any
 
 from pydantic import SecretStr
 
+from blocks.job_callback import JobCallbackEndpoint
+from blocks.model_registry import ModelRegistry
+from blocks.supabase_connection import SupabaseConnection
 from genjobs.settings import Settings
 from genjobs.storage.base import StorageBackend
+from genjobs.storage.local import LocalFolderStorage
+from genjobs.storage.supabase import SupabaseStorage
 
 logger = logging.getLogger(__name__)
 
@@ -34,69 +43,90 @@ class Runtime:
 def build_storage(settings: Settings) -> StorageBackend:
     """Supabase when a URL and service key are configured, else the local folder."""
     if settings.uses_supabase_storage:
-        from genjobs.storage.supabase import SupabaseStorage
-
         assert settings.supabase_url is not None and settings.supabase_service_key is not None
         return SupabaseStorage.from_supabase(
             settings.supabase_url,
             settings.supabase_service_key,
             timeout=settings.storage_timeout_seconds,
         )
-    from genjobs.storage.local import LocalFolderStorage
-
     return LocalFolderStorage(settings.resolved_storage_root)
 
 
-B = TypeVar("B")
+MODEL_FIELDS = {
+    "sdxl_source",
+    "sdxl_scheduler",
+    "wan_source",
+    "wan_vace_source",
+    "dtype",
+    "device",
+    "torch_compile",
+}
+"""What a ModelRegistry block sets."""
 
 
-def _load_block(block_type: type[B], name: str) -> B:
-    """Load a saved block synchronously, also when called from inside an event loop."""
-    return cast(B, block_type.load(name, _sync=True))  # type: ignore[attr-defined]
+def _named_blocks(settings: Settings) -> dict[str, tuple[type[Any], str]]:
+    """The blocks the settings name: role -> (block class, saved name)."""
+    named = {
+        "supabase": (SupabaseConnection, settings.supabase_block),
+        "callback": (JobCallbackEndpoint, settings.callback_block),
+        "models": (ModelRegistry, settings.models_block),
+    }
+    return {role: (cls, name) for role, (cls, name) in named.items() if name}
 
 
-def apply_blocks(settings: Settings) -> Settings:
-    """Overlay the blocks named in settings (connection facts and secrets) onto them."""
+def _overlay(settings: Settings, loaded: dict[str, Any]) -> Settings:
+    """The settings with the loaded blocks' connection facts and secrets laid over them."""
     updates: dict[str, object] = {}
-    if settings.supabase_block:
-        from blocks.supabase_connection import SupabaseConnection
-
-        supabase = _load_block(SupabaseConnection, settings.supabase_block)
+    if supabase := loaded.get("supabase"):
         updates.update(
             supabase_url=supabase.url,
             supabase_service_key=supabase.service_key,
             bucket=supabase.bucket,
             storage_timeout_seconds=supabase.timeout_seconds,
         )
-    if settings.callback_block:
-        from blocks.job_callback import JobCallbackEndpoint
-
-        endpoint = _load_block(JobCallbackEndpoint, settings.callback_block)
+    if endpoint := loaded.get("callback"):
         updates.update(callback_url=endpoint.url, job_callback_secret=endpoint.secret)
         if endpoint.bearer is not None:
             updates["callback_bearer"] = endpoint.bearer
-    if settings.models_block:
-        from blocks.model_registry import ModelRegistry
-
-        models = _load_block(ModelRegistry, settings.models_block)
-        updates.update(
-            models.model_dump(
-                include={
-                    "sdxl_source",
-                    "sdxl_scheduler",
-                    "wan_source",
-                    "wan_vace_source",
-                    "dtype",
-                    "device",
-                    "torch_compile",
-                }
-            )
-        )
+    if models := loaded.get("models"):
+        updates.update(models.model_dump(include=MODEL_FIELDS))
     return settings.model_copy(update=updates) if updates else settings
 
 
+def apply_blocks(settings: Settings) -> Settings:
+    """Overlay the blocks named in settings (connection facts and secrets) onto them.
+
+    Synchronous, also when called from inside an event loop; the blocks share one client.
+    """
+    named = _named_blocks(settings)
+    if not named:
+        return settings
+    from prefect.context import SyncClientContext
+
+    with SyncClientContext.get_or_create():
+        loaded = {role: cls.load(name, _sync=True) for role, (cls, name) in named.items()}
+    return _overlay(settings, loaded)
+
+
+async def aapply_blocks(settings: Settings) -> Settings:
+    """:func:`apply_blocks` for async code: the blocks load at once, on the caller's client
+    (inside a flow run, the run's own: no new connection or TLS context)."""
+    named = _named_blocks(settings)
+    if not named:
+        return settings
+    values = await asyncio.gather(*(cls.aload(name) for cls, name in named.values()))
+    return _overlay(settings, dict(zip(named, values, strict=True)))
+
+
 def build_runtime(settings: Settings | None = None) -> Runtime:
-    settings = apply_blocks(settings or Settings())
+    return _assemble(apply_blocks(settings or Settings()))
+
+
+async def abuild_runtime(settings: Settings | None = None) -> Runtime:
+    return _assemble(await aapply_blocks(settings or Settings()))
+
+
+def _assemble(settings: Settings) -> Runtime:
     runtime = Runtime(
         settings=settings,
         storage=build_storage(settings),
@@ -119,6 +149,15 @@ def get_runtime() -> Runtime:
     global _current
     if _current is None:
         _current = build_runtime()
+    return _current
+
+
+async def aget_runtime() -> Runtime:
+    """:func:`get_runtime` for async code: a flow's first call builds it with
+    :func:`abuild_runtime` (its blocks loaded at once on the run's client)."""
+    global _current
+    if _current is None:
+        _current = await abuild_runtime()
     return _current
 
 

@@ -122,7 +122,10 @@ class Settings(BaseSettings):
         "run was cancelled.",
     )
     progress_update_seconds: float = Field(
-        default=1.0, ge=0, description="Least time between two render progress artifact updates."
+        default=1.0,
+        ge=0,
+        description="Least time between two render progress artifact updates; the artifact "
+        "is created at the first, so a shorter render has none (0: from the start).",
     )
     artifact_preview_seconds: int = Field(
         default=7 * 24 * 3600,

@@ -49,8 +49,10 @@ async def assemble_metadata(
         for a in payload.assets
     ]
     description = f"Assets of job {plan.job_id} ({plan.job_type})"
-    await acreate_table_artifact(key=f"assets-{plan.job_id}", table=rows, description=description)
-    previews = await _preview_links([a.thumbnail_url for a in payload.assets])
+    _, previews = await asyncio.gather(  # the API writes the table while links are signed
+        acreate_table_artifact(key=f"assets-{plan.job_id}", table=rows, description=description),
+        _preview_links([a.thumbnail_url for a in payload.assets]),
+    )
     if any(previews):
         await acreate_markdown_artifact(
             key=f"asset-previews-{plan.job_id}",

@@ -2,14 +2,15 @@
 
 Three tasks share one body. ``render_assets`` runs in the flow's own process (the embedded
 default). ``render_sdxl`` and ``render_wan`` are what the warm GPU workers serve
-(genjobs/gpu_worker.py): a flow hands them over with ``.delay()`` (tasks/render_dispatch.py), one
+(genjobs/gpu_worker.py): a flow queues them as ``.delay()`` does (tasks/render_dispatch.py), one
 task key per model family, so a worker can serve one family or both.
 
 While a render runs, a :class:`RenderWatch` is called after every diffusion step: it feeds the
 process-local progress listeners and emits a ``genjobs.render.step`` event, and its monitor
-thread updates a progress artifact at most about once a second and asks the API at most every
-``cancel_check_seconds`` whether the job's flow run was cancelled (or this render superseded);
-the next step then raises :class:`~genjobs.errors.JobCancelled`, which stops the pipeline there.
+thread updates a progress artifact at most about once a second (created at the first update, so
+a shorter render has none) and asks the API at most every ``cancel_check_seconds`` whether the
+job's flow run was cancelled (or this render superseded); the next step then raises
+:class:`~genjobs.errors.JobCancelled`, which stops the pipeline there.
 The pipeline call holds ``GPU_LOCK`` (genjobs/gpu_schedule.py): one pipeline at a time per
 process.
 """
@@ -95,6 +96,9 @@ class RenderWatch:
 
     The monitor thread opens one synchronous Prefect client for the whole render (the
     artifact helpers find it in the thread's context), so the pipeline never waits for it.
+    It creates the progress artifact at its first update, once the render has run for
+    ``progress_update_seconds`` (at once where that is 0): a render that ends sooner has no
+    progress to watch (its asset table follows at once), and its job is spared two API writes.
     """
 
     def __init__(
@@ -194,13 +198,16 @@ class RenderWatch:
             self.client = None
 
     def _monitor_loop(self) -> None:
-        self._create_artifact()  # here, so the pipeline does not wait for it
         settings = self.settings
         tick = max(min(settings.progress_update_seconds, settings.cancel_check_seconds), 0.05)
         last_check = last_update = time.monotonic()
+        if settings.progress_update_seconds <= 0:
+            self._create_artifact()
         while not self._done.wait(tick):
             now = time.monotonic()
             if now - last_update >= settings.progress_update_seconds and self._step != self._shown:
+                if self._artifact_id is None:
+                    self._create_artifact()  # here, so the pipeline does not wait for it
                 self._update(self._step)
                 last_update = now
             if now - last_check >= settings.cancel_check_seconds and self._stop is None:

@@ -48,6 +48,7 @@ from storage3.utils import StorageException
 
 from genjobs.errors import StorageError
 from genjobs.storage.base import ObjectInfo, StoredObject, check_relative_path
+from genjobs.tls import ssl_context
 
 logger = logging.getLogger(__name__)
 
@@ -180,7 +181,7 @@ class SupabaseStorage:
         key = service_key.get_secret_value() if isinstance(service_key, SecretStr) else service_key
         headers = {"apiKey": key, "Authorization": f"Bearer {key}"}
         limits = timeout if isinstance(timeout, httpx.Timeout) else httpx.Timeout(timeout)
-        http_client = httpx.Client(timeout=limits, follow_redirects=True)
+        http_client = httpx.Client(timeout=limits, follow_redirects=True, verify=ssl_context())
         client = SyncStorageClient(url.rstrip("/") + STORAGE_PATH, headers, http_client=http_client)
         return cls(client, owns_client=True, **options)
 

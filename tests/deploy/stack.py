@@ -23,7 +23,7 @@ from typing import Any
 
 import httpx
 
-from genjobs.prefect_tuning import batch_task_run_writes
+from genjobs.prefect_tuning import batch_event_writes
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 FINAL_STATES = {"COMPLETED", "FAILED", "CANCELLED", "CRASHED"}
@@ -157,7 +157,7 @@ class LocalStack:
         if self.database_url:
             env["PREFECT_SERVER_DATABASE_CONNECTION_URL"] = self.database_url
         else:
-            batch_task_run_writes(env)  # as docs/runbook.md advises for SQLite
+            batch_event_writes(env)  # as docs/runbook.md advises for SQLite
         server = self.spawn("server", [sys.executable, "-m", "prefect", *args], env)
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:

@@ -51,7 +51,10 @@ def stack(
     standin: StorageStandIn,
 ) -> Iterator[LocalStack]:
     root = tmp_path_factory.mktemp("stack")
-    with local_stack(root, GENJOBS_MODEL_CACHE=str(model_cache)) as running:
+    # Progress artifacts from the first step on: the tiny renders take less than a second.
+    with local_stack(
+        root, GENJOBS_MODEL_CACHE=str(model_cache), GENJOBS_PROGRESS_UPDATE_SECONDS="0"
+    ) as running:
         try:
             running.create_pools("gpu-pool")
             running.save_blocks(
