@@ -2,13 +2,15 @@
 
 from __future__ import annotations
 
+import asyncio
+
 import pytest
 from prefect.blocks.core import Block
 from prefect.testing.standard_test_suites import BlockStandardTestSuite
 from pydantic import SecretStr
 
 from blocks import JobCallbackEndpoint, ModelRegistry, SupabaseConnection
-from genjobs.runtime import apply_blocks
+from genjobs.runtime import aapply_blocks, apply_blocks
 from genjobs.settings import Settings
 
 
@@ -44,13 +46,12 @@ def test_saved_blocks_configure_the_runtime_without_exposing_secrets() -> None:
         "test-callback", overwrite=True
     )
     ModelRegistry(sdxl_scheduler="DPMSolverMultistepScheduler").save("test-models", overwrite=True)
-    settings = apply_blocks(
-        Settings(
-            supabase_block="test-supabase",
-            callback_block="test-callback",
-            models_block="test-models",
-        )
+    named = Settings(
+        supabase_block="test-supabase", callback_block="test-callback", models_block="test-models"
     )
+    settings = apply_blocks(named)
+    # The flows' loader (all blocks at once, on the caller's client) lays over the same values.
+    assert asyncio.run(aapply_blocks(named)) == settings
     assert settings.supabase_url == "http://127.0.0.1:1"
     assert settings.supabase_service_key is not None
     assert settings.supabase_service_key.get_secret_value() == "svc-key-123"
