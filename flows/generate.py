@@ -32,11 +32,11 @@ from genjobs.runtime import aget_runtime, get_runtime
 from genjobs.storage.base import asset_path, thumbnail_path
 from tasks.callback import deliver_callback
 from tasks.encode import encode_assets
-from tasks.metadata import assemble_metadata
+from tasks.metadata import assemble_metadata, publish_asset_artifacts
 from tasks.render import FlowRunCancelled
 from tasks.render_dispatch import render
 from tasks.run_logger import run_logger
-from tasks.upload import remove_uploads, upload_asset
+from tasks.upload import remove_uploads, upload_job_assets
 from tasks.validate import validate_job
 
 
@@ -162,24 +162,9 @@ async def generate_job(job: JobParameter) -> JobOutcome:
         plan = await validate_job(job)
         batch = await render(plan)
         encoded = await encode_assets(batch)
-        upload = upload_asset.with_options(
-            retries=settings.upload_retries,
-            retry_delay_seconds=[
-                settings.upload_retry_base_seconds * 2**i for i in range(settings.upload_retries)
-            ],
-        )
-        settled = await asyncio.gather(
-            *(upload(asset, plan.user_id, plan.job_id) for asset in encoded),
-            return_exceptions=True,
-        )
-        # Raise only once every upload has settled: the removal of partial uploads must not
-        # race an upload that is still in flight (it would leave an orphaned object).
-        uploaded = [result for result in settled if not isinstance(result, BaseException)]
-        failures = [result for result in settled if isinstance(result, BaseException)]
-        if failures:
-            raise failures[0]
+        uploaded = await upload_job_assets(encoded, plan.user_id, plan.job_id, settings)
         payload = await assemble_metadata(
-            plan, batch.details, list(uploaded), time.perf_counter() - started
+            plan, batch.details, uploaded, time.perf_counter() - started
         )
     except FlowRunCancelled:
         raise  # cancelled through Prefect: the on_cancellation hook reports it, once
@@ -190,7 +175,13 @@ async def generate_job(job: JobParameter) -> JobOutcome:
     finally:
         if plan is not None:
             shutil.rmtree(scratch_dir(settings.work_dir, plan.job_id), ignore_errors=True)
-    receipt = await deliver_callback(payload)
+    # The asset artifacts are written while the backend hears of the job; neither waits.
+    delivered, _ = await asyncio.gather(
+        deliver_callback(payload), publish_asset_artifacts(plan, payload), return_exceptions=True
+    )
+    if isinstance(delivered, BaseException):
+        raise delivered
+    receipt = delivered
     _emit_outcome(plan.job_id, "completed", payload)
     logger.info(
         "Job %s completed with %d asset(s) in %.2f s.",

@@ -78,6 +78,7 @@ _STORAGE_URL_PATH = re.compile(
 )
 _NAT64 = ipaddress.IPv6Network("64:ff9b::/96")
 _MAX_SHOWN_CHARS = 200
+_SCHEME = re.compile(r"^([A-Za-z][A-Za-z0-9+.-]*):")
 
 IPAddress = ipaddress.IPv4Address | ipaddress.IPv6Address
 
@@ -123,7 +124,9 @@ def redact_url(url: str) -> str:
     """
     text = url.strip()
     if not text.lower().startswith(("http://", "https://")):
-        scheme = urlsplit(text).scheme if ":" in text else ""
+        # The scheme alone: urlsplit would also parse (and may refuse) the rest, e.g. "file://[".
+        match = _SCHEME.match(text)
+        scheme = match.group(1).lower() if match else ""
         shown = f"{scheme}:[redacted]" if scheme else text.split("?", 1)[0]
         return shown[:_MAX_SHOWN_CHARS]
     try:

@@ -1,9 +1,11 @@
-"""Assemble the completed callback payload and publish the asset artifacts.
+"""Assemble the completed callback payload; publish the asset artifacts.
 
 Two artifacts per completed job: a table of the assets (path, bytes, MIME type, seed, size,
 duration) and, where the storage signs URLs (Supabase), the same table in markdown with a
 preview of each thumbnail. A preview is a signed link to the 256 px WEBP that expires after
 ``artifact_preview_seconds`` (0 turns previews off); it opens that one object and nothing else.
+The flow publishes them (:func:`publish_asset_artifacts`) while the callback is delivered, so
+the backend hears of the job without waiting for the API's artifact writes.
 """
 
 from __future__ import annotations
@@ -23,6 +25,7 @@ from genjobs.jobs.plan import RenderPlan
 from genjobs.metadata import completed_payload
 from genjobs.runtime import get_runtime
 from tasks.naming import run_name
+from tasks.run_logger import run_logger
 
 
 @task(name="assemble-metadata", task_run_name=run_name("metadata"), cache_policy=NO_CACHE)
@@ -35,6 +38,17 @@ async def assemble_metadata(
             f"Only {len(uploaded)} of {plan.num_images} assets were stored", code="UPLOAD_ERROR"
         )
     payload = completed_payload(plan, details, uploaded, generation_time, flow_run.get_id())
+    get_run_logger().info(
+        "Assembled metadata for %d asset(s) of job %s.", len(payload.assets), plan.job_id
+    )
+    return payload
+
+
+async def publish_asset_artifacts(plan: RenderPlan, payload: CallbackPayload) -> None:
+    """The asset table, and the preview table where the storage signs links, on the run.
+
+    An artifact is observability: an API error here is logged, and the job still completes.
+    """
     rows = [
         {
             "path": a.url,
@@ -49,20 +63,23 @@ async def assemble_metadata(
         for a in payload.assets
     ]
     description = f"Assets of job {plan.job_id} ({plan.job_type})"
-    _, previews = await asyncio.gather(  # the API writes the table while links are signed
-        acreate_table_artifact(key=f"assets-{plan.job_id}", table=rows, description=description),
-        _preview_links([a.thumbnail_url for a in payload.assets]),
-    )
-    if any(previews):
-        await acreate_markdown_artifact(
-            key=f"asset-previews-{plan.job_id}",
-            markdown=preview_markdown(rows, previews),
-            description=description,
+    try:
+        _, previews = await asyncio.gather(  # the API writes the table while links are signed
+            acreate_table_artifact(
+                key=f"assets-{plan.job_id}", table=rows, description=description
+            ),
+            _preview_links([a.thumbnail_url for a in payload.assets]),
         )
-    get_run_logger().info(
-        "Assembled metadata for %d asset(s) of job %s.", len(payload.assets), plan.job_id
-    )
-    return payload
+        if any(previews):
+            await acreate_markdown_artifact(
+                key=f"asset-previews-{plan.job_id}",
+                markdown=preview_markdown(rows, previews),
+                description=description,
+            )
+    except Exception as exc:
+        run_logger(__name__).warning(
+            "The asset artifacts of job %s were not published: %s", plan.job_id, exc
+        )
 
 
 async def _preview_links(thumbnails: list[str | None]) -> list[str | None]:

@@ -390,6 +390,8 @@ def test_redact_url_drops_tokens_credentials_and_fragments() -> None:
     )
     assert redact_url("http://[::1]:8080/a.png") == "http://[::1]:8080/a.png"
     assert redact_url("data:image/png;base64,AAAA") == "data:[redacted]"
+    # Only the scheme is read from another URL: a rest that urlsplit refuses is no error.
+    assert redact_url("file://[") == "file:[redacted]"
 
 
 def test_classify_references_covers_every_role_before_any_download() -> None:

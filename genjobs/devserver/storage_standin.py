@@ -7,7 +7,8 @@ row-level security, other roles only reach objects whose first folder is their `
 objects read as missing, and a non-UUID ``sub`` fails like the ``auth.uid()`` cast does.
 
 Tests and local development drive it with the official ``storage3`` client. Helpers seed and age
-objects, inject faults (an error status, a hang, a dropped connection) and record every request.
+objects, inject faults (an error status, a hang, a dropped connection, a slow answer) and record
+every request.
 """
 
 from __future__ import annotations
@@ -54,8 +55,8 @@ DEV_JWT_SECRET = "super-secret-jwt-token-with-at-least-32-characters-long"
 DEV_PORT = 54329
 SERVICE_ROLE = "service_role"
 
-FaultKind = Literal["status", "hang", "drop", "drop_after"]
-FAULT_KINDS: tuple[str, ...] = ("status", "hang", "drop", "drop_after")
+FaultKind = Literal["status", "hang", "drop", "drop_after", "slow"]
+FAULT_KINDS: tuple[str, ...] = ("status", "hang", "drop", "drop_after", "slow")
 
 # Object keys the real server accepts (``mustBeValidKey``); bucket names are the same without "/".
 _KEY_PATTERN = re.compile(r"^(\w|/|!|-|\.|\*|'|\(|\)| |&|\$|@|=|;|:|\+|,|\?)*$", re.ASCII)
@@ -740,13 +741,15 @@ class StorageStandIn:
             kind: ``status`` answers ``status`` without doing anything; ``hang`` holds the request
                 for ``hang_seconds`` (or until stop) and then drops the connection; ``drop``
                 closes the connection without an answer; ``drop_after`` does the work, then
-                closes the connection without an answer (the answer is lost).
+                closes the connection without an answer (the answer is lost); ``slow`` waits
+                ``hang_seconds`` (or until stop), then does the work and answers as usual.
             count: How many matching requests this applies to.
             method: Only requests with this method match.
             path_prefix: Only route paths (without ``/storage/v1``) starting with this match,
                 e.g. ``/object/workspace-temp/``.
             status: The HTTP status of a ``status`` fault.
-            hang_seconds: Overrides the stand-in's ``hang_seconds`` for a ``hang`` fault.
+            hang_seconds: Overrides the stand-in's ``hang_seconds`` for a ``hang`` or ``slow``
+                fault.
         """
         if kind not in FAULT_KINDS:
             raise ValueError(f"Unknown fault kind {kind!r}; expected one of {FAULT_KINDS}")
@@ -834,7 +837,8 @@ class StorageStandIn:
             self._log.append(entry)
 
     def release_hangs(self) -> None:
-        """Let every request held by a ``hang`` fault go on (to be dropped) now."""
+        """Let every request held by a ``hang`` fault (to be dropped) or a ``slow`` one (to be
+        answered) go on now."""
         with self._lock:
             released, self._release = self._release, threading.Event()
         released.set()
@@ -1457,6 +1461,9 @@ class _Handler(BaseHTTPRequestHandler):
         path = standin.route_path(self.path)
         fault = standin._next_fault(method, path)
         entry = LoggedRequest(method, path, 0, fault.kind if fault else None, self.path)
+        if fault is not None and fault.kind == "slow":
+            standin._wait_for_release(fault.hang_seconds)
+            fault = None  # then answered as usual, its status logged as sent
         if fault is not None and fault.kind != "drop_after":
             if fault.kind == "status":
                 message = "Injected fault: service unavailable"

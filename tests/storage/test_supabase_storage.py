@@ -6,6 +6,7 @@ import hashlib
 import logging
 import random
 import socket
+import time
 from collections.abc import Callable
 from datetime import UTC, datetime
 
@@ -638,6 +639,21 @@ def test_lost_answer_is_retried_safely_because_uploads_upsert(
         (200, None),
     ]
     assert standin.object_names(BUCKET) == [path]
+
+
+def test_a_slow_answer_stores_the_object_once_it_comes(
+    standin: StorageStandIn, storage: SupabaseStorage
+) -> None:
+    path = asset_path(USER_A, JOB, 0, "png")
+    standin.inject_fault("slow", method="POST", hang_seconds=0.3)
+
+    started = time.monotonic()
+    stored = storage.put(BUCKET, path, PAYLOAD, "image/png")
+
+    assert time.monotonic() - started >= 0.3
+    assert (stored.path, stored.size) == (path, len(PAYLOAD))
+    assert [(entry.status, entry.fault) for entry in standin.requests] == [(200, "slow")]
+    assert storage.get(BUCKET, path) == PAYLOAD
 
 
 def test_timeout_maps_to_a_retryable_error(standin: StorageStandIn) -> None:
