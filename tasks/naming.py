@@ -29,6 +29,9 @@ def run_name(step: str) -> Callable[..., str]:
     """A ``task_run_name`` callable: ``"{step}-{job_id}"`` (job id found in the parameters)."""
 
     def name(parameters: dict[str, Any]) -> str:
+        named = parameters.get("job_id")
+        if isinstance(named, str) and named:
+            return f"{step}-{named}"
         for value in parameters.values():
             job_id = _job_id_of(value)
             if job_id:

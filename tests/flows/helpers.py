@@ -30,13 +30,18 @@ def sdxl_job(**config: Any) -> dict[str, Any]:
     }
 
 
-async def task_run_counts(flow_run_id: uuid.UUID) -> Counter[str]:
-    """How many task runs of each task the flow run made (by task name prefix)."""
+async def task_run_names(flow_run_id: uuid.UUID) -> list[str]:
+    """The names of every task run the flow run made, sorted."""
     async with get_client() as client:
         runs = await client.read_task_runs(
             flow_run_filter=FlowRunFilter(id=FlowRunFilterId(any_=[flow_run_id]))
         )
-    return Counter(run.name.split("-")[0] for run in runs)
+    return sorted(run.name for run in runs)
+
+
+async def task_run_counts(flow_run_id: uuid.UUID) -> Counter[str]:
+    """How many task runs of each task the flow run made (by task name prefix)."""
+    return Counter(name.split("-")[0] for name in await task_run_names(flow_run_id))
 
 
 class FlakyStorage:

@@ -11,13 +11,20 @@ from typing import Any
 
 import pytest
 from PIL import Image
+from prefect.client.orchestration import get_client
 
 from flows.generate import generate_job
 from genjobs.callback.signing import verify
 from genjobs.devserver.receiver import CallbackReceiver
 from genjobs.render.cache import PIPELINES
 from genjobs.runtime import Runtime, set_runtime
-from tests.flows.helpers import USER_ID, FlakyStorage, sdxl_job, task_run_counts
+from tests.flows.helpers import (
+    USER_ID,
+    FlakyStorage,
+    sdxl_job,
+    task_run_counts,
+    task_run_names,
+)
 
 pytestmark = pytest.mark.usefixtures("prefect_api")
 
@@ -138,6 +145,13 @@ async def test_upload_failing_twice_is_retried_without_rendering_again(
     path = f"{USER_ID}/{job['id']}/1.png"
     assert flaky.attempts[path] == 3
     assert all(flaky.attempts[f"{USER_ID}/{job['id']}/{i}.png"] == 1 for i in (0, 2))
+    # Every run name carries the job id.
+    steps = ("validate", "render", "encode", "upload", "reupload", "metadata", "callback")
+    names = await task_run_names(state.state_details.flow_run_id)
+    assert names == sorted(f"{step}-{job['id']}" for step in steps)
+    async with get_client() as client:
+        flow_run = await client.read_flow_run(state.state_details.flow_run_id)
+    assert flow_run.name == f"job-{job['id']}"
     assert stored(runtime, path).is_file()
     assert [p["status"] for p in receiver.accepted(job["id"])] == ["completed"]
 
