@@ -35,13 +35,9 @@ def prepare_environment(scratch: Path) -> None:
     if "PREFECT_API_URL" not in os.environ and "PREFECT_HOME" not in os.environ:
         os.environ["PREFECT_HOME"] = str(scratch / "prefect")
     if "PREFECT_API_URL" not in os.environ:  # the ephemeral API on SQLite
-        from genjobs.cli import EPHEMERAL_STARTUP_TIMEOUT
+        from genjobs.prefect_tuning import allow_slow_ephemeral_start, batch_event_writes
 
-        os.environ.setdefault(
-            "PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS", EPHEMERAL_STARTUP_TIMEOUT
-        )
-        from genjobs.prefect_tuning import batch_event_writes
-
+        allow_slow_ephemeral_start()
         batch_event_writes()
 
 

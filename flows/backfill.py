@@ -46,12 +46,12 @@ from genjobs.backfill.steps import (
     check_target_bucket,
     inventory_bucket,
     remove_objects,
-    with_settings_retries,
 )
 from genjobs.errors import JobError
 from genjobs.runtime import get_runtime
 from genjobs.settings import Settings
 from genjobs.storage.base import copies_across_buckets_server_side
+from tasks.naming import with_settings_retries
 
 DEFAULT_TARGET_BUCKET = "workspace-temp"
 LIST_CONCURRENCY = 4

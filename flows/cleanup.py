@@ -23,10 +23,11 @@ from prefect.artifacts import acreate_markdown_artifact
 from pydantic import BaseModel, Field
 
 from genjobs.backfill.report import table
-from genjobs.backfill.steps import RETRY_OPTIONS, remove_objects, with_settings_retries
+from genjobs.backfill.steps import RETRY_OPTIONS, remove_objects
 from genjobs.errors import JobError
 from genjobs.runtime import get_runtime
 from genjobs.storage.base import ObjectInfo
+from tasks.naming import with_settings_retries
 
 DEFAULT_BUCKET = "workspace-temp"
 

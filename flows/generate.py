@@ -176,12 +176,11 @@ async def generate_job(job: JobParameter) -> JobOutcome:
         if plan is not None:
             shutil.rmtree(scratch_dir(settings.work_dir, plan.job_id), ignore_errors=True)
     # The asset artifacts are written while the backend hears of the job; neither waits.
-    delivered, _ = await asyncio.gather(
+    receipt, _ = await asyncio.gather(
         deliver_callback(payload), publish_asset_artifacts(plan, payload), return_exceptions=True
     )
-    if isinstance(delivered, BaseException):
-        raise delivered
-    receipt = delivered
+    if isinstance(receipt, BaseException):
+        raise receipt
     _emit_outcome(plan.job_id, "completed", payload)
     logger.info(
         "Job %s completed with %d asset(s) in %.2f s.",

@@ -18,9 +18,9 @@ import uuid
 from pathlib import Path
 from typing import Any
 
+from genjobs.prefect_tuning import allow_slow_ephemeral_start
+
 DEV_USER_ID = "00000000-0000-4000-8000-000000000001"
-EPHEMERAL_STARTUP_TIMEOUT = "120"
-"""Seconds the ephemeral Prefect API may take to start (Prefect's default is 20)."""
 QUIET_ENVIRONMENT = {
     "PREFECT_LOGGING_LEVEL": "WARNING",
     "HF_HUB_DISABLE_PROGRESS_BARS": "1",
@@ -210,10 +210,7 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
-    # A first start migrates a new database: over Prefect's 20 s default on a slow machine.
-    os.environ.setdefault(
-        "PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS", EPHEMERAL_STARTUP_TIMEOUT
-    )
+    allow_slow_ephemeral_start()
     if args.command == "run" and not args.verbose:
         for name, value in QUIET_ENVIRONMENT.items():
             os.environ.setdefault(name, value)

@@ -1,4 +1,5 @@
-"""Two measured Prefect adjustments for a process or server that runs many jobs.
+"""Measured Prefect adjustments for a process or server that runs many jobs, and the ephemeral
+API's start-up time.
 
 Held clients: each flow run called in a process that holds no Prefect client builds its own (an
 async one, and sync ones for the engine's result-storage look-ups), each with a TLS context whose
@@ -34,6 +35,17 @@ BATCHED_EVENT_WRITES = {
 }
 """Server settings: the task-run recorder writes up to 200 events at once, at least every second;
 the event persister up to 1,000, at least every 5 s."""
+
+
+EPHEMERAL_STARTUP_SECONDS = "120"
+"""How long the ephemeral API may take to start: its first start migrates a new database, which
+took over Prefect's 20 s default on a slow 2-core machine."""
+
+
+def allow_slow_ephemeral_start(environ: MutableMapping[str, str] | None = None) -> None:
+    """Give the ephemeral API :data:`EPHEMERAL_STARTUP_SECONDS` to start, where unset."""
+    target = os.environ if environ is None else environ
+    target.setdefault("PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS", EPHEMERAL_STARTUP_SECONDS)
 
 
 def batch_event_writes(environ: MutableMapping[str, str] | None = None) -> None:

@@ -27,7 +27,7 @@ from genjobs.errors import StorageError, is_transient
 from genjobs.runtime import get_runtime
 from genjobs.settings import Settings
 from genjobs.storage.base import MIME_BY_EXTENSION, asset_path, thumbnail_path
-from tasks.naming import retry_if_transient, run_name
+from tasks.naming import retry_if_transient, run_name, with_settings_retries
 
 
 class UploadAttempt(BaseModel):
@@ -123,11 +123,7 @@ async def upload_job_assets(
     attempt = await upload_assets(assets, user_id, job_id)
     if not attempt.again:
         return attempt.stored
-    retries = settings.upload_retries
-    base = settings.upload_retry_base_seconds
-    reupload = reupload_asset.with_options(
-        retries=retries, retry_delay_seconds=[base * 2**i for i in range(retries)]
-    )
+    reupload = with_settings_retries(reupload_asset, settings)
     settled = await asyncio.gather(
         *(reupload(asset, user_id, job_id) for asset in attempt.again), return_exceptions=True
     )

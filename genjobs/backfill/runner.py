@@ -32,11 +32,11 @@ from genjobs.backfill.steps import (
     probe_target,
     probe_targets,
     remove_objects,
-    with_settings_retries,
 )
 from genjobs.backfill.transfer import CopyOrder, CopyOutcome, Fingerprint, Listing, job_prefix_of
 from genjobs.settings import Settings
 from genjobs.storage.base import ObjectInfo
+from tasks.naming import with_settings_retries
 
 _MD5_HEX = re.compile(r"^[0-9a-f]{32}$")
 

@@ -29,7 +29,6 @@ from genjobs.backfill.transfer import (
 )
 from genjobs.errors import StorageError
 from genjobs.runtime import get_runtime
-from genjobs.settings import Settings
 from genjobs.storage.base import ObjectInfo
 from tasks.naming import retry_if_transient
 
@@ -40,15 +39,6 @@ RETRY_OPTIONS: dict[str, Any] = {
     "retry_condition_fn": retry_if_transient,
     "cache_policy": NO_CACHE,
 }
-
-
-def with_settings_retries(task_obj: Any, settings: Settings) -> Any:
-    """The task with ``upload_retries`` retries, delays doubling from the base delay."""
-    retries = settings.upload_retries
-    base = settings.upload_retry_base_seconds
-    return task_obj.with_options(
-        retries=retries, retry_delay_seconds=[base * 2**attempt for attempt in range(retries)]
-    )
 
 
 @task(name="inventory-bucket", task_run_name="inventory-{bucket}", **RETRY_OPTIONS)
