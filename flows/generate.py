@@ -28,13 +28,13 @@ from genjobs.errors import JobCancelled, JobError
 from genjobs.jobs.form import JobParameter
 from genjobs.jobs.payload import parse_job, raw_job_id
 from genjobs.jobs.plan import RenderPlan, plan_job
-from genjobs.runtime import aget_runtime, get_runtime
+from genjobs.runtime import Runtime, aget_runtime, current_settings, get_runtime
 from genjobs.storage.base import asset_path, thumbnail_path
 from tasks.callback import deliver_callback
 from tasks.encode import encode_assets
 from tasks.metadata import assemble_metadata, publish_asset_artifacts
 from tasks.render import FlowRunCancelled
-from tasks.render_dispatch import render
+from tasks.render_dispatch import start_render
 from tasks.run_logger import run_logger
 from tasks.upload import remove_uploads, upload_job_assets
 from tasks.validate import validate_job
@@ -84,6 +84,15 @@ def _emit_outcome(job_id: str, status: str, payload: CallbackPayload) -> None:
             "assets": [a.url for a in payload.assets],
         },
     )
+
+
+async def _runtime_or_none() -> Runtime | None:
+    """The run's runtime, or ``None`` when its blocks cannot be loaded: then there is no
+    callback endpoint to report to, and the run fails with the block's error alone."""
+    try:
+        return await aget_runtime()
+    except Exception:
+        return None
 
 
 async def _report_failure(job: Any, error: BaseException, plan: RenderPlan | None) -> None:
@@ -156,11 +165,19 @@ async def generate_job(job: JobParameter) -> JobOutcome:
     """
     logger = get_run_logger()
     started = time.perf_counter()
-    settings = (await aget_runtime()).settings
     plan: RenderPlan | None = None
     try:
         plan = await validate_job(job)
-        batch = await render(plan)
+        started_render = await start_render(plan)
+        # A fresh run loads its blocks and builds its storage client while the GPU workers
+        # render; a render in this process starts when awaited, after them (it reads the
+        # model registry).
+        try:
+            settings = (await aget_runtime()).settings
+        except Exception:
+            await started_render.withdraw("The run's blocks did not load")
+            raise
+        batch = await started_render.result()
         encoded = await encode_assets(batch)
         uploaded = await upload_job_assets(encoded, plan.user_id, plan.job_id, settings)
         payload = await assemble_metadata(
@@ -170,11 +187,15 @@ async def generate_job(job: JobParameter) -> JobOutcome:
         raise  # cancelled through Prefect: the on_cancellation hook reports it, once
     except Exception as exc:
         logger.error("Job %s failed: %s", plan.job_id if plan else raw_job_id(job), exc)
-        await _report_failure(job, exc, plan)
+        if await _runtime_or_none() is None:
+            logger.error("No failed callback can be sent: the run's blocks did not load.")
+        else:
+            await _report_failure(job, exc, plan)
         raise
     finally:
         if plan is not None:
-            shutil.rmtree(scratch_dir(settings.work_dir, plan.job_id), ignore_errors=True)
+            work_dir = current_settings().work_dir
+            shutil.rmtree(scratch_dir(work_dir, plan.job_id), ignore_errors=True)
     # The asset artifacts are written while the backend hears of the job; neither waits.
     receipt, _ = await asyncio.gather(
         deliver_callback(payload), publish_asset_artifacts(plan, payload), return_exceptions=True

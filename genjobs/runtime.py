@@ -64,12 +64,13 @@ MODEL_FIELDS = {
 """What a ModelRegistry block sets."""
 
 
-def _named_blocks(settings: Settings) -> dict[str, tuple[type[Any], str]]:
-    """The blocks the settings name: role -> (block class, saved name)."""
+def _named_blocks(settings: Settings, renders: bool) -> dict[str, tuple[type[Any], str]]:
+    """The blocks the settings name: role -> (block class, saved name). The model registry
+    only where this process renders."""
     named = {
         "supabase": (SupabaseConnection, settings.supabase_block),
         "callback": (JobCallbackEndpoint, settings.callback_block),
-        "models": (ModelRegistry, settings.models_block),
+        "models": (ModelRegistry, settings.models_block if renders else None),
     }
     return {role: (cls, name) for role, (cls, name) in named.items() if name}
 
@@ -93,12 +94,13 @@ def _overlay(settings: Settings, loaded: dict[str, Any]) -> Settings:
     return settings.model_copy(update=updates) if updates else settings
 
 
-def apply_blocks(settings: Settings) -> Settings:
-    """Overlay the blocks named in settings (connection facts and secrets) onto them.
+def apply_blocks(settings: Settings, renders: bool = True) -> Settings:
+    """Overlay the blocks named in settings (connection facts and secrets) onto them; the
+    model registry's sources only where ``renders``.
 
     Synchronous, also when called from inside an event loop; the blocks share one client.
     """
-    named = _named_blocks(settings)
+    named = _named_blocks(settings, renders)
     if not named:
         return settings
     from prefect.context import SyncClientContext
@@ -108,22 +110,28 @@ def apply_blocks(settings: Settings) -> Settings:
     return _overlay(settings, loaded)
 
 
-async def aapply_blocks(settings: Settings) -> Settings:
+async def aapply_blocks(settings: Settings, renders: bool = True) -> Settings:
     """:func:`apply_blocks` for async code: the blocks load at once, on the caller's client
     (inside a flow run, the run's own: no new connection or TLS context)."""
-    named = _named_blocks(settings)
+    named = _named_blocks(settings, renders)
     if not named:
         return settings
     values = await asyncio.gather(*(cls.aload(name) for cls, name in named.values()))
     return _overlay(settings, dict(zip(named, values, strict=True)))
 
 
-def build_runtime(settings: Settings | None = None) -> Runtime:
-    return _assemble(apply_blocks(settings or Settings()))
+def build_runtime(settings: Settings | None = None, renders: bool = True) -> Runtime:
+    """The runtime of ``settings`` (default: the environment's) with its blocks applied.
+
+    ``renders=False`` (a flow process whose renders run on the GPU workers) skips the model
+    registry: such a process never loads a pipeline, so a job does not wait for that block.
+    """
+    return _assemble(apply_blocks(settings or Settings(), renders))
 
 
-async def abuild_runtime(settings: Settings | None = None) -> Runtime:
-    return _assemble(await aapply_blocks(settings or Settings()))
+async def abuild_runtime(settings: Settings | None = None, renders: bool = True) -> Runtime:
+    """:func:`build_runtime` for async code."""
+    return _assemble(await aapply_blocks(settings or Settings(), renders))
 
 
 def _assemble(settings: Settings) -> Runtime:
@@ -154,11 +162,20 @@ def get_runtime() -> Runtime:
 
 async def aget_runtime() -> Runtime:
     """:func:`get_runtime` for async code: a flow's first call builds it with
-    :func:`abuild_runtime` (its blocks loaded at once on the run's client)."""
+    :func:`abuild_runtime` (its blocks loaded at once on the run's client), without the model
+    registry when the settings send renders to the GPU workers."""
     global _current
     if _current is None:
-        _current = await abuild_runtime()
+        settings = Settings()
+        _current = await abuild_runtime(settings, renders=settings.render_dispatch != "gpu_workers")
     return _current
+
+
+def current_settings() -> Settings:
+    """The settings in force, without loading blocks or building clients: the installed
+    runtime's, else the environment's. Blocks set only connections, secrets and model sources,
+    so what validation reads (limits, allowed hosts) is the same in both."""
+    return _current.settings if _current is not None else Settings()
 
 
 def set_runtime(runtime: Runtime | None) -> None:

@@ -39,7 +39,7 @@ from prefect.utilities.engine import emit_task_run_state_change_event
 from genjobs.assets import RenderedBatch
 from genjobs.errors import JobError
 from genjobs.jobs.plan import RenderPlan
-from genjobs.runtime import get_runtime
+from genjobs.runtime import current_settings
 from genjobs.settings import Settings
 from tasks.render import GPU_RENDER_TASKS, SUPERSEDED, render_assets
 
@@ -61,81 +61,125 @@ def render_tags(plan: RenderPlan) -> list[str]:
     return ["gpu", f"job-type:{plan.job_type}", f"family:{plan.family}"]
 
 
+class StartedRender:
+    """A render that has been started where the settings say: :meth:`result` waits for it."""
+
+    def __init__(self, plan: RenderPlan) -> None:
+        self.plan = plan
+
+    async def result(self) -> RenderedBatch:
+        """Render in this process (the task runs when awaited) and return the batch."""
+        return await render_assets.with_options(tags=render_tags(self.plan))(self.plan)
+
+    async def withdraw(self, message: str) -> None:
+        """Give the render up before :meth:`result`: here nothing has started yet."""
+
+
+async def start_render(plan: RenderPlan) -> StartedRender:
+    """Queue ``plan`` on the GPU workers, or prepare it to render here (``render_dispatch``).
+
+    The flow makes the rest of its job ready while a queued render runs.
+    """
+    settings = current_settings()
+    if settings.render_dispatch == "gpu_workers":
+        queued = QueuedRender(plan, settings)
+        await queued.submit()
+        return queued
+    return StartedRender(plan)
+
+
 async def render(plan: RenderPlan) -> RenderedBatch:
     """Render ``plan`` where the settings say (``render_dispatch``) and return the batch."""
-    settings = get_runtime().settings
-    if settings.render_dispatch == "gpu_workers":
-        return await render_on_gpu_workers(plan, settings)
-    return await render_assets.with_options(tags=render_tags(plan))(plan)
+    return await (await start_render(plan)).result()
 
 
-async def render_on_gpu_workers(plan: RenderPlan, settings: Settings) -> RenderedBatch:
-    """Hand the render to the GPU workers and wait; submit again when lost or stuck.
+class QueuedRender(StartedRender):
+    """A render handed to the GPU workers; :meth:`result` waits for it, submitting it again
+    when it is lost or stuck."""
 
-    Raises:
-        RenderTimeout: The render was lost or stuck once more than ``render_resubmits``.
-        JobError: Whatever the render raised (for example JobCancelled, OutOfMemory).
-    """
-    run_logger = get_run_logger()
-    task = GPU_RENDER_TASKS[plan.family].with_options(tags=render_tags(plan))
-    TaskRunWaiter.instance()  # listen for completion events before the first submission
-    resubmits = 0
-    task_run_id = await submit(task, plan)
-    submitted = time.monotonic()
-    running_since: float | None = None
-    api_trouble = False
-    while True:
-        try:
-            state = await TaskRunWaiter.wait_for_task_run(
-                task_run_id, timeout=settings.render_poll_seconds
-            )
-            if state is None:  # no completion event yet: how is it doing?
-                state = await _read_state(task_run_id)
-        except _API_TROUBLE as exc:
-            if not api_trouble:
-                run_logger.warning(
-                    "The Prefect API is unreachable while job %s waits for its render (%s).",
-                    plan.job_id,
-                    exc,
-                )
-            api_trouble = True
-            await asyncio.sleep(min(settings.render_poll_seconds, 1.0))
-            continue
-        if state is not None and state.is_final():
-            break
-        now = time.monotonic()
-        reason: str | None = None
-        if state is None or state.type in _NOT_STARTED:
-            running_since = None
-            if api_trouble:
-                reason = "the API was unreachable while it waited (a restart empties the queue)"
-            elif now - submitted > settings.render_queue_timeout_seconds:
-                reason = f"it waited {now - submitted:.0f} s without starting"
-        elif state.type == StateType.RUNNING:
-            running_since = running_since or now
-            if now - running_since > settings.render_run_timeout_seconds:
-                reason = f"it ran for {now - running_since:.0f} s without finishing"
+    def __init__(self, plan: RenderPlan, settings: Settings) -> None:
+        super().__init__(plan)
+        self.settings = settings
+        self.task = GPU_RENDER_TASKS[plan.family].with_options(tags=render_tags(plan))
+        self.task_run_id: UUID | None = None
+        self.submitted = 0.0
+
+    async def submit(self) -> None:
+        TaskRunWaiter.instance()  # listen for completion events before the submission
+        self.task_run_id = await submit(self.task, self.plan)
+        self.submitted = time.monotonic()
+
+    async def withdraw(self, message: str) -> None:
+        """Mark the queued render Superseded: a worker skips it, or stops it at its next step."""
+        if self.task_run_id is not None:
+            await _supersede(self.task_run_id, message)
+
+    async def result(self) -> RenderedBatch:
+        """Wait for the render; submit it again when lost or stuck.
+
+        Raises:
+            RenderTimeout: The render was lost or stuck once more than ``render_resubmits``.
+            JobError: Whatever the render raised (for example JobCancelled, OutOfMemory).
+        """
+        plan, settings = self.plan, self.settings
+        assert self.task_run_id is not None, "submit() first"
+        run_logger = get_run_logger()
+        resubmits = 0
+        running_since: float | None = None
         api_trouble = False
-        if reason is None:
-            continue
-        if resubmits >= settings.render_resubmits:
-            raise RenderTimeout(
-                f"The render of job {plan.job_id} did not finish: {reason}, and it was already "
-                f"submitted again {resubmits} time(s)"
+        while True:
+            try:
+                state = await TaskRunWaiter.wait_for_task_run(
+                    self.task_run_id, timeout=settings.render_poll_seconds
+                )
+                if state is None:  # no completion event yet: how is it doing?
+                    state = await _read_state(self.task_run_id)
+            except _API_TROUBLE as exc:
+                if not api_trouble:
+                    run_logger.warning(
+                        "The Prefect API is unreachable while job %s waits for its render (%s).",
+                        plan.job_id,
+                        exc,
+                    )
+                api_trouble = True
+                await asyncio.sleep(min(settings.render_poll_seconds, 1.0))
+                continue
+            if state is not None and state.is_final():
+                break
+            now = time.monotonic()
+            reason: str | None = None
+            if state is None or state.type in _NOT_STARTED:
+                running_since = None
+                if api_trouble:
+                    reason = "the API was unreachable while it waited (a restart empties the queue)"
+                elif now - self.submitted > settings.render_queue_timeout_seconds:
+                    reason = f"it waited {now - self.submitted:.0f} s without starting"
+            elif state.type == StateType.RUNNING:
+                running_since = running_since or now
+                if now - running_since > settings.render_run_timeout_seconds:
+                    reason = f"it ran for {now - running_since:.0f} s without finishing"
+            api_trouble = False
+            if reason is None:
+                continue
+            if resubmits >= settings.render_resubmits:
+                raise RenderTimeout(
+                    f"The render of job {plan.job_id} did not finish: {reason}, and it was "
+                    f"already submitted again {resubmits} time(s)"
+                )
+            await self.withdraw(f"Submitted again: {reason}")
+            resubmits += 1
+            run_logger.warning(
+                "The render of job %s is presumed lost or stuck (%s); submitting it again "
+                "(%d of %d).",
+                plan.job_id,
+                reason,
+                resubmits,
+                settings.render_resubmits,
             )
-        await _supersede(task_run_id, reason)
-        resubmits += 1
-        run_logger.warning(
-            "The render of job %s is presumed lost or stuck (%s); submitting it again (%d of %d).",
-            plan.job_id,
-            reason,
-            resubmits,
-            settings.render_resubmits,
-        )
-        task_run_id = await submit(task, plan)
-        submitted, running_since = time.monotonic(), None
-    batch: RenderedBatch = await state.aresult()  # raises what the render raised
-    return batch
+            await self.submit()
+            running_since = None
+        batch: RenderedBatch = await state.aresult()  # raises what the render raised
+        return batch
 
 
 async def submit(task: Task[..., Any], plan: RenderPlan) -> UUID:
@@ -161,11 +205,11 @@ async def _read_state(task_run_id: UUID) -> State[Any] | None:
     return run.state
 
 
-async def _supersede(task_run_id: UUID, reason: str) -> None:
+async def _supersede(task_run_id: UUID, message: str) -> None:
     """Mark a render's task run Cancelled/Superseded so no worker renders it any more."""
     async with get_client() as client:
         await client.set_task_run_state(
             task_run_id,
-            Cancelled(name=SUPERSEDED, message=f"Submitted again: {reason}"),
+            Cancelled(name=SUPERSEDED, message=message),
             force=True,
         )

@@ -61,3 +61,28 @@ def test_saved_blocks_configure_the_runtime_without_exposing_secrets() -> None:
     assert settings.sdxl_scheduler == "DPMSolverMultistepScheduler"
     shown = repr(settings) + str(SupabaseConnection.load("test-supabase"))
     assert "svc-key-123" not in shown and "hmac-456" not in shown
+    # A flow process whose renders run on the GPU workers leaves the model registry alone.
+    connections_only = asyncio.run(aapply_blocks(named, renders=False))
+    assert connections_only.sdxl_scheduler == Settings().sdxl_scheduler != settings.sdxl_scheduler
+    assert connections_only.job_callback_secret == settings.job_callback_secret
+
+
+@pytest.mark.usefixtures("prefect_api")
+def test_a_flow_process_that_dispatches_renders_loads_no_model_registry(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    from genjobs import runtime
+
+    JobCallbackEndpoint(url="http://127.0.0.1:2/cb", secret=SecretStr("hmac-456")).save(
+        "test-callback", overwrite=True
+    )
+    monkeypatch.setenv("GENJOBS_CALLBACK_BLOCK", "test-callback")
+    monkeypatch.setenv("GENJOBS_MODELS_BLOCK", "no-such-registry")  # loading it would raise
+    monkeypatch.setenv("GENJOBS_RENDER_DISPATCH", "gpu_workers")
+    monkeypatch.setattr(runtime, "_current", None)
+    built = asyncio.run(runtime.aget_runtime())
+    assert built.callback_url == "http://127.0.0.1:2/cb"
+    monkeypatch.setattr(runtime, "_current", None)
+    monkeypatch.setenv("GENJOBS_RENDER_DISPATCH", "in_process")
+    with pytest.raises(ValueError, match="no-such-registry"):
+        asyncio.run(runtime.aget_runtime())

@@ -193,3 +193,27 @@ async def test_a_render_presumed_lost_is_submitted_again_and_rendered_once(
     assert steps.count((10, 10)) == 1  # one render ran to its end; the superseded one never began
     assert len(steps) == 10
     assert [p["status"] for p in receiver.accepted(job["id"])] == ["completed"]
+
+
+async def test_a_run_whose_blocks_do_not_load_withdraws_its_queued_render(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    set_runtime(None)  # as in a deployed run: the flow builds its runtime from the environment
+    monkeypatch.setenv("GENJOBS_HOME", str(tmp_path))
+    monkeypatch.setenv("GENJOBS_RENDER_DISPATCH", "gpu_workers")
+    monkeypatch.setenv("GENJOBS_CALLBACK_BLOCK", "no-such-endpoint")
+    job = sdxl_job()
+    try:
+        state = await generate_job(job, return_state=True)  # type: ignore[arg-type]
+    finally:
+        set_runtime(None)
+
+    assert state.is_failed() and "no-such-endpoint" in (state.message or "")
+    async with get_client() as client:
+        (queued,) = [
+            r
+            for r in await client.read_task_runs()
+            if r.flow_run_id == state.state_details.flow_run_id and r.name.startswith("render")
+        ]
+    assert queued.state is not None and queued.state.name == SUPERSEDED
+    assert queued.state.message == "The run's blocks did not load"

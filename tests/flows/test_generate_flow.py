@@ -227,3 +227,31 @@ async def test_another_users_reference_is_refused_before_any_render(
     assert counts["render"] == 0
     (payload,) = receiver.accepted(job["id"])
     assert payload["metadata"]["error_code"] == "CROSS_USER_REFERENCE"
+
+
+async def test_a_run_whose_blocks_do_not_load_fails_naming_the_block_before_any_render(
+    tmp_path: Path,
+    receiver: CallbackReceiver,
+    callback_secret: str,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    set_runtime(None)  # as in a deployed run: the flow builds its runtime from the environment
+    for name, value in {
+        "HOME": str(tmp_path),
+        "CALLBACK_URL": receiver.url,
+        "JOB_CALLBACK_SECRET": callback_secret,
+        "SUPABASE_BLOCK": "no-such-connection",
+    }.items():
+        monkeypatch.setenv(f"GENJOBS_{name}", value)
+    job = sdxl_job()
+    loads_before = PIPELINES.load_count()
+    try:
+        state = await run(job)
+    finally:
+        set_runtime(None)
+    assert state.is_failed()
+    assert "no-such-connection" in state.message
+    counts = await task_run_counts(state.state_details.flow_run_id)
+    assert counts["validate"] == 1 and counts["render"] == 0
+    assert PIPELINES.load_count() == loads_before
+    assert receiver.accepted(job["id"]) == []  # without its runtime the run reports nothing
