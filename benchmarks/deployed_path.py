@@ -15,8 +15,9 @@ stand-in over HTTP, callbacks go to the local receiver. Then it prints:
    two-core machine the flow processes (a new Python process per job, about 3-4 CPU seconds)
    cannot feed two;
 3. orchestration overhead per job against the same library functions called plainly:
-   in-process (the flow in this process, local storage; target <= 0.15 s) and through the
-   deployed path with its GPU workers (target <= 0.5 s).
+   in-process (the flow in this process against this server, local storage, new API clients
+   per job; the 0.15 s target is measured on the embedded default by run_all.py, with held
+   clients) and through the deployed path with its GPU workers (target <= 0.5 s).
 
 No assertions: it prints what it measured.
 """
@@ -331,7 +332,7 @@ def main() -> int:
         print(f"3. Orchestration overhead per job ({render_s:.1f} s render, one 512x512 image),")
         print(f"   {args.overhead_jobs} rounds, seconds (median, min):")
         targets = {
-            "in-process overhead": "target <= 0.15 s",
+            "in-process overhead": "new clients per job; the target is run_all.py's",
             "deployed overhead, in the run": "target <= 0.5 s",
             "deployed overhead, end to end": "adds the worker's 1 s poll and a new flow process",
         }
