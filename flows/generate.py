@@ -166,6 +166,7 @@ async def generate_job(job: JobParameter) -> JobOutcome:
     logger = get_run_logger()
     started = time.perf_counter()
     plan: RenderPlan | None = None
+    blocks_failed = False
     try:
         plan = await validate_job(job)
         started_render = await start_render(plan)
@@ -175,6 +176,7 @@ async def generate_job(job: JobParameter) -> JobOutcome:
         try:
             settings = (await aget_runtime()).settings
         except Exception:
+            blocks_failed = True
             await started_render.withdraw("The run's blocks did not load")
             raise
         batch = await started_render.result()
@@ -187,7 +189,7 @@ async def generate_job(job: JobParameter) -> JobOutcome:
         raise  # cancelled through Prefect: the on_cancellation hook reports it, once
     except Exception as exc:
         logger.error("Job %s failed: %s", plan.job_id if plan else raw_job_id(job), exc)
-        if await _runtime_or_none() is None:
+        if blocks_failed or await _runtime_or_none() is None:
             logger.error("No failed callback can be sent: the run's blocks did not load.")
         else:
             await _report_failure(job, exc, plan)

@@ -61,44 +61,39 @@ def render_tags(plan: RenderPlan) -> list[str]:
     return ["gpu", f"job-type:{plan.job_type}", f"family:{plan.family}"]
 
 
-class StartedRender:
-    """A render that has been started where the settings say: :meth:`result` waits for it."""
+class LocalRender:
+    """A render in this process: its task runs when :meth:`result` is awaited."""
 
     def __init__(self, plan: RenderPlan) -> None:
         self.plan = plan
 
     async def result(self) -> RenderedBatch:
-        """Render in this process (the task runs when awaited) and return the batch."""
         return await render_assets.with_options(tags=render_tags(self.plan))(self.plan)
 
     async def withdraw(self, message: str) -> None:
-        """Give the render up before :meth:`result`: here nothing has started yet."""
+        """Give the render up before :meth:`result`: nothing has started, nothing to undo."""
 
 
-async def start_render(plan: RenderPlan) -> StartedRender:
+async def start_render(plan: RenderPlan) -> LocalRender | QueuedRender:
     """Queue ``plan`` on the GPU workers, or prepare it to render here (``render_dispatch``).
 
-    The flow makes the rest of its job ready while a queued render runs.
+    The flow makes the rest of its job ready while a queued render runs, then awaits
+    ``result()``; ``withdraw(message)`` gives it up instead.
     """
     settings = current_settings()
     if settings.render_dispatch == "gpu_workers":
         queued = QueuedRender(plan, settings)
         await queued.submit()
         return queued
-    return StartedRender(plan)
+    return LocalRender(plan)
 
 
-async def render(plan: RenderPlan) -> RenderedBatch:
-    """Render ``plan`` where the settings say (``render_dispatch``) and return the batch."""
-    return await (await start_render(plan)).result()
-
-
-class QueuedRender(StartedRender):
+class QueuedRender:
     """A render handed to the GPU workers; :meth:`result` waits for it, submitting it again
     when it is lost or stuck."""
 
     def __init__(self, plan: RenderPlan, settings: Settings) -> None:
-        super().__init__(plan)
+        self.plan = plan
         self.settings = settings
         self.task = GPU_RENDER_TASKS[plan.family].with_options(tags=render_tags(plan))
         self.task_run_id: UUID | None = None
@@ -110,9 +105,14 @@ class QueuedRender(StartedRender):
         self.submitted = time.monotonic()
 
     async def withdraw(self, message: str) -> None:
-        """Mark the queued render Superseded: a worker skips it, or stops it at its next step."""
-        if self.task_run_id is not None:
-            await _supersede(self.task_run_id, message)
+        """Mark the queued render Cancelled/Superseded: no worker renders it any more, and one
+        that already started stops at its next step."""
+        if self.task_run_id is None:
+            return
+        async with get_client() as client:
+            await client.set_task_run_state(
+                self.task_run_id, Cancelled(name=SUPERSEDED, message=message), force=True
+            )
 
     async def result(self) -> RenderedBatch:
         """Wait for the render; submit it again when lost or stuck.
@@ -203,13 +203,3 @@ async def _read_state(task_run_id: UUID) -> State[Any] | None:
     async with get_client() as client:
         run = await client.read_task_run(task_run_id)
     return run.state
-
-
-async def _supersede(task_run_id: UUID, message: str) -> None:
-    """Mark a render's task run Cancelled/Superseded so no worker renders it any more."""
-    async with get_client() as client:
-        await client.set_task_run_state(
-            task_run_id,
-            Cancelled(name=SUPERSEDED, message=message),
-            force=True,
-        )
