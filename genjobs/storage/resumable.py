@@ -10,6 +10,11 @@ Supabase Storage serves the TUS protocol at ``{SUPABASE_URL}/storage/v1/upload/r
    answer carries the new offset. The last one completes the object (upserting).
 3. ``HEAD`` answers the offset the server holds.
 
+When the answer to the last ``PATCH`` is lost, the server's offset says every byte arrived but
+not that the object was written (the server completes it after recording the bytes). The upload
+URL names the object version the upload writes, so the object's info is read until it shows that
+version, a bounded number of times.
+
 A chunk that fails transiently (5xx, 408, 423, 429, a timeout, a dropped connection, an offset
 conflict) is tried again after a backoff, from the offset the server reports (``HEAD``): what
 the server already holds is never sent again, and an upload never restarts from 0 unless its
@@ -25,8 +30,10 @@ else the HTTP status) and transport errors propagate, so that
 from __future__ import annotations
 
 import base64
+import binascii
 import json
 import logging
+import re
 import time
 from collections.abc import Callable, Mapping
 
@@ -46,6 +53,7 @@ DEFAULT_RESTARTS = 2
 DEFAULT_BACKOFF_BASE_SECONDS = 0.5
 DEFAULT_BACKOFF_CAP_SECONDS = 8.0
 OFFSET_CONTENT_TYPE = "application/offset+octet-stream"
+_VERSION_AT_END = re.compile(r"([0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12})$")
 
 
 def is_transient_status(status: str) -> bool:
@@ -83,8 +91,45 @@ class _UploadGone(Exception):
 class _OffsetConflict(Exception):
     """The upload URL answered 409: the offset sent is not the one the server holds."""
 
+    def __str__(self) -> str:
+        return f"the offsets kept conflicting ({self.args[0]})"
 
-_RETRIED = (httpx.TimeoutException, httpx.TransportError, StorageApiError, _OffsetConflict)
+
+class _NotWrittenYet(Exception):
+    """The object's info does not show the version the upload wrote (yet)."""
+
+
+_RETRIED = (
+    httpx.TimeoutException,
+    httpx.TransportError,
+    StorageApiError,
+    _OffsetConflict,
+    _NotWrittenYet,
+)
+
+
+def upload_version(location: str) -> str | None:
+    """The object version an upload writes, from its URL: the last path segment is the
+    base64url of ``{bucket}/{object}/{version}`` (or ``{object}-$v-{version}``)."""
+    segment = location.rstrip("/").rsplit("/", 1)[-1]
+    try:
+        decoded = base64.urlsafe_b64decode(segment + "=" * (-len(segment) % 4)).decode()
+    except (binascii.Error, UnicodeDecodeError, ValueError):
+        return None
+    found = _VERSION_AT_END.search(decoded)
+    return found.group(1) if found else None
+
+
+def _info_version(response: httpx.Response) -> str | None:
+    """The ``version`` of an object info answer; None for any other answer."""
+    if response.status_code != 200:
+        return None
+    try:
+        body = response.json()
+    except ValueError:
+        return None
+    version = body.get("version") if isinstance(body, dict) else None
+    return str(version) if version else None
 
 
 def _offset_header(response: httpx.Response, total: int) -> int:
@@ -107,7 +152,7 @@ class ResumableUploader:
 
     Args:
         http: The backend's HTTP client (its timeouts and TLS apply).
-        endpoint: ``{SUPABASE_URL}/storage/v1/upload/resumable``.
+        storage_url: ``{SUPABASE_URL}/storage/v1/``; uploads go to its ``upload/resumable``.
         headers: Authorisation headers sent with every request (never logged).
         chunk_size: Bytes per ``PATCH``.
         chunk_tries: Failed tries in a row, without the server's offset moving, before the
@@ -121,7 +166,7 @@ class ResumableUploader:
     def __init__(
         self,
         http: httpx.Client,
-        endpoint: str,
+        storage_url: str,
         headers: Mapping[str, str],
         *,
         chunk_size: int = DEFAULT_CHUNK_SIZE,
@@ -136,7 +181,8 @@ class ResumableUploader:
         if chunk_tries < 1 or restarts < 0:
             raise ValueError(f"need chunk_tries >= 1 and restarts >= 0: {chunk_tries}, {restarts}")
         self._http = http
-        self.endpoint = endpoint
+        self.storage_url = storage_url.rstrip("/") + "/"
+        self.endpoint = self.storage_url + RESUMABLE_UPLOAD_PATH
         self._headers = dict(headers)
         self.chunk_size = chunk_size
         self.chunk_tries = chunk_tries
@@ -171,7 +217,8 @@ class ResumableUploader:
         for restart in range(self.restarts + 1):
             location = self._create(metadata, len(data), target)
             try:
-                self._send(location, data, target)
+                if not self._send(location, data, target):
+                    self._confirm_written(location, bucket, path, target)
                 return
             except _UploadGone as gone:
                 logger.warning("The resumable upload of %s is gone (%s).", target, gone)
@@ -219,11 +266,11 @@ class ResumableUploader:
                 failures += 1
                 self._back_off(failures, exc, f"Creating the resumable upload of {target}")
 
-    def _send(self, location: str, data: bytes, target: str) -> None:
+    def _send(self, location: str, data: bytes, target: str) -> bool:
         """PATCH every chunk at the server's offset; after any failure ask for it (HEAD).
 
-        When the server holds every byte (a lost answer to the last PATCH) the upload is done,
-        as the TUS clients have it: the server completes the object before it answers.
+        Returns whether the last PATCH was answered: False when a HEAD found every byte on
+        the server after the answer was lost.
         """
         total = len(data)
         offset: int | None = 0
@@ -237,8 +284,10 @@ class ResumableUploader:
                 if offset > reached:
                     reached, failures = offset, 0
                 if offset == total:
-                    return
+                    return False
                 offset = self._patch(location, data, offset)
+                if offset == total:
+                    return True
             except _RETRIED as exc:
                 offset = None
                 failures += 1
@@ -258,6 +307,30 @@ class ResumableUploader:
             )
         logger.debug("Sent bytes %d to %d of %d.", offset, new_offset, len(data))
         return new_offset
+
+    def _confirm_written(self, location: str, bucket: str, path: str, target: str) -> None:
+        """Read the object's info until it shows the version this upload wrote."""
+        version = upload_version(location)
+        if version is None:
+            logger.warning(
+                "The server holds every byte of %s; its upload URL names no version to check.",
+                target,
+            )
+            return
+        info_url = f"{self.storage_url}object/info/{bucket}/{path}"
+        failures = 0
+        while True:
+            try:
+                found = _info_version(self._http.get(info_url, headers=self._headers))
+                if found == version:
+                    logger.info("Confirmed that %s holds the version just uploaded.", target)
+                    return
+                raise _NotWrittenYet(
+                    f"every byte arrived but the object shows version {found}, not {version}"
+                )
+            except _RETRIED as exc:
+                failures += 1
+                self._back_off(failures, exc, f"Confirming the upload of {target}")
 
     def _server_offset(self, location: str, total: int) -> int:
         response = self._request("HEAD", location)
@@ -283,9 +356,9 @@ class ResumableUploader:
             raise exc
         if failures >= self.chunk_tries:
             logger.warning("%s failed %d times in a row; giving up (%s).", doing, failures, exc)
-            if isinstance(exc, _OffsetConflict):
+            if isinstance(exc, _OffsetConflict | _NotWrittenYet):
                 raise StorageError(
-                    f"{doing} failed: the offsets kept conflicting ({exc})",
+                    f"{doing} failed: {exc}",
                     code="STORAGE_UNAVAILABLE",
                     retryable=True,
                 ) from exc

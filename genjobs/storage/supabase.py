@@ -57,7 +57,6 @@ from genjobs.storage.limits import (
 )
 from genjobs.storage.resumable import (
     DEFAULT_CHUNK_SIZE,
-    RESUMABLE_UPLOAD_PATH,
     ResumableUploader,
     is_transient_status,
 )
@@ -203,9 +202,7 @@ class SupabaseStorage:
         http_client = httpx.Client(timeout=limits, follow_redirects=True, verify=ssl_context())
         base = url.rstrip("/") + STORAGE_PATH
         client = SyncStorageClient(base, headers, http_client=http_client)
-        resumable = ResumableUploader(
-            http_client, base + RESUMABLE_UPLOAD_PATH, headers, chunk_size=resumable_chunk_bytes
-        )
+        resumable = ResumableUploader(http_client, base, headers, chunk_size=resumable_chunk_bytes)
         return cls(client, resumable=resumable, owns_client=True, **options)
 
     def close(self) -> None:

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import base64
 import random
+import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 
@@ -19,7 +20,7 @@ from storage3 import SyncStorageClient
 
 from genjobs.errors import StorageError
 from genjobs.storage.limits import WORKSPACE_TEMP_FILE_SIZE_LIMIT
-from genjobs.storage.resumable import ResumableUploader, upload_metadata
+from genjobs.storage.resumable import ResumableUploader, upload_metadata, upload_version
 from genjobs.storage.supabase import SupabaseStorage
 
 BASE = "https://project.supabase.test/storage/v1/"
@@ -52,6 +53,7 @@ class Fault:
 class Upload:
     length: int
     metadata: dict[str, str]
+    version: str
     data: bytearray = field(default_factory=bytearray)
 
 
@@ -61,6 +63,8 @@ class FakeTusServer:
 
     faults: list[Fault] = field(default_factory=list)
     uploads: dict[str, Upload] = field(default_factory=dict)
+    versions: dict[str, str] = field(default_factory=dict)
+    writes_objects: bool = True
     requests: list[httpx.Request] = field(default_factory=list)
     standard_uploads: list[httpx.Request] = field(default_factory=list)
 
@@ -78,6 +82,8 @@ class FakeTusServer:
 
     def __call__(self, request: httpx.Request) -> httpx.Response:
         self.requests.append(request)
+        if request.url.path.startswith("/storage/v1/object/info/"):
+            return self._info(request.url.path.removeprefix("/storage/v1/object/info/"))
         if request.url.path.startswith("/storage/v1/object/"):
             self.standard_uploads.append(request)
             return httpx.Response(200, json={"Key": f"{BUCKET}/{PATH}", "Id": "id"})
@@ -98,21 +104,37 @@ class FakeTusServer:
             return httpx.Response(409, text="Upload-Offset conflict")
         body = request.read()
         if fault is not None and fault.raise_ is not None:
-            upload.data += body[: fault.keep]
+            self._store(upload, body[: fault.keep])
             raise fault.raise_("fault injected by the test", request=request)
-        upload.data += body
+        self._store(upload, body)
         if fault is not None and fault.status is not None:
             return httpx.Response(fault.status, text=fault.body)
         return httpx.Response(204, headers={"Upload-Offset": str(len(upload.data))})
+
+    def _store(self, upload: Upload, body: bytes) -> None:
+        """Keep the bytes; with the last of them the object is written (unless told not to)."""
+        upload.data += body
+        if len(upload.data) == upload.length and self.writes_objects:
+            name = f"{upload.metadata['bucketName']}/{upload.metadata['objectName']}"
+            self.versions[name] = upload.version
 
     def _create(self, request: httpx.Request) -> httpx.Response:
         metadata = {}
         for pair in request.headers["Upload-Metadata"].split(","):
             key, value = pair.split(" ")
             metadata[key] = base64.b64decode(value).decode()
-        upload_id = base64.urlsafe_b64encode(f"{len(self.uploads)}".encode()).decode()
-        self.uploads[upload_id] = Upload(int(request.headers["Upload-Length"]), metadata)
+        version = str(uuid.UUID(int=len(self.uploads) + 1))
+        name = f"{metadata['bucketName']}/{metadata['objectName']}/{version}"
+        upload_id = base64.urlsafe_b64encode(name.encode()).decode().rstrip("=")
+        self.uploads[upload_id] = Upload(int(request.headers["Upload-Length"]), metadata, version)
         return httpx.Response(201, headers={"Location": f"{ENDPOINT}/{upload_id}"})
+
+    def _info(self, target: str) -> httpx.Response:
+        version = self.versions.get(target)
+        if version is None:
+            body = {"statusCode": "404", "error": "not_found", "message": "Object not found"}
+            return httpx.Response(400, json=body)
+        return httpx.Response(200, json={"name": target, "version": version})
 
     def only_upload(self) -> Upload:
         assert len(self.uploads) == 1
@@ -141,7 +163,7 @@ def http(server: FakeTusServer) -> Iterator[httpx.Client]:
 @pytest.fixture
 def uploader(http: httpx.Client, waits: list[float]) -> ResumableUploader:
     return ResumableUploader(
-        http, ENDPOINT, HEADERS, chunk_size=CHUNK, chunk_tries=3, restarts=1, sleep=waits.append
+        http, BASE, HEADERS, chunk_size=CHUNK, chunk_tries=3, restarts=1, sleep=waits.append
     )
 
 
@@ -199,6 +221,16 @@ def test_upload_metadata_is_base64_per_value() -> None:
     header = upload_metadata({"objectName": "u/j/0.mp4", "contentType": "video/mp4"})
 
     assert header == "objectName dS9qLzAubXA0,contentType dmlkZW8vbXA0"
+
+
+@pytest.mark.parametrize("separator", ["/", "-$v-"])
+def test_the_upload_url_names_the_version_it_writes(separator: str) -> None:
+    version = "b5b2752b-7ca9-4e3b-afb7-399505919035"
+    name = f"{BUCKET}/{PATH}{separator}{version}".encode()
+    segment = base64.urlsafe_b64encode(name).decode().rstrip("=")
+
+    assert upload_version(f"{ENDPOINT}/{segment}") == version
+    assert upload_version(f"{ENDPOINT}/not-base64!") is None
 
 
 def test_objects_up_to_the_threshold_take_the_standard_upload(
@@ -288,7 +320,7 @@ def test_progress_resets_the_tries(
     assert waits == [0.5, 0.5, 0.5]
 
 
-def test_a_lost_answer_to_the_last_chunk_ends_the_upload(
+def test_a_lost_answer_to_the_last_chunk_is_confirmed_by_the_object_version(
     server: FakeTusServer, storage: SupabaseStorage
 ) -> None:
     server.fail_next(
@@ -301,8 +333,25 @@ def test_a_lost_answer_to_the_last_chunk_ends_the_upload(
     storage.put(BUCKET, PATH, DATA, "video/mp4")
 
     assert bytes(server.only_upload().data) == DATA
+    assert [request.method for request in server.requests[-2:]] == ["HEAD", "GET"]
+    assert server.requests[-1].url.path == f"/storage/v1/object/info/{BUCKET}/{PATH}"
     assert len(server.sent("PATCH")) == 4
-    assert len(server.sent("HEAD")) == 1
+
+
+def test_an_object_that_never_shows_the_uploaded_version_fails_retryably(
+    server: FakeTusServer, storage: SupabaseStorage, waits: list[float]
+) -> None:
+    # Every byte arrives, the answer is lost, and the server never writes the object.
+    server.writes_objects = False
+    server.fail_next(*(Fault("PATCH") for _ in range(3)))
+    server.fail_next(Fault("PATCH", keep=500, raise_=httpx.ReadTimeout))
+
+    error = _storage_error(storage)
+
+    assert (error.code, error.retryable) == ("STORAGE_UNAVAILABLE", True)
+    assert "shows version None" in error.message
+    assert len(server.sent("GET")) == 3
+    assert waits == [0.5, 0.5, 1.0]
 
 
 def test_an_offset_conflict_asks_the_server_again(

@@ -200,6 +200,33 @@ def test_a_connection_reset_mid_chunk_resumes_from_the_server_offset(
     assert exchanges[1].status is None and exchanges[1].sent_offset == 0
 
 
+def test_lost_answers_resume_and_the_upload_is_confirmed_by_its_version(
+    real_storage: Any,
+    fault_proxy: Any,
+    backend: SupabaseStorage,
+    exchanges: list[Exchange],
+    object_path: str,
+) -> None:
+    if not hasattr(fault_proxy, "drop_answer"):
+        pytest.skip("this fault proxy cannot swallow answers")
+    backend.put(BUCKET, object_path, _data(8 * MB)[::-1], "video/mp4")
+    exchanges.clear()
+    data = _data(8 * MB)
+    # Both PATCHes take effect, the first and the last, and the client hears of neither.
+    fault_proxy.drop_answer(r"^PATCH /storage/v1/upload/resumable/", times=2)
+
+    backend.put(BUCKET, object_path, data, "video/mp4")
+
+    # The last HEAD found every byte; the object's info then showed the new version.
+    assert _routes(fault_proxy)[-2:] == [
+        ("HEAD", TUS_ROUTE),
+        ("GET", f"{STANDARD_ROUTE}info/{BUCKET}/{object_path}"),
+    ]
+    _assert_stored(real_storage, backend, object_path, data, "video/mp4")
+    _assert_resumed_from_server_offsets(exchanges, len(data))
+    assert [e.sent_offset for e in exchanges if e.method == "PATCH"] == [0, DEFAULT_CHUNK_SIZE]
+
+
 @pytest.mark.slow
 def test_a_stall_mid_upload_resumes_from_the_server_offset(
     real_storage: Any,
