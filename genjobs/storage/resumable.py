@@ -203,7 +203,8 @@ class ResumableUploader:
             StorageApiError: The server refused the upload, or answered a transient failure
                 on every try.
             httpx.HTTPError: The connection failed or timed out on every try.
-            StorageError: The upload URL kept disappearing, or the offsets kept conflicting
+            StorageError: The upload URL kept disappearing, the offsets kept conflicting, or
+                the object never showed the version uploaded after the last answer was lost
                 (``STORAGE_UNAVAILABLE``, retryable).
             ValueError: The server answered something unusable.
         """
