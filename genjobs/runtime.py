@@ -48,6 +48,7 @@ def build_storage(settings: Settings) -> StorageBackend:
             settings.supabase_url,
             settings.supabase_service_key,
             timeout=settings.storage_timeout_seconds,
+            resumable_upload_threshold_bytes=settings.resumable_upload_threshold_bytes,
         )
     return LocalFolderStorage(settings.resolved_storage_root)
 

@@ -13,6 +13,8 @@ from typing import Literal
 from pydantic import AliasChoices, Field, SecretStr
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
+from genjobs.storage.limits import RESUMABLE_UPLOAD_THRESHOLD
+
 DEFAULT_HOME = Path(".genjobs")
 
 
@@ -57,6 +59,12 @@ class Settings(BaseSettings):
         default=None, description="Local storage folder; defaults to {home}/storage."
     )
     storage_timeout_seconds: float = 60.0
+    resumable_upload_threshold_bytes: int = Field(
+        default=RESUMABLE_UPLOAD_THRESHOLD,
+        ge=1,
+        description="Objects larger than this go to Supabase Storage through a resumable "
+        "(TUS) upload in chunks, smaller ones in one standard request.",
+    )
     callback_timeout_seconds: float = 30.0
     callback_retry_window_seconds: float = 900.0
     callback_retry_base_seconds: float = 2.0

@@ -13,8 +13,10 @@ from typing import Any, Literal
 from pydantic import BaseModel, ConfigDict
 
 from genjobs.errors import InvalidPayload, ReferenceModeUnsupported
+from genjobs.jobs.output_size import mp4_worst_case_bytes, png_worst_case_bytes
 from genjobs.jobs.payload import MAX_SEED, Job, clamp_num_images, parse_resolution
 from genjobs.jobs.types import WAN_FPS, WAN_SAMPLE_SHIFT, Family, OutputKind
+from genjobs.storage.limits import WORKSPACE_TEMP_FILE_SIZE_LIMIT
 
 DEFAULT_RESOLUTION = "1024x1024"
 DEFAULT_MODIFY_STRENGTH = 0.5
@@ -104,8 +106,14 @@ def _seeds(job: Job, count: int) -> tuple[int, Literal["request", "random"], tup
     return base, source, tuple(base + i for i in range(count))
 
 
-def plan_job(job: Job) -> RenderPlan:
-    """Decide every effective value of a job."""
+def plan_job(job: Job, max_object_bytes: int = WORKSPACE_TEMP_FILE_SIZE_LIMIT) -> RenderPlan:
+    """Decide every effective value of a job.
+
+    Args:
+        job: The validated payload.
+        max_object_bytes: Largest object the output bucket takes; a job whose output could
+            be larger is refused (``OUTPUT_TOO_LARGE``).
+    """
     spec = job.spec
     if job.compel_enabled:
         raise InvalidPayload(
@@ -113,7 +121,32 @@ def plan_job(job: Job) -> RenderPlan:
             "send the plain prompt",
             code="COMPEL_UNSUPPORTED",
         )
-    return _plan_sdxl(job) if spec.family == "sdxl" else _plan_wan(job)
+    plan = _plan_sdxl(job) if spec.family == "sdxl" else _plan_wan(job)
+    _check_output_size(job, plan, max_object_bytes)
+    return plan
+
+
+def _check_output_size(job: Job, plan: RenderPlan, max_object_bytes: int) -> None:
+    """Refuse, naming the field, an output whose worst-case size the bucket could not take."""
+    size = f"{plan.width}x{plan.height}"
+    if plan.output == "video":
+        assert plan.num_frames is not None
+        worst = mp4_worst_case_bytes(plan.width, plan.height, plan.num_frames)
+        output = f"MP4 of {plan.num_frames} frames of {size}"
+    else:
+        worst = png_worst_case_bytes(plan.width, plan.height)
+        output = f"{size} PNG"
+    # The job type fixes WAN's size and frames; SDXL's size is the requested resolution.
+    if job.spec.fixed_size is None:
+        field, value = "config.resolution", job.config.resolution or size
+    else:
+        field, value = "type", job.type
+    if worst > max_object_bytes:
+        raise InvalidPayload(
+            f"Field '{field}' is invalid ({value!r}): its {output} could reach {worst} bytes, "
+            f"more than the {max_object_bytes} bytes the storage bucket takes per object",
+            code="OUTPUT_TOO_LARGE",
+        )
 
 
 def _common(job: Job, count: int) -> dict[str, Any]:

@@ -19,11 +19,13 @@ timeout, connection   ``STORAGE_UNAVAILABLE``                 yes
 unreadable answer     ``STORAGE_BAD_RESPONSE``                yes
 ====================  ======================================  =========
 
-Uploads are standard (single request) uploads. Supabase meant those for files up to about 6 MB
-and recommends resumable (TUS) uploads above; ``storage3`` has no TUS client, so objects larger
-than ``standard_upload_limit`` are refused before any byte is sent with
-``OBJECT_TOO_LARGE_FOR_STANDARD_UPLOAD``. The limit is a constructor argument (None lifts it);
-the model's images and videos (2.3-5.3 MB) stay below the default.
+Objects up to ``resumable_upload_threshold_bytes`` (6 MB by default) are one standard upload;
+larger ones go through a resumable (TUS) upload (:mod:`genjobs.storage.resumable`) on the same
+HTTP client, in chunks that are tried again and resumed from the server's offset, as Supabase
+recommends above 6 MB. Its refusals are translated with the same table (the TUS route answers
+them with the real HTTP status and a plain-text body). An object larger than the bucket's
+``file_size_limit`` is refused by the server with 413 (``OBJECT_TOO_LARGE``); the message names
+the object, its size and, for ``workspace-temp``, the limit the migrations set.
 
 Copies within a bucket are server-side (``POST /object/copy``). ``storage3`` 2.34's ``copy()``
 cannot name a destination bucket, so a copy into another bucket, or onto an existing object
@@ -48,19 +50,24 @@ from storage3.utils import StorageException
 
 from genjobs.errors import StorageError
 from genjobs.storage.base import ObjectInfo, StoredObject, check_relative_path
+from genjobs.storage.limits import (
+    RESUMABLE_UPLOAD_THRESHOLD,
+    WORKSPACE_TEMP_BUCKET,
+    WORKSPACE_TEMP_FILE_SIZE_LIMIT,
+)
+from genjobs.storage.resumable import (
+    DEFAULT_CHUNK_SIZE,
+    ResumableUploader,
+    is_transient_status,
+)
 from genjobs.tls import ssl_context
 
 logger = logging.getLogger(__name__)
-
-STANDARD_UPLOAD_LIMIT = 6 * 1024 * 1024
-"""Largest object sent as one standard upload, in bytes."""
 
 DEFAULT_CACHE_CONTROL = "3600"
 LIST_PAGE_SIZE = 1000
 REMOVE_BATCH_SIZE = 1000
 STORAGE_PATH = "/storage/v1/"
-
-_RETRYABLE_STATUSES = {"408", "423", "429"}
 
 
 def storage_error_from_api(exc: StorageApiError, action: str, target: str) -> StorageError:
@@ -81,7 +88,7 @@ def storage_error_from_api(exc: StorageApiError, action: str, target: str) -> St
     }
     if status in known:
         return StorageError(detail, status=status, code=known[status], retryable=False)
-    if status.startswith("5") or status in _RETRYABLE_STATUSES:
+    if is_transient_status(status):
         return StorageError(detail, status=status, code="STORAGE_UNAVAILABLE", retryable=True)
     return StorageError(detail, status=status, code="STORAGE_BAD_REQUEST", retryable=False)
 
@@ -139,7 +146,9 @@ class SupabaseStorage:
         client: A ``storage3`` client pointed at ``{SUPABASE_URL}/storage/v1/`` (or at a bare
             storage server), authorised with a service-role key; its HTTP client carries the
             timeouts.
-        standard_upload_limit: Largest object sent as one standard upload; None lifts it.
+        resumable: The TUS client for objects above the threshold (:meth:`from_supabase`
+            builds it on the same HTTP client); None sends every object as a standard upload.
+        resumable_upload_threshold_bytes: Objects larger than this go through ``resumable``.
         cache_control: ``cache-control`` seconds sent with every upload.
         list_page_size: ``limit`` of each list request.
         owns_client: Close the client's HTTP session in :meth:`close`.
@@ -149,7 +158,8 @@ class SupabaseStorage:
         self,
         client: SyncStorageClient,
         *,
-        standard_upload_limit: int | None = STANDARD_UPLOAD_LIMIT,
+        resumable: ResumableUploader | None = None,
+        resumable_upload_threshold_bytes: int = RESUMABLE_UPLOAD_THRESHOLD,
         cache_control: str = DEFAULT_CACHE_CONTROL,
         list_page_size: int = LIST_PAGE_SIZE,
         owns_client: bool = False,
@@ -157,7 +167,13 @@ class SupabaseStorage:
         if list_page_size < 1:
             raise ValueError(f"list_page_size must be at least 1, got {list_page_size}")
         self._client = client
-        self.standard_upload_limit = standard_upload_limit
+        if resumable_upload_threshold_bytes < 1:
+            raise ValueError(
+                "resumable_upload_threshold_bytes must be at least 1, "
+                f"got {resumable_upload_threshold_bytes}"
+            )
+        self._resumable = resumable
+        self.resumable_upload_threshold_bytes = resumable_upload_threshold_bytes
         self.cache_control = cache_control
         self.list_page_size = list_page_size
         self._owns_client = owns_client
@@ -168,6 +184,7 @@ class SupabaseStorage:
         url: str,
         service_key: str | SecretStr,
         timeout: float | httpx.Timeout = 60.0,
+        resumable_chunk_bytes: int = DEFAULT_CHUNK_SIZE,
         **options: Any,
     ) -> SupabaseStorage:
         """A backend for the project at ``url`` (its storage lives under ``/storage/v1/``).
@@ -176,14 +193,17 @@ class SupabaseStorage:
             url: ``SUPABASE_URL``.
             service_key: The service-role key (a JWT), sent as bearer token and ``apiKey``.
             timeout: Seconds for connecting, each read and each write, or an ``httpx.Timeout``.
+            resumable_chunk_bytes: Bytes per chunk of a resumable upload.
             **options: Passed on to the constructor.
         """
         key = service_key.get_secret_value() if isinstance(service_key, SecretStr) else service_key
         headers = {"apiKey": key, "Authorization": f"Bearer {key}"}
         limits = timeout if isinstance(timeout, httpx.Timeout) else httpx.Timeout(timeout)
         http_client = httpx.Client(timeout=limits, follow_redirects=True, verify=ssl_context())
-        client = SyncStorageClient(url.rstrip("/") + STORAGE_PATH, headers, http_client=http_client)
-        return cls(client, owns_client=True, **options)
+        base = url.rstrip("/") + STORAGE_PATH
+        client = SyncStorageClient(base, headers, http_client=http_client)
+        resumable = ResumableUploader(http_client, base, headers, chunk_size=resumable_chunk_bytes)
+        return cls(client, resumable=resumable, owns_client=True, **options)
 
     def close(self) -> None:
         if self._owns_client:
@@ -198,25 +218,25 @@ class SupabaseStorage:
     # StorageBackend
 
     def put(self, bucket: str, path: str, data: bytes, content_type: str) -> StoredObject:
-        """Upload ``data`` with exactly ``content_type``, overwriting (``x-upsert: true``)."""
+        """Upload ``data`` with exactly ``content_type``, overwriting (``x-upsert: true``);
+        resumable above the threshold."""
         check_relative_path(path)
         target = f"{bucket}/{path}"
-        limit = self.standard_upload_limit
-        if limit is not None and len(data) > limit:
-            raise StorageError(
-                f"Object {target} has {len(data)} bytes, above the standard upload limit of "
-                f"{limit} bytes; resumable uploads are not supported",
-                code="OBJECT_TOO_LARGE_FOR_STANDARD_UPLOAD",
-                retryable=False,
-            )
-        options = {
-            "content-type": content_type,
-            "cache-control": self.cache_control,
-            "upsert": "true",
-        }
-        with translate_errors("upload", target):
-            self._client.from_(bucket).upload(path, data, options)  # type: ignore[arg-type]
-        logger.debug("Uploaded %s (%d bytes, %s)", target, len(data), content_type)
+        resumable = self._resumable
+        if resumable is not None and len(data) > self.resumable_upload_threshold_bytes:
+            route = "resumable"
+            with self._translate_upload_errors(bucket, target, len(data)):
+                resumable.upload(bucket, path, data, content_type, self.cache_control)
+        else:
+            route = "standard"
+            options = {
+                "content-type": content_type,
+                "cache-control": self.cache_control,
+                "upsert": "true",
+            }
+            with self._translate_upload_errors(bucket, target, len(data)):
+                self._client.from_(bucket).upload(path, data, options)  # type: ignore[arg-type]
+        logger.debug("Uploaded %s (%d bytes, %s, %s).", target, len(data), content_type, route)
         return StoredObject(bucket=bucket, path=path, size=len(data), content_type=content_type)
 
     def get(self, bucket: str, path: str) -> bytes:
@@ -317,6 +337,31 @@ class SupabaseStorage:
         return url
 
     # Helpers
+
+    @staticmethod
+    @contextmanager
+    def _translate_upload_errors(bucket: str, target: str, size: int) -> Iterator[None]:
+        """:func:`translate_errors` for an upload; a 413 names the object, its size and the
+        limit the project sets for its bucket."""
+        try:
+            with translate_errors("upload", target):
+                yield
+        except StorageError as exc:
+            if exc.code != "OBJECT_TOO_LARGE":
+                raise
+            limit = (
+                f"its file_size_limit, {WORKSPACE_TEMP_FILE_SIZE_LIMIT} bytes as the migrations "
+                "set it"
+                if bucket == WORKSPACE_TEMP_BUCKET
+                else "its file_size_limit"
+            )
+            raise StorageError(
+                f"Object {target} has {size} bytes, more than bucket {bucket} accepts "
+                f"({limit}). {exc.message}",
+                status=exc.status,
+                code=exc.code,
+                retryable=False,
+            ) from exc.__cause__
 
     def _list_folder(self, bucket: str, folder: str, search: str) -> Iterator[dict[str, Any]]:
         offset = 0

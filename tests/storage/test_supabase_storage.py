@@ -19,11 +19,7 @@ import supabase
 from genjobs.devserver.storage_standin import StorageStandIn, make_jwt
 from genjobs.errors import StorageError
 from genjobs.storage.base import asset_path, thumbnail_path
-from genjobs.storage.supabase import (
-    STANDARD_UPLOAD_LIMIT,
-    SupabaseStorage,
-    storage_error_from_api,
-)
+from genjobs.storage.supabase import SupabaseStorage, storage_error_from_api
 
 USER_A = "9f1c6a52-3d0e-4b7a-8c55-1b2d3e4f5a6b"
 USER_B = "2a7d0c1e-5b6f-4e8a-9d3c-7f1e2b4a6c8d"
@@ -680,22 +676,6 @@ def test_dropped_and_refused_connections_map_to_retryable_errors(
     assert isinstance(dropped.__cause__, httpx.RemoteProtocolError)
     assert (refused.code, refused.retryable) == ("STORAGE_UNAVAILABLE", True)
     assert isinstance(refused.__cause__, httpx.ConnectError)
-
-
-def test_objects_above_the_standard_upload_limit_are_refused_before_sending(
-    standin: StorageStandIn,
-) -> None:
-    big = b"v" * (STANDARD_UPLOAD_LIMIT + 1)
-    with _backend(standin, standin.token()) as backend:
-        error = _storage_error(lambda: backend.put(BUCKET, "a/0.mp4", big, "video/mp4"))
-    assert (error.code, error.retryable) == ("OBJECT_TOO_LARGE_FOR_STANDARD_UPLOAD", False)
-    assert standin.requests == []
-
-    with _backend(standin, standin.token(), standard_upload_limit=None) as unlimited:
-        unlimited.put(BUCKET, "a/0.mp4", big, "video/mp4")
-    stored = standin.get_object(BUCKET, "a/0.mp4")
-    assert stored is not None
-    assert stored.size == len(big)
 
 
 def test_the_key_never_reaches_logs_or_errors(
