@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 import sqlite3
 import threading
 import time
@@ -20,6 +21,7 @@ from pathlib import Path
 from typing import Any
 
 from genjobs.callback.signing import SIGNATURE_HEADER, verify
+from genjobs.settings import PRIVATE_FILE_MODE, make_private_dir
 
 logger = logging.getLogger(__name__)
 
@@ -64,6 +66,21 @@ class ReceivedRequest:
     skipped: bool = False
 
 
+def _private_database(db_path: Path | str) -> str:
+    """The database path, its file created (or narrowed) to mode 0600 in a 0700 folder first;
+    SQLite gives its journal files the database's mode."""
+    name = str(db_path)
+    if name == ":memory:" or name.startswith("file:"):
+        return name
+    make_private_dir(Path(name).parent)
+    fd = os.open(name, os.O_RDWR | os.O_CREAT, PRIVATE_FILE_MODE)
+    try:
+        os.fchmod(fd, PRIVATE_FILE_MODE)
+    finally:
+        os.close(fd)
+    return name
+
+
 def backend_mime_type(path: str) -> str:
     """The backend's column rule: video -> video/mp4, .png -> image/png, other -> image/jpeg."""
     if path.endswith((".mp4", ".webm", ".mov")):
@@ -85,7 +102,7 @@ class CallbackReceiver:
     ):
         self.secret = secret
         self.strict_jobs = strict_jobs
-        self._db = sqlite3.connect(str(db_path), check_same_thread=False)
+        self._db = sqlite3.connect(_private_database(db_path), check_same_thread=False)
         self._db.row_factory = sqlite3.Row
         self._db.executescript(SCHEMA)
         self._lock = threading.Lock()
@@ -198,7 +215,9 @@ class CallbackReceiver:
         if not self.secret:
             return 500, {"error": "Server misconfigured"}
         signature = {k.lower(): v for k, v in headers.items()}.get(SIGNATURE_HEADER.lower())
-        if not verify(self.secret, body, signature):
+        # A non-ASCII header (read as Latin-1) cannot be a hex signature; compare_digest would
+        # raise on it.
+        if signature is None or not signature.isascii() or not verify(self.secret, body, signature):
             return 401, {"error": "Unauthorized"}
         try:
             payload = json.loads(body)
