@@ -6,7 +6,6 @@ Needs a server: ``eval "$(bash scripts/start_postgres.sh)"`` sets GENJOBS_TEST_P
 from __future__ import annotations
 
 import json
-import os
 import uuid
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -16,16 +15,9 @@ import pytest
 
 from genjobs.db.migrations import SUPABASE_DIR, bootstrap_file, migration_files
 
-from .conftest import DSN_ENV, MigratedDatabase
+from .conftest import REQUIRES_POSTGRES, MigratedDatabase
 
-pytestmark = [
-    pytest.mark.postgres,
-    pytest.mark.skipif(
-        not os.environ.get(DSN_ENV),
-        reason=f"{DSN_ENV} is not set; start a PostgreSQL server with"
-        ' eval "$(bash scripts/start_postgres.sh)"',
-    ),
-]
+pytestmark = REQUIRES_POSTGRES
 
 psycopg = pytest.importorskip("psycopg")
 from psycopg import errors, sql  # noqa: E402

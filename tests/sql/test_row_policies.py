@@ -5,22 +5,14 @@ Needs a server: ``eval "$(bash scripts/start_postgres.sh)"`` sets GENJOBS_TEST_P
 
 from __future__ import annotations
 
-import os
 import uuid
 
 import pytest
 
-from .conftest import DSN_ENV
+from .conftest import REQUIRES_POSTGRES
 from .test_migrations import Conn, acting_as, ids, insert_asset, insert_job, new_user
 
-pytestmark = [
-    pytest.mark.postgres,
-    pytest.mark.skipif(
-        not os.environ.get(DSN_ENV),
-        reason=f"{DSN_ENV} is not set; start a PostgreSQL server with"
-        ' eval "$(bash scripts/start_postgres.sh)"',
-    ),
-]
+pytestmark = REQUIRES_POSTGRES
 
 psycopg = pytest.importorskip("psycopg")
 from psycopg import errors  # noqa: E402
