@@ -1,9 +1,10 @@
 """A local ``job-callback`` receiver: verifies signatures and records jobs and assets in SQLite.
 
 It answers as contract section 5.4 describes the real function (405, 500 without a secret, 401 on
-a bad signature, 400 without job_id/status, 200 skipped for unknown or terminal jobs) and stores one
-row per asset, unique on (job_id, asset_index), written after the job status as the backend does.
-Faults can be injected (answer 503 for a while or for the next N requests) for tests.
+a missing, wrong or non-ASCII signature, 400 without job_id/status, 200 skipped for unknown or
+terminal jobs) and stores one row per asset, unique on (job_id, asset_index), written after the
+job status as the backend does. Faults can be injected (answer 503 for a while or for the next N
+requests) for tests. Its database file is created with mode 0600.
 """
 
 from __future__ import annotations

@@ -9,6 +9,7 @@ import logging
 import os
 import stat
 from pathlib import Path
+from urllib.parse import urlsplit
 
 import pytest
 
@@ -164,10 +165,10 @@ def test_receiver_answers_401_to_a_non_ascii_signature(
     receiver: CallbackReceiver, callback_secret: str, signature: bytes
 ) -> None:
     body = json.dumps({"job_id": JOB, "status": "failed", "error_message": "x"}).encode()
-    host, port = receiver._server.server_address[:2]
-    connection = http.client.HTTPConnection(str(host), port, timeout=5)
+    url = urlsplit(receiver.url)
+    connection = http.client.HTTPConnection(url.netloc, timeout=5)
     try:
-        connection.putrequest("POST", "/functions/v1/job-callback")
+        connection.putrequest("POST", url.path)
         connection.putheader("Content-Type", "application/json")
         connection.putheader("Content-Length", str(len(body)))
         connection.putheader("X-Callback-Signature", signature)
