@@ -91,7 +91,7 @@ def _run(args: argparse.Namespace) -> int:
             if settings.job_callback_secret
             else secrets.token_hex(32)
         )
-        settings.home.mkdir(parents=True, exist_ok=True)
+        settings.ensure_home()
         receiver = CallbackReceiver(secret, settings.home / "receiver.sqlite").start()
         os.environ["GENJOBS_CALLBACK_URL"] = receiver.url
         os.environ["GENJOBS_JOB_CALLBACK_SECRET"] = secret
@@ -147,7 +147,7 @@ def _receiver(args: argparse.Namespace) -> int:
     if settings.job_callback_secret is None:
         print("Set JOB_CALLBACK_SECRET first: the receiver verifies signatures.", file=sys.stderr)
         return 2
-    settings.home.mkdir(parents=True, exist_ok=True)
+    settings.ensure_home()
     receiver = CallbackReceiver(
         settings.job_callback_secret.get_secret_value(),
         settings.home / "receiver.sqlite",

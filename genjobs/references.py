@@ -24,9 +24,14 @@ HTTP downloads are guarded against server-side request forgery:
   The resolution itself is not bounded by the download time limit.
 * Redirects are not followed by the client; up to :data:`MAX_REDIRECTS` are followed here, each
   target vetted like the first URL.
+* A URL the HTTP client cannot parse (a host in fullwidth digits, say), as the reference or as
+  a redirect target (``data:`` URLs included), is refused like any other bad reference.
 * The body is streamed under a byte cap, the whole download (every hop) under one time limit
   that also interrupts a read that is blocked on a silent server, the content type must be a
   supported image type, and Pillow must verify and decode the bytes under a pixel cap.
+
+Storage objects are read through the backend's bounded read (``get_limited``), which stops
+at the same byte cap instead of loading a larger object whole.
 
 Signed URLs carry their token in the query string, so logs and error messages only ever show
 URLs through :func:`redact_url`.
@@ -54,7 +59,7 @@ from PIL import Image, ImageOps, UnidentifiedImageError
 
 from genjobs.errors import InvalidPayload, ReferenceDownloadError, StorageError
 from genjobs.jobs.plan import ReferenceRole, RenderPlan
-from genjobs.storage.base import StorageBackend
+from genjobs.storage.base import READ_LIMIT_EXCEEDED, StorageBackend
 
 logger = logging.getLogger(__name__)
 
@@ -76,6 +81,8 @@ _STORAGE_URL_PATH = re.compile(
     r"^/storage/v1/object/(?:sign|public|authenticated)/"
     r"(?P<bucket>workspace-temp|user-library)/(?P<path>.+)$"
 )
+# How httpx words the error of a redirect whose Location it cannot parse.
+_INVALID_LOCATION = "Invalid URL in location header"
 _NAT64 = ipaddress.IPv6Network("64:ff9b::/96")
 _MAX_SHOWN_CHARS = 200
 _SCHEME = re.compile(r"^([A-Za-z][A-Za-z0-9+.-]*):")
@@ -235,6 +242,10 @@ def classify_reference(
         raise _refuse(label, shown, "the URL has no host")
     if port == 0:
         raise _refuse(label, shown, "the URL has port 0")
+    try:
+        httpx.URL(text)
+    except httpx.InvalidURL as exc:  # e.g. a host in fullwidth digits: no valid IDNA name
+        raise _refuse(label, shown, f"the URL cannot be fetched ({exc})") from exc
 
     storage_object = None
     match = _STORAGE_URL_PATH.match(parts.path)
@@ -529,22 +540,26 @@ class ReferenceFetcher:
     def _read_storage(self, ref: StorageReference, label: str) -> bytes:
         logger.info("Reading %s from storage object %s.", label.lower(), ref)
         try:
-            data = self.storage.get(ref.bucket, ref.path)
+            return self.storage.get_limited(ref.bucket, ref.path, self.max_bytes)
         except StorageError as exc:
+            if exc.code == READ_LIMIT_EXCEEDED:
+                raise ReferenceDownloadError(
+                    f"{label} in storage object {ref} is larger than the limit of "
+                    f"{self.max_bytes} bytes"
+                ) from exc
             status = f" (status {exc.status})" if exc.status else ""
             raise ReferenceDownloadError(
                 f"{label} could not be read from storage object {ref}{status}: {exc.message}",
                 retryable=exc.retryable,
             ) from exc
-        if len(data) > self.max_bytes:
-            raise ReferenceDownloadError(
-                f"{label} in storage object {ref} is {len(data)} bytes, more than the limit of "
-                f"{self.max_bytes} bytes"
-            )
-        return data
 
     def _download(self, ref: HttpReference, label: str) -> bytes:
-        url = httpx.URL(ref.url)
+        try:
+            url = httpx.URL(ref.url)
+        except httpx.InvalidURL as exc:
+            raise ReferenceDownloadError(
+                f"{label} from {ref.redacted} was refused: the URL cannot be fetched ({exc})"
+            ) from exc
         logger.info("Downloading %s from %s.", label.lower(), ref.redacted)
         # Every target is vetted before the clock starts: a refused address never connects.
         ip = self._vet(url, label)
@@ -650,7 +665,15 @@ class ReferenceFetcher:
             finally:
                 deadline.release()
                 response.close()
+        except httpx.InvalidURL as exc:
+            # The client reads a redirect's Location itself (also when it does not follow
+            # it); it raises this for one it cannot rebuild, e.g. ``data:`` URLs.
+            raise self._invalid_redirect(label, shown) from exc
         except httpx.HTTPError as exc:
+            if isinstance(exc, httpx.RemoteProtocolError) and str(exc).startswith(
+                _INVALID_LOCATION
+            ):
+                raise self._invalid_redirect(label, shown) from exc
             if deadline.expired or isinstance(exc, httpx.TimeoutException):
                 raise self._timed_out(label, shown) from exc
             raise ReferenceDownloadError(
@@ -672,9 +695,7 @@ class ReferenceFetcher:
             try:
                 return url.join(location)
             except httpx.InvalidURL as exc:
-                raise ReferenceDownloadError(
-                    f"{label} from {shown} redirects to an invalid URL"
-                ) from exc
+                raise self._invalid_redirect(label, shown) from exc
         if not 200 <= status < 300:
             raise ReferenceDownloadError(
                 f"{label} from {shown} was not downloaded: HTTP {status}",
@@ -706,6 +727,10 @@ class ReferenceFetcher:
         if deadline.expired:  # a body delimited by the close looks complete once cut off
             raise self._timed_out(label, shown)
         return b"".join(chunks)
+
+    @staticmethod
+    def _invalid_redirect(label: str, shown: str) -> ReferenceDownloadError:
+        return ReferenceDownloadError(f"{label} from {shown} redirects to an invalid URL")
 
     def _timed_out(self, label: str, shown: str) -> ReferenceDownloadError:
         return ReferenceDownloadError(

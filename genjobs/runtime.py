@@ -136,6 +136,10 @@ async def abuild_runtime(settings: Settings | None = None, renders: bool = True)
 
 
 def _assemble(settings: Settings) -> Runtime:
+    try:
+        settings.ensure_home()  # before anything writes under it with default modes
+    except OSError as exc:
+        logger.warning("The local state folder %s could not be created: %s", settings.home, exc)
     runtime = Runtime(
         settings=settings,
         storage=build_storage(settings),

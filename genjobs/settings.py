@@ -7,6 +7,8 @@ folder, a local callback receiver and the tiny embedded models.
 
 from __future__ import annotations
 
+import logging
+import os
 from pathlib import Path
 from typing import Literal
 
@@ -15,7 +17,34 @@ from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from genjobs.storage.limits import RESUMABLE_UPLOAD_THRESHOLD
 
+logger = logging.getLogger(__name__)
+
 DEFAULT_HOME = Path(".genjobs")
+PRIVATE_DIR_MODE = 0o700
+"""Mode of the folders this system creates for its local state: the owner alone."""
+PRIVATE_FILE_MODE = 0o600
+"""Mode of the files that hold callback bodies or job records: the owner alone."""
+
+
+def make_private_dir(folder: Path) -> Path:
+    """Create ``folder`` and its missing parents with mode 0700; existing folders stay as they are.
+
+    ``Path.mkdir(parents=True)`` gives the parents the default mode, so each missing level is
+    created here, outermost first.
+    """
+    folder = Path(folder)
+    missing = []
+    current = folder
+    while not current.exists() and current != current.parent:
+        missing.append(current)
+        current = current.parent
+    for level in reversed(missing):
+        try:
+            level.mkdir(mode=PRIVATE_DIR_MODE)
+        except FileExistsError:
+            continue  # created meanwhile by another process: not ours to change
+        os.chmod(level, PRIVATE_DIR_MODE)  # mkdir's mode is narrowed by the umask
+    return folder
 
 
 class Settings(BaseSettings):
@@ -146,6 +175,20 @@ class Settings(BaseSettings):
         description="'module:Class' of a renderer that serves every family instead of the "
         "built-in ones (load tests and benchmarks); called as Class(family, settings).",
     )
+
+    def ensure_home(self) -> Path:
+        """Create the local state folder (mode 0700) unless it exists; warn when others may
+        read an existing one (it holds undelivered callbacks and the local receiver's rows)."""
+        home = make_private_dir(self.home)
+        shared = home.stat().st_mode & 0o077
+        if shared:
+            logger.warning(
+                "The local state folder %s is open to other users (mode %o); "
+                "chmod 700 it to keep undelivered callbacks private.",
+                home,
+                home.stat().st_mode & 0o777,
+            )
+        return home
 
     @property
     def uses_supabase_storage(self) -> bool:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import io
 import socket
 import ssl
@@ -17,7 +18,7 @@ import httpx
 import pytest
 from PIL import Image
 
-from genjobs.errors import InvalidPayload, ReferenceDownloadError
+from genjobs.errors import InvalidPayload, ReferenceDownloadError, StorageError
 from genjobs.jobs.plan import ReferenceInput, RenderPlan
 from genjobs.references import (
     HttpReference,
@@ -28,7 +29,9 @@ from genjobs.references import (
     fetch_all,
     redact_url,
 )
+from genjobs.storage.base import READ_LIMIT_EXCEEDED
 from genjobs.storage.local import LocalFolderStorage
+from genjobs.storage.supabase import SupabaseStorage
 
 USER = "6f1c2a9e-1111-4222-8333-944455556666"
 OTHER = "0a0b0c0d-aaaa-4bbb-8ccc-dddddddddddd"
@@ -59,6 +62,9 @@ class ReferenceServer(ThreadingHTTPServer):
         super().__init__(("127.0.0.1", 0), Handler)
         self.stop = threading.Event()
         self.requests: list[tuple[str, str | None]] = []
+        self.authorizations: list[str | None] = []
+        self.endless_sent: list[int] = []
+        self.endless_done = threading.Event()
 
     @property
     def base(self) -> str:
@@ -118,6 +124,12 @@ class Handler(BaseHTTPRequestHandler):
             "/redirect-file": lambda: self._send(
                 302, b"", None, {"Location": "file:///etc/passwd"}
             ),
+            "/redirect-data": lambda: self._send(
+                302, b"", None, {"Location": "data:image/png;base64,iVBORw0KGgo="}
+            ),
+            "/redirect-fullwidth": lambda: self._raw_redirect(
+                "http://\uff11\uff12\uff17.\uff10.\uff10.\uff11/x.png"
+            ),
             "/redirect-loop": lambda: self._send(302, b"", None, {"Location": "/redirect-loop"}),
             "/redirect-bare": lambda: self._send(302, b"", None),
             "/huge.png": self._huge,
@@ -125,10 +137,58 @@ class Handler(BaseHTTPRequestHandler):
             "/slow.png": self._slow,
             "/stall.png": self._stall,
         }
+        storage_object = path.removeprefix(f"/storage/v1/object/workspace-temp/{USER}/")
+        if storage_object != path:
+            self.server.authorizations.append(self.headers.get("Authorization"))
+            objects = {
+                "ok.png": lambda: self._send(200, PNG),
+                "endless.png": self._endless,
+                "declared-huge.png": self._declared_then_cut,
+                "missing.png": lambda: self._send(
+                    400,
+                    b'{"statusCode":"404","error":"not_found","message":"Object not found"}',
+                    "application/json",
+                ),
+            }
+            objects.get(storage_object, lambda: self._send(404, b"", "text/plain"))()
+            return
         if path.startswith("/storage/v1/object/sign/"):
             self._send(200, PNG)
             return
         routes.get(path, lambda: self._send(404, b"", "text/plain"))()
+
+    def _raw_redirect(self, location: str) -> None:
+        """A 302 whose Location is sent as UTF-8, which send_header (Latin-1) cannot write."""
+        self.send_response(302)
+        self._headers_buffer.append(b"Location: " + location.encode() + b"\r\n")
+        self.send_header("Content-Length", "0")
+        self.end_headers()
+
+    def _declared_then_cut(self) -> None:
+        """Declares 10**9 bytes, sends 2 MiB and hangs up."""
+        self.send_response(200)
+        self.send_header("Content-Type", "image/png")
+        self.send_header("Content-Length", str(10**9))
+        self.end_headers()
+        with contextlib.suppress(OSError):
+            self.wfile.write(b"\0" * 2 * 1024 * 1024)
+
+    def _endless(self) -> None:
+        """128 MiB without a Content-Length; records how many bytes the client let through."""
+        self.send_response(200)
+        self.send_header("Content-Type", "image/png")
+        self.end_headers()
+        sent = 0
+        chunk = b"\0" * 65536
+        try:
+            while sent < 128 * 1024 * 1024 and not self.server.stop.is_set():
+                self.wfile.write(chunk)
+                sent += len(chunk)
+            self.wfile.flush()
+        except OSError:
+            pass
+        self.server.endless_sent.append(sent)
+        self.server.endless_done.set()
 
     def _huge(self) -> None:
         """An endless PNG-typed body with no Content-Length (HTTP/1.0: ends on close)."""
@@ -330,6 +390,8 @@ def test_other_schemes_are_refused(url: str, scheme: str) -> None:
         "http://user:pw@example.com/x.png",
         "http://example.com:99999/x.png",
         "http://example.com/a\nb.png",
+        "http://\uff11\uff12\uff17.\uff10.\uff10.\uff11/x.png",
+        "http://\uff45xample.com/x.png",
     ],
 )
 def test_malformed_references_are_refused(url: str) -> None:
@@ -431,6 +493,64 @@ def test_missing_storage_object_is_a_download_error(fetcher: ReferenceFetcher) -
 def test_undecodable_storage_object_is_a_download_error(fetcher: ReferenceFetcher) -> None:
     with pytest.raises(ReferenceDownloadError, match="not a decodable image"):
         fetcher.fetch(StorageReference("workspace-temp", f"{USER}/broken.png"), role="image")
+
+
+def test_storage_reference_over_the_cap_is_refused_by_its_size(
+    storage: LocalFolderStorage, http: httpx.Client
+) -> None:
+    fetcher = ReferenceFetcher(storage, http, max_bytes=len(PNG) - 1)
+    with pytest.raises(ReferenceDownloadError) as caught:
+        fetcher.fetch(StorageReference("workspace-temp", f"{USER}/uploads/ref.png"), role="image")
+    assert caught.value.message == (
+        f"Reference image for 'image' in storage object workspace-temp/{USER}/uploads/ref.png "
+        f"is larger than the limit of {len(PNG) - 1} bytes"
+    )
+    assert caught.value.retryable is False
+    exact = ReferenceFetcher(storage, http, max_bytes=len(PNG))
+    assert exact.fetch(StorageReference("workspace-temp", f"{USER}/uploads/ref.png"), role="x")
+
+
+def test_local_storage_limited_read(storage: LocalFolderStorage) -> None:
+    path = f"{USER}/uploads/ref.png"
+    assert storage.get_limited("workspace-temp", path, len(PNG)) == PNG
+    with pytest.raises(StorageError) as caught:
+        storage.get_limited("workspace-temp", path, 10)
+    assert (caught.value.code, caught.value.status) == (READ_LIMIT_EXCEEDED, "413")
+    assert f"is {len(PNG)} bytes, above the read limit of 10 bytes" in caught.value.message
+    for missing in (f"{USER}/nope.png", f"{USER}/uploads"):
+        with pytest.raises(StorageError) as absent:
+            storage.get_limited("workspace-temp", missing, 10)
+        assert (absent.value.code, absent.value.status) == ("OBJECT_NOT_FOUND", "404")
+
+
+def test_supabase_storage_reference_is_streamed_under_the_cap(
+    server: ReferenceServer, http: httpx.Client
+) -> None:
+    cap = 1024 * 1024
+    server.endless_done.clear()
+    with SupabaseStorage.from_supabase(server.base, "service-key", timeout=5.0) as store:
+        fetcher = ReferenceFetcher(store, http, max_bytes=cap)
+        image = fetcher.fetch(StorageReference("workspace-temp", f"{USER}/ok.png"), role="image")
+        assert image.size == (64, 48)
+        refusals = {}
+        for name in ("endless.png", "declared-huge.png", "missing.png"):
+            with pytest.raises(ReferenceDownloadError) as caught:
+                fetcher.fetch(StorageReference("workspace-temp", f"{USER}/{name}"), role="image")
+            refusals[name] = caught.value
+        with pytest.raises(StorageError) as declared:
+            store.get_limited("workspace-temp", f"{USER}/declared-huge.png", cap)
+    assert "is 1000000000 bytes, above the read limit" in declared.value.message
+    for name in ("endless.png", "declared-huge.png"):
+        assert refusals[name].message == (
+            f"Reference image for 'image' in storage object workspace-temp/{USER}/{name} is "
+            f"larger than the limit of {cap} bytes"
+        )
+        assert refusals[name].retryable is False
+    assert "(status 404)" in refusals["missing.png"].message
+    assert server.authorizations[-4:] == ["Bearer service-key"] * 4
+    # The 128 MiB body was cut off after the cap (plus what the socket buffers held).
+    assert server.endless_done.wait(10)
+    assert server.endless_sent[-1] < 32 * 1024 * 1024
 
 
 def test_fetch_all_refuses_another_users_object_before_reading_anything(
@@ -725,12 +845,27 @@ def test_client_redirect_setting_is_overridden(
             fetcher.fetch(http_ref(f"{server.base}/redirect-private"), role="image")
 
 
+def test_an_unparseable_url_is_a_download_refusal(fetcher: ReferenceFetcher) -> None:
+    ref = HttpReference("http://\uff11\uff12\uff17.\uff10.\uff10.\uff11/x.png?token=" + TOKEN)
+    with pytest.raises(ReferenceDownloadError) as caught:
+        fetcher.fetch(ref, role="last_frame")
+    assert caught.value.message.startswith(
+        "Reference image for 'last_frame' from http://"
+    ) and caught.value.message.endswith(
+        "?[redacted] was refused: the URL cannot be fetched "
+        "(Invalid IDNA hostname: '\uff11\uff12\uff17.\uff10.\uff10.\uff11')"
+    )
+    assert caught.value.retryable is False
+
+
 @pytest.mark.parametrize(
     ("path", "expected"),
     [
         ("/redirect-private", "is a private address (10.0.0.1)"),
         ("/redirect-metadata", "is a link-local address (169.254.169.254)"),
         ("/redirect-file", "only http(s) URLs are fetched"),
+        ("/redirect-data", "redirects to an invalid URL"),
+        ("/redirect-fullwidth", "redirects to an invalid URL"),
         ("/redirect-loop", "redirected more than 3 times"),
         ("/redirect-bare", "HTTP 302 without a Location"),
     ],

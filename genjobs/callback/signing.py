@@ -15,5 +15,10 @@ def sign(secret: str, body: bytes) -> str:
 
 
 def verify(secret: str, body: bytes, signature: str | None) -> bool:
-    """Whether ``signature`` is the signature of ``body`` (constant-time compare)."""
-    return signature is not None and hmac.compare_digest(sign(secret, body), signature)
+    """Whether ``signature`` is the signature of ``body`` (constant-time compare).
+
+    A signature with non-ASCII characters is simply wrong (``hmac.compare_digest`` would raise).
+    """
+    if signature is None or not signature.isascii():
+        return False
+    return hmac.compare_digest(sign(secret, body), signature)

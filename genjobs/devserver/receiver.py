@@ -1,15 +1,17 @@
 """A local ``job-callback`` receiver: verifies signatures and records jobs and assets in SQLite.
 
 It answers as contract section 5.4 describes the real function (405, 500 without a secret, 401 on
-a bad signature, 400 without job_id/status, 200 skipped for unknown or terminal jobs) and stores one
-row per asset, unique on (job_id, asset_index), written after the job status as the backend does.
-Faults can be injected (answer 503 for a while or for the next N requests) for tests.
+a missing, wrong or non-ASCII signature, 400 without job_id/status, 200 skipped for unknown or
+terminal jobs) and stores one row per asset, unique on (job_id, asset_index), written after the
+job status as the backend does. Faults can be injected (answer 503 for a while or for the next N
+requests) for tests. Its database file is created with mode 0600.
 """
 
 from __future__ import annotations
 
 import json
 import logging
+import os
 import sqlite3
 import threading
 import time
@@ -20,6 +22,7 @@ from pathlib import Path
 from typing import Any
 
 from genjobs.callback.signing import SIGNATURE_HEADER, verify
+from genjobs.settings import PRIVATE_FILE_MODE, make_private_dir
 
 logger = logging.getLogger(__name__)
 
@@ -64,6 +67,21 @@ class ReceivedRequest:
     skipped: bool = False
 
 
+def _private_database(db_path: Path | str) -> str:
+    """The database path, its file created (or narrowed) to mode 0600 in a 0700 folder first;
+    SQLite gives its journal files the database's mode."""
+    name = str(db_path)
+    if name == ":memory:" or name.startswith("file:"):
+        return name
+    make_private_dir(Path(name).parent)
+    fd = os.open(name, os.O_RDWR | os.O_CREAT, PRIVATE_FILE_MODE)
+    try:
+        os.fchmod(fd, PRIVATE_FILE_MODE)
+    finally:
+        os.close(fd)
+    return name
+
+
 def backend_mime_type(path: str) -> str:
     """The backend's column rule: video -> video/mp4, .png -> image/png, other -> image/jpeg."""
     if path.endswith((".mp4", ".webm", ".mov")):
@@ -85,7 +103,7 @@ class CallbackReceiver:
     ):
         self.secret = secret
         self.strict_jobs = strict_jobs
-        self._db = sqlite3.connect(str(db_path), check_same_thread=False)
+        self._db = sqlite3.connect(_private_database(db_path), check_same_thread=False)
         self._db.row_factory = sqlite3.Row
         self._db.executescript(SCHEMA)
         self._lock = threading.Lock()

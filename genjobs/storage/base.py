@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import builtins
+from collections.abc import Iterable
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Protocol
@@ -19,6 +20,34 @@ MIME_BY_EXTENSION = {
     "mov": "video/quicktime",
     "mpeg": "video/mpeg",
 }
+
+
+READ_LIMIT_EXCEEDED = "OBJECT_OVER_READ_LIMIT"
+"""Code of the StorageError :meth:`StorageBackend.get_limited` raises for an object that is
+larger than the caller accepts."""
+
+
+def read_limit_exceeded(target: str, max_bytes: int, size: int | None = None) -> StorageError:
+    """The error of an object larger than ``max_bytes``; ``size`` when it is known."""
+    shown = f"{size} bytes" if size is not None else f"more than {max_bytes} bytes"
+    return StorageError(
+        f"Object {target} is {shown}, above the read limit of {max_bytes} bytes",
+        status="413",
+        code=READ_LIMIT_EXCEEDED,
+        retryable=False,
+    )
+
+
+def read_capped(chunks: Iterable[bytes], max_bytes: int, target: str) -> bytes:
+    """Join ``chunks`` until more than ``max_bytes`` arrived, then stop with the limit error."""
+    kept: builtins.list[bytes] = []
+    total = 0
+    for chunk in chunks:
+        total += len(chunk)
+        if total > max_bytes:
+            raise read_limit_exceeded(target, max_bytes)
+        kept.append(chunk)
+    return b"".join(kept)
 
 
 def asset_path(user_id: str, job_id: str, index: int, extension: str) -> str:
@@ -65,6 +94,11 @@ class StorageBackend(Protocol):
 
     def get(self, bucket: str, path: str) -> bytes:
         """Read an object; a missing one raises StorageError with status "404"."""
+        ...
+
+    def get_limited(self, bucket: str, path: str, max_bytes: int) -> bytes:
+        """Read an object of at most ``max_bytes``, stopping as soon as it proves larger
+        (StorageError with code :data:`READ_LIMIT_EXCEEDED`); never holds more in memory."""
         ...
 
     def list(self, bucket: str, prefix: str = "") -> builtins.list[ObjectInfo]:

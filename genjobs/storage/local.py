@@ -12,9 +12,16 @@ from datetime import UTC, datetime
 from pathlib import Path
 
 from genjobs.errors import StorageError
-from genjobs.storage.base import ObjectInfo, StoredObject, check_relative_path
+from genjobs.storage.base import (
+    ObjectInfo,
+    StoredObject,
+    check_relative_path,
+    read_capped,
+    read_limit_exceeded,
+)
 
 META_DIR = ".meta"
+READ_CHUNK_BYTES = 1024 * 1024
 
 
 class LocalFolderStorage:
@@ -47,6 +54,22 @@ class LocalFolderStorage:
                 f"Object {bucket}/{path} not found", status="404", code="OBJECT_NOT_FOUND"
             )
         return target.read_bytes()
+
+    def get_limited(self, bucket: str, path: str, max_bytes: int) -> bytes:
+        """Read an object of at most ``max_bytes``; a larger one is refused by its size."""
+        target = self._file(bucket, path)
+        try:
+            with target.open("rb") as handle:
+                size = os.fstat(handle.fileno()).st_size
+                if size > max_bytes:
+                    raise read_limit_exceeded(f"{bucket}/{path}", max_bytes, size)
+                return read_capped(
+                    iter(lambda: handle.read(READ_CHUNK_BYTES), b""), max_bytes, f"{bucket}/{path}"
+                )
+        except (FileNotFoundError, IsADirectoryError, NotADirectoryError) as exc:
+            raise StorageError(
+                f"Object {bucket}/{path} not found", status="404", code="OBJECT_NOT_FOUND"
+            ) from exc
 
     def content_type(self, bucket: str, path: str) -> str | None:
         meta = self._meta(bucket, path)

@@ -45,11 +45,18 @@ from typing import Any
 import httpx
 from pydantic import SecretStr, ValidationError
 from storage3 import SyncStorageClient
+from storage3._sync.file_api import relative_path_to_parts
 from storage3.exceptions import StorageApiError
 from storage3.utils import StorageException
 
 from genjobs.errors import StorageError
-from genjobs.storage.base import ObjectInfo, StoredObject, check_relative_path
+from genjobs.storage.base import (
+    ObjectInfo,
+    StoredObject,
+    check_relative_path,
+    read_capped,
+    read_limit_exceeded,
+)
 from genjobs.storage.limits import (
     RESUMABLE_UPLOAD_THRESHOLD,
     WORKSPACE_TEMP_BUCKET,
@@ -91,6 +98,17 @@ def storage_error_from_api(exc: StorageApiError, action: str, target: str) -> St
     if is_transient_status(status):
         return StorageError(detail, status=status, code="STORAGE_UNAVAILABLE", retryable=True)
     return StorageError(detail, status=status, code="STORAGE_BAD_REQUEST", retryable=False)
+
+
+def _api_error(response: httpx.Response) -> StorageApiError:
+    """The client's error for an error answer, built as ``storage3`` builds it."""
+    try:
+        body = response.json()
+        return StorageApiError(body["message"], body["error"], body["statusCode"])
+    except (KeyError, TypeError, ValueError):
+        return StorageApiError(
+            f"Unable to parse error message: {response.text}", "InternalError", response.status_code
+        )
 
 
 @contextmanager
@@ -244,6 +262,28 @@ class SupabaseStorage:
         check_relative_path(path)
         with translate_errors("download", f"{bucket}/{path}"):
             return self._client.from_(bucket).download(path)
+
+    def get_limited(self, bucket: str, path: str, max_bytes: int) -> bytes:
+        """Download an object of at most ``max_bytes``, streamed: a larger one is refused by
+        its declared length or as soon as the bytes read pass the limit.
+
+        The request is the one ``storage3``'s ``download`` sends, on the client's session.
+        """
+        check_relative_path(path)
+        target = f"{bucket}/{path}"
+        api = self._client.from_(bucket)
+        url = api._base_url.joinpath("object", api.id, *relative_path_to_parts(path))
+        with (
+            translate_errors("download", target),
+            api._client.stream("GET", str(url), headers=api._headers) as response,
+        ):
+            if response.is_error:
+                response.read()
+                raise _api_error(response)
+            declared = response.headers.get("content-length", "")
+            if declared.isdigit() and int(declared) > max_bytes:
+                raise read_limit_exceeded(target, max_bytes, int(declared))
+            return read_capped(response.iter_bytes(), max_bytes, target)
 
     def list(self, bucket: str, prefix: str = "") -> list[ObjectInfo]:
         """Every object whose path starts with ``prefix``, descending into folders.

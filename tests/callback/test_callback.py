@@ -114,10 +114,10 @@ def test_outbox_keeps_exact_bytes_one_entry_per_job_state(tmp_path) -> None:  # 
     outbox.put(JOB, "completed", "http://x", b"one")
     outbox.put(JOB, "completed", "http://x", b"two")
     outbox.put(JOB, "failed", "http://x", b"\x00raw")
-    entries = {e.key: e for e in Outbox(tmp_path).entries()}
+    entries = {(e.job_id, e.status): e for e in Outbox(tmp_path).entries()}
     assert {k: e.body for k, e in entries.items()} == {
-        f"{JOB}.completed": b"two",
-        f"{JOB}.failed": b"\x00raw",
+        (JOB, "completed"): b"two",
+        (JOB, "failed"): b"\x00raw",
     }
-    outbox.remove(f"{JOB}.failed")
+    outbox.remove(entries[JOB, "failed"].key)
     assert [e.status for e in outbox.entries()] == ["completed"]

@@ -20,6 +20,16 @@ from genjobs.db.migrations import apply_migrations
 
 DSN_ENV = "GENJOBS_TEST_PG_DSN"
 
+REQUIRES_POSTGRES = [
+    pytest.mark.postgres,
+    pytest.mark.skipif(
+        not os.environ.get(DSN_ENV),
+        reason=f"{DSN_ENV} is not set; start a PostgreSQL server with"
+        ' eval "$(bash scripts/start_postgres.sh)"',
+    ),
+]
+"""The ``pytestmark`` of every SQL test module."""
+
 
 @dataclass(frozen=True)
 class MigratedDatabase:
