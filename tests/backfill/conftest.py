@@ -14,9 +14,12 @@ from collections.abc import Iterator
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
+from typing import Any
 
 import pytest
 from PIL import Image
+from prefect.client.orchestration import get_client
+from prefect.client.schemas.filters import ArtifactFilter, ArtifactFilterFlowRunId
 from pydantic import SecretStr
 
 from genjobs.devserver.storage_standin import StorageStandIn
@@ -383,3 +386,16 @@ def project_db() -> Iterator[str]:
             admin.execute(
                 sql.SQL("drop database if exists {} with (force)").format(sql.Identifier(name))
             )
+
+
+async def artifact_markdown(state: Any, key: str) -> str:
+    """The markdown of the artifact ``key`` of a finished flow run's state."""
+    async with get_client() as client:
+        artifacts = await client.read_artifacts(
+            artifact_filter=ArtifactFilter(
+                flow_run_id=ArtifactFilterFlowRunId(any_=[state.state_details.flow_run_id])
+            )
+        )
+    found = [a for a in artifacts if a.key == key]
+    assert found, [a.key for a in artifacts]
+    return str(found[0].data)

@@ -19,8 +19,6 @@ from typing import Any
 
 import pytest
 from PIL import Image
-from prefect.client.orchestration import get_client
-from prefect.client.schemas.filters import ArtifactFilter, ArtifactFilterFlowRunId
 from pydantic import SecretStr
 
 from flows.backfill import backfill_legacy_buckets, rollback_backfill
@@ -35,6 +33,7 @@ from tests.backfill.conftest import (
     TARGET,
     VIDEO_SIZE,
     LegacySeed,
+    artifact_markdown,
     frame_level,
     make_runtime,
     png_bytes,
@@ -114,18 +113,6 @@ def assert_backfilled(standin: StorageStandIn, seed: LegacySeed) -> None:
 async def final_state(flow_function: Any, **parameters: Any) -> Any:
     """Run a flow and return its final state (not its result)."""
     return await flow_function(return_state=True, **parameters)
-
-
-async def artifact_markdown(state: Any, key: str) -> str:
-    async with get_client() as client:
-        artifacts = await client.read_artifacts(
-            artifact_filter=ArtifactFilter(
-                flow_run_id=ArtifactFilterFlowRunId(any_=[state.state_details.flow_run_id])
-            )
-        )
-    found = [a for a in artifacts if a.key == key]
-    assert found, [a.key for a in artifacts]
-    return str(found[0].data)
 
 
 async def test_dry_run_then_run_then_rerun_then_rollback(
