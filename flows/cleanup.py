@@ -36,6 +36,7 @@ from pydantic import BaseModel, Field
 
 from genjobs.backfill.report import table
 from genjobs.backfill.steps import RETRY_OPTIONS, remove_objects
+from genjobs.db.sql import DSN_SETTING
 from genjobs.db.workspace_evidence import (
     Evidence,
     check_tables,
@@ -48,7 +49,6 @@ from genjobs.storage.base import ObjectInfo
 from tasks.naming import with_settings_retries
 
 BUCKET = "workspace-temp"
-DATABASE_SETTING = "GENJOBS_DATABASE_DSN (Settings.database_dsn)"
 ORPHAN_STATUSES = frozenset({"failed", "cancelled"})
 
 _UUID = r"[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}"
@@ -253,7 +253,7 @@ async def cleanup_workspace(
     )
     if dsn is None and not dry_run:
         raise CleanupRefused(
-            f"The cleanup removes nothing without the project database: set {DATABASE_SETTING} "
+            f"The cleanup removes nothing without the project database: set {DSN_SETTING} "
             "for the worker, then run it again (a dry run lists candidates without it)"
         )
     if dsn is not None:
@@ -263,7 +263,7 @@ async def cleanup_workspace(
     kept: Counter[str] = Counter()
     if dsn is None:
         summary.note = (
-            f"No database is configured ({DATABASE_SETTING}): nothing can be decided. The "
+            f"No database is configured ({DSN_SETTING}): nothing can be decided. The "
             "objects listed are only those at the contract layout older than ttl_days; a real "
             "run refuses to remove anything."
         )

@@ -12,6 +12,8 @@ from typing import Any
 from genjobs.errors import JobError
 
 CONNECT_TIMEOUT_SECONDS = 10
+DSN_SETTING = "GENJOBS_DATABASE_DSN (Settings.database_dsn)"
+"""Where the project database is configured, as messages name it."""
 
 
 class DatabaseError(JobError):

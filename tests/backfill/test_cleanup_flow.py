@@ -17,9 +17,15 @@ from pydantic import SecretStr
 from flows.cleanup import CleanupRefused, cleanup_workspace
 from genjobs.db.sql import DatabaseError
 from genjobs.devserver.storage_standin import StorageStandIn
-from genjobs.runtime import Runtime, set_runtime
-from genjobs.storage.supabase import SupabaseStorage
-from tests.backfill.conftest import TARGET, artifact_markdown, make_runtime, png_bytes, snapshot
+from genjobs.runtime import Runtime
+from tests.backfill.conftest import (
+    TARGET,
+    artifact_markdown,
+    final_state,
+    installed_runtime,
+    png_bytes,
+    snapshot,
+)
 
 pytestmark = pytest.mark.usefixtures("prefect_api")
 
@@ -70,17 +76,8 @@ def workspace(standin_server: StorageStandIn) -> Workspace:
 
 @pytest.fixture
 def cleanup_runtime(standin_server: StorageStandIn, tmp_path: Path) -> Iterator[Runtime]:
-    runtime = make_runtime(standin_server, tmp_path)
-    set_runtime(runtime)
-    yield runtime
-    set_runtime(None)
-    assert isinstance(runtime.storage, SupabaseStorage)
-    runtime.storage.close()
-
-
-async def final_state(flow_function: Any, **parameters: Any) -> Any:
-    """Run a flow and return its final state (not its result)."""
-    return await flow_function(return_state=True, **parameters)
+    with installed_runtime(standin_server, tmp_path) as runtime:
+        yield runtime
 
 
 def deletes(standin: StorageStandIn) -> list[str]:
@@ -182,12 +179,8 @@ def signed(path: str) -> str:
 def db_runtime(
     standin_server: StorageStandIn, project_db: str, tmp_path: Path
 ) -> Iterator[Runtime]:
-    runtime = make_runtime(standin_server, tmp_path, database_dsn=SecretStr(project_db))
-    set_runtime(runtime)
-    yield runtime
-    set_runtime(None)
-    assert isinstance(runtime.storage, SupabaseStorage)
-    runtime.storage.close()
+    with installed_runtime(standin_server, tmp_path, database_dsn=SecretStr(project_db)) as runtime:
+        yield runtime
 
 
 @pytest.mark.postgres
