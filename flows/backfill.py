@@ -314,7 +314,9 @@ async def _forget_removed_copies(plan: RollbackPlan, removed: set[str], settings
 
 
 @flow(name="rollback-backfill", flow_run_name="rollback-backfill")
-async def rollback_backfill(manifest_path: str, dry_run: bool = True) -> RollbackSummary:
+async def rollback_backfill(
+    manifest_path: str | None = None, dry_run: bool = True
+) -> RollbackSummary:
     """Remove exactly the objects the backfill created, as its manifest records them.
 
     Each object is compared with what the backfill wrote (MD5 ETag or SHA-256) before it goes.
@@ -323,12 +325,17 @@ async def rollback_backfill(manifest_path: str, dry_run: bool = True) -> Rollbac
     listed as conflicts. With a database, the removed copies' ``backfilled_objects`` rows go.
 
     Args:
-        manifest_path: The backfill's manifest.
+        manifest_path: The backfill's manifest; default that of a backfill into
+            ``workspace-temp`` (``{home}/backfill/workspace-temp.manifest.jsonl``).
         dry_run: Only report what would be removed.
     """
     logger = get_run_logger()
     settings = get_runtime().settings
-    path = Path(manifest_path)
+    path = (
+        Path(manifest_path)
+        if manifest_path
+        else default_manifest_path(settings, DEFAULT_TARGET_BUCKET)
+    )
     if not path.is_file():
         raise FileNotFoundError(f"No backfill manifest at {path}")
     manifest = load_manifest(path)

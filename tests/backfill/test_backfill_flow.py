@@ -358,7 +358,9 @@ async def test_local_folder_backend(tmp_path: Path) -> None:
     (tmp_path / "storage" / TARGET).mkdir()
     with local_runtime(storage, tmp_path):
         summary = await backfill_legacy_buckets(dry_run=False)
+        planned = await rollback_backfill()
     assert summary.outcomes == {"copied": 2}
+    assert len(planned.removed) == 4 and planned.dry_run
     assert len(summary.missing_buckets) == 9 and summary.unmappable == 1
     assert storage.get(TARGET, f"{user}/{job}/0.png") == sources[1]
     assert storage.get(TARGET, f"{user}/{job}/1.png") == sources[2]
