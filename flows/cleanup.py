@@ -232,16 +232,19 @@ async def cleanup_workspace(
             or cancelled job with no ``workspace_assets`` row go.
         batch_size: Objects per database query and per removal request.
         now: The moment rows' ``expires_at`` and ``ttl_days`` are measured from (default: the
-            current time; UTC when naive).
+            current time; UTC when naive). Never later than the current time: an earlier
+            moment only keeps more.
     """
     if ttl_days <= 0:
         raise ValueError(f"ttl_days must be positive, got {ttl_days}")
     if batch_size < 1:
         raise ValueError(f"batch_size must be at least 1, got {batch_size}")
+    moment = _aware(now)
+    if moment > datetime.now(UTC):
+        raise ValueError(f"now must not be later than the current time, got {moment.isoformat()}")
     logger = get_run_logger()
     settings = get_runtime().settings
     dsn = settings.database_dsn.get_secret_value() if settings.database_dsn else None
-    moment = _aware(now)
     cutoff = moment - timedelta(days=ttl_days)
     summary = CleanupSummary(
         dry_run=dry_run,

@@ -138,7 +138,7 @@ async def test_backfill_then_cleanup_eight_days_later_keeps_one_copy_of_everythi
     # which would make them orphans; and one real orphan the cleanup should remove.
     user, job = seed_uuid("user", 3), seed_uuid("orphan")
     orphan = f"{user}/{job}/0.png"
-    standin.put_object(TARGET, orphan, png_bytes(80_001), "image/png", created_at=datetime.now(UTC))
+    standin.put_object(TARGET, orphan, png_bytes(80_001), "image/png")
     with psycopg.connect(own_db, autocommit=True) as conn:
         insert_failed_job(conn, user, job)
         for obj in moved:
@@ -146,7 +146,11 @@ async def test_backfill_then_cleanup_eight_days_later_keeps_one_copy_of_everythi
             target_user, target_job = obj.target.split("/")[:2]
             insert_failed_job(conn, target_user, target_job)
 
-    cleaned = await cleanup_workspace(dry_run=False, now=datetime.now(UTC) + timedelta(days=8))
+    # Eight days later: every object of the target bucket was created eight days ago.
+    eight_days_ago = datetime.now(UTC) - timedelta(days=8)
+    for name in standin.object_names(TARGET):
+        standin.set_created_at(TARGET, name, eight_days_ago)
+    cleaned = await cleanup_workspace(dry_run=False)
     assert [c.path for c in cleaned.candidates] == [orphan] and cleaned.removed == 1
     assert cleaned.kept["a recorded backfill copy"] >= len(moved)
 

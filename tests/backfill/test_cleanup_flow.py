@@ -119,11 +119,20 @@ async def test_cleanup_takes_no_bucket(workspace: Workspace, cleanup_runtime: Ru
     assert standin.object_names("user-library") == [library]
 
 
-async def test_cleanup_refuses_a_non_positive_ttl(cleanup_runtime: Runtime) -> None:
-    state = await final_state(cleanup_workspace, dry_run=False, ttl_days=0)
+@pytest.mark.parametrize(
+    ("parameters", "named"),
+    [({"ttl_days": 0}, "ttl_days"), ({"now": datetime.now(UTC) + timedelta(days=8)}, "now")],
+)
+async def test_cleanup_refuses_bad_parameters(
+    workspace: Workspace, cleanup_runtime: Runtime, parameters: dict[str, Any], named: str
+) -> None:
+    workspace.asset(_uid(), 9)
+    before = snapshot(workspace.standin)
+    state = await final_state(cleanup_workspace, dry_run=False, **parameters)
     assert state.is_failed()
-    with pytest.raises(ValueError, match="ttl_days"):
+    with pytest.raises(ValueError, match=named):
         await state.result()
+    assert snapshot(workspace.standin) == before
 
 
 def insert_asset(
@@ -191,7 +200,7 @@ async def test_cleanup_removes_only_expired_assets_and_orphans_of_failed_jobs(
 
     standin = workspace.standin
     user, stranger = _uid(), _uid()
-    now = datetime.now(UTC) + timedelta(days=1)
+    now = datetime.now(UTC)
     gone, gone_thumb = workspace.asset(user, 9)
     live, live_thumb = workspace.asset(user, 9)
     young, _ = workspace.asset(user, 1)
@@ -241,7 +250,7 @@ async def test_cleanup_removes_only_expired_assets_and_orphans_of_failed_jobs(
     before = snapshot(standin)
     standin.clear_requests()
 
-    dry_state = await final_state(cleanup_workspace, now=now)
+    dry_state = await final_state(cleanup_workspace)
     dry = await dry_state.result()
     assert snapshot(standin) == before and deletes(standin) == []
     assert dry.database and dry.decided and dry.note is None
@@ -270,7 +279,7 @@ async def test_cleanup_removes_only_expired_assets_and_orphans_of_failed_jobs(
         assert f"| {path} |" in report
     assert asset_paths(project_db) == {gone, live, young, row_only, scene, chat, mismatched}
 
-    summary = await cleanup_workspace(dry_run=False, now=now, batch_size=4)
+    summary = await cleanup_workspace(dry_run=False, batch_size=4)
     assert summary.removed == len(going) and summary.rows_deleted == 1
     assert summary.bytes_freed == sum(workspace.expired[p] for p in going)
     remaining = set(standin.object_names(TARGET))
