@@ -80,6 +80,8 @@ class CleanupCandidate(BaseModel):
     path: str
     size: int
     reason: str
+    with_rows: bool = False
+    """Its expired ``workspace_assets`` rows go first; it goes only if they did."""
 
 
 class CleanupSummary(BaseModel):
@@ -105,6 +107,7 @@ class CleanupSummary(BaseModel):
 class Verdict:
     remove: bool
     reason: str
+    with_rows: bool = False
 
 
 def _keep(reason: str) -> Verdict:
@@ -137,7 +140,9 @@ def judge(info: ObjectInfo, evidence: Evidence, now: datetime, cutoff: datetime)
         if any(p in evidence.references or p in evidence.backfilled for p in siblings):
             return _keep(KEEP_ROW_SIBLING)
         latest = max(row.expires_at for row in rows if row.expires_at is not None)
-        return Verdict(True, f"its workspace_assets row expired at {latest:%Y-%m-%d %H:%M} UTC")
+        return Verdict(
+            True, f"its workspace_assets row expired at {latest:%Y-%m-%d %H:%M} UTC", True
+        )
     job_row = evidence.jobs.get(job)
     if job_row is None:
         return _keep(KEEP_NO_JOB)
@@ -171,8 +176,10 @@ async def read_evidence_task(dsn: str, paths: list[str], job_ids: list[str]) -> 
 
 
 @task(name="delete-expired-rows", **RETRY_OPTIONS)
-async def delete_expired_rows_task(dsn: str, paths: list[str], now: datetime) -> int:
-    """Delete the expired ``workspace_assets`` rows of these objects; returns how many."""
+async def delete_expired_rows_task(
+    dsn: str, paths: list[str], now: datetime
+) -> list[tuple[str, str | None]]:
+    """Delete the expired ``workspace_assets`` rows of these objects; returns their paths."""
     return await asyncio.to_thread(delete_expired_rows, dsn, paths, now)
 
 
@@ -297,7 +304,12 @@ async def cleanup_workspace(
                 verdict = judge(info, evidence, moment, cutoff)
                 if verdict.remove:
                     summary.candidates.append(
-                        CleanupCandidate(path=info.path, size=info.size, reason=verdict.reason)
+                        CleanupCandidate(
+                            path=info.path,
+                            size=info.size,
+                            reason=verdict.reason,
+                            with_rows=verdict.with_rows,
+                        )
                     )
                 else:
                     kept[verdict.reason] += 1
@@ -326,17 +338,29 @@ async def cleanup_workspace(
 async def _remove(
     summary: CleanupSummary, by_path: dict[str, ObjectInfo], dsn: str, batch_size: int
 ) -> None:
-    """Delete the candidates' expired rows, then the objects, batch by batch."""
+    """Delete the candidates' expired rows, then the objects, batch by batch.
+
+    An object judged by its rows goes only once those rows were deleted here (a row that
+    changed meanwhile is not deleted, and keeps its objects).
+    """
     settings = get_runtime().settings
     remove = with_settings_retries(remove_objects, settings)
     delete_rows = with_settings_retries(delete_expired_rows_task, settings)
-    paths = [c.path for c in summary.candidates]
-    for start in range(0, len(paths), batch_size):
-        batch = paths[start : start + batch_size]
-        summary.rows_deleted += await delete_rows(dsn, batch, summary.now)
-        removed = set(await remove(BUCKET, batch))
+    rows_gone: set[str] = set()
+    for start in range(0, len(summary.candidates), batch_size):
+        batch = summary.candidates[start : start + batch_size]
+        deleted = await delete_rows(dsn, [c.path for c in batch if c.with_rows], summary.now)
+        summary.rows_deleted += len(deleted)
+        rows_gone |= {path for row in deleted for path in row if path}
+        paths = [c.path for c in batch if not c.with_rows or c.path in rows_gone]
+        if len(paths) < len(batch):
+            get_run_logger().warning(
+                "Kept %d object(s) whose rows changed after they were judged.",
+                len(batch) - len(paths),
+            )
+        removed = set(await remove(BUCKET, paths)) if paths else set()
         summary.removed += len(removed)
-        summary.bytes_freed += sum(by_path[p].size for p in batch if p in removed)
+        summary.bytes_freed += sum(by_path[p].size for p in paths if p in removed)
 
 
 __all__ = ["CleanupCandidate", "CleanupRefused", "CleanupSummary", "cleanup_workspace"]

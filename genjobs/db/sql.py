@@ -23,7 +23,7 @@ class DatabaseError(JobError):
 
 
 def run_statements(
-    dsn: str, statements: Sequence[tuple[str, tuple[Any, ...]]]
+    dsn: str, statements: Sequence[tuple[str, tuple[Any, ...] | dict[str, Any]]]
 ) -> list[list[tuple[Any, ...]]]:
     """Run statements in one transaction; returns each one's rows (empty when it has none).
 

@@ -2,9 +2,10 @@
 
 For a set of object paths :func:`read_evidence` reads, in one transaction, the
 ``workspace_assets`` rows naming them (as original or thumbnail), the ``jobs`` rows of their
-job folders, the references the backend keeps to them (contract section 8) and the backfill's
-records of them. References hold a path or a signed URL: a path counts as referenced when it
-appears anywhere in the column's text, which errs on the side of keeping.
+job folders, and the references the backend keeps (contract section 8) and the backfill's
+records, both to them and to their rows' other objects. References hold a path or a signed
+URL: a path counts as referenced when it appears anywhere in the column's text, which errs on
+the side of keeping.
 """
 
 from __future__ import annotations
@@ -36,24 +37,45 @@ _ROWS_SQL = """
     where temp_storage_path = any(%s) or thumbnail_path = any(%s)
 """
 _JOBS_SQL = "select id::text, user_id::text, status from public.jobs where id = any(%s::uuid[])"
-_REFERENCES_SQL = """
-    select p.path, 'character_scenes.image_url' from unnest(%s::text[]) as p(path)
+_WANTED = """
+    with named as (
+      select a.temp_storage_path, a.thumbnail_path from public.workspace_assets as a
+      where a.temp_storage_path = any(%(paths)s) or a.thumbnail_path = any(%(paths)s)
+    ), wanted as (
+      select unnest(%(paths)s::text[]) as path
+      union select temp_storage_path from named
+      union select thumbnail_path from named where thumbnail_path is not null
+    )
+"""
+"""The paths asked about and their rows' other objects (a row's objects go together)."""
+
+_REFERENCES_SQL = (
+    _WANTED
+    + """
+    select w.path, 'character_scenes.image_url' from wanted as w
     where exists (
-      select 1 from public.character_scenes as c where strpos(c.image_url, p.path) > 0)
+      select 1 from public.character_scenes as c where strpos(c.image_url, w.path) > 0)
     union all
-    select p.path, 'conversations.last_scene_image' from unnest(%s::text[]) as p(path)
+    select w.path, 'conversations.last_scene_image' from wanted as w
     where exists (
-      select 1 from public.conversations as c where strpos(c.last_scene_image, p.path) > 0)
+      select 1 from public.conversations as c where strpos(c.last_scene_image, w.path) > 0)
     union all
-    select p.path, 'jobs.metadata->>''reference_image_url''' from unnest(%s::text[]) as p(path)
+    select w.path, 'jobs.metadata->>''reference_image_url''' from wanted as w
     where exists (
       select 1 from public.jobs as j
-      where strpos(j.metadata ->> 'reference_image_url', p.path) > 0)
+      where strpos(j.metadata ->> 'reference_image_url', w.path) > 0)
 """
-_BACKFILLED_SQL = """
-    select target_path, thumbnail_path from public.backfilled_objects
-    where target_bucket = %s and (target_path = any(%s) or thumbnail_path = any(%s))
+)
+_BACKFILLED_SQL = (
+    _WANTED
+    + """
+    select w.path from wanted as w
+    where exists (
+      select 1 from public.backfilled_objects as b
+      where b.target_bucket = %(bucket)s
+        and (b.target_path = w.path or b.thumbnail_path = w.path))
 """
+)
 
 
 @dataclass(frozen=True)
@@ -75,7 +97,10 @@ class JobRow:
 
 @dataclass
 class Evidence:
-    """Per path: the rows naming it, its job, what references it, whether it was backfilled."""
+    """Per path: the rows naming it, its job, what references it, whether it was backfilled.
+
+    ``references`` and ``backfilled`` also cover the other objects of the rows found.
+    """
 
     rows: dict[str, list[AssetRow]] = field(default_factory=lambda: defaultdict(list))
     jobs: dict[str, JobRow] = field(default_factory=dict)
@@ -100,8 +125,8 @@ def read_evidence(dsn: str, bucket: str, paths: list[str], job_ids: list[str]) -
         [
             (_ROWS_SQL, (paths, paths)),
             (_JOBS_SQL, (job_ids,)),
-            (_REFERENCES_SQL, (paths, paths, paths)),
-            (_BACKFILLED_SQL, (bucket, paths, paths)),
+            (_REFERENCES_SQL, {"paths": paths}),
+            (_BACKFILLED_SQL, {"paths": paths, "bucket": bucket}),
         ],
     )
     evidence = Evidence()
@@ -114,19 +139,22 @@ def read_evidence(dsn: str, bucket: str, paths: list[str], job_ids: list[str]) -
         evidence.jobs[str(job_id)] = JobRow(str(user_id), str(status))
     for path, column in references:
         evidence.references[str(path)].append(str(column))
-    wanted = set(paths)
-    for target, thumb in backfilled:
-        evidence.backfilled |= {p for p in (target, thumb) if p in wanted}
+    evidence.backfilled = {str(row[0]) for row in backfilled}
     return evidence
 
 
 _DELETE_ROWS_SQL = """
     delete from public.workspace_assets
     where expires_at < %s and (temp_storage_path = any(%s) or thumbnail_path = any(%s))
-    returning temp_storage_path
+    returning temp_storage_path, thumbnail_path
 """
 
 
-def delete_expired_rows(dsn: str, paths: list[str], now: datetime) -> int:
-    """Delete the rows expired at ``now`` that name one of these paths; returns how many."""
-    return len(run_statements(dsn, [(_DELETE_ROWS_SQL, (now, paths, paths))])[0])
+def delete_expired_rows(dsn: str, paths: list[str], now: datetime) -> list[tuple[str, str | None]]:
+    """Delete the rows expired at ``now`` that name one of these paths.
+
+    Returns:
+        The ``(temp_storage_path, thumbnail_path)`` of each row deleted.
+    """
+    rows = run_statements(dsn, [(_DELETE_ROWS_SQL, (now, paths, paths))])[0]
+    return [(str(temp), thumb) for temp, thumb in rows]

@@ -279,7 +279,7 @@ async def test_cleanup_removes_only_expired_assets_and_orphans_of_failed_jobs(
         assert f"| {path} |" in report
     assert asset_paths(project_db) == {gone, live, young, row_only, scene, chat, mismatched}
 
-    summary = await cleanup_workspace(dry_run=False, batch_size=4)
+    summary = await cleanup_workspace(dry_run=False, batch_size=1)
     assert summary.removed == len(going) and summary.rows_deleted == 1
     assert summary.bytes_freed == sum(workspace.expired[p] for p in going)
     remaining = set(standin.object_names(TARGET))
