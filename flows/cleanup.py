@@ -66,6 +66,7 @@ KEEP_NO_JOB = "no workspace_assets row and no jobs row"
 KEEP_JOB_OWNER = "its jobs row belongs to another user"
 KEEP_YOUNG = "younger than ttl_days"
 KEEP_UNDATED = "no created_at in the listing"
+UNDECIDED = "older than ttl_days; undecided without the database"
 
 
 class CleanupRefused(JobError):
@@ -155,6 +156,15 @@ def judge(info: ObjectInfo, evidence: Evidence, now: datetime, cutoff: datetime)
     if info.created_at >= cutoff:
         return _keep(KEEP_YOUNG)
     return Verdict(True, f"no workspace_assets row; its job {job_row.status}")
+
+
+def _undecided(info: ObjectInfo, cutoff: datetime) -> str | None:
+    """Without the database: None for an object old enough to be a candidate, else why not."""
+    if CONTRACT_PATH.match(info.path) is None:
+        return KEEP_OTHER_LAYOUT
+    if info.created_at is None:
+        return KEEP_UNDATED
+    return KEEP_YOUNG if info.created_at >= cutoff else None
 
 
 @task(name="list-bucket", task_run_name="list-{bucket}", **RETRY_OPTIONS)
@@ -278,17 +288,13 @@ async def cleanup_workspace(
             "run refuses to remove anything."
         )
         for info in objects:
-            dated = info.created_at is not None and info.created_at < cutoff
-            if CONTRACT_PATH.match(info.path) and dated:
+            reason = _undecided(info, cutoff)
+            if reason is None:
                 summary.candidates.append(
-                    CleanupCandidate(
-                        path=info.path,
-                        size=info.size,
-                        reason="older than ttl_days; undecided without the database",
-                    )
+                    CleanupCandidate(path=info.path, size=info.size, reason=UNDECIDED)
                 )
             else:
-                kept[KEEP_OTHER_LAYOUT if not CONTRACT_PATH.match(info.path) else KEEP_YOUNG] += 1
+                kept[reason] += 1
         logger.warning("%s", summary.note)
     else:
         read = with_settings_retries(read_evidence_task, settings)

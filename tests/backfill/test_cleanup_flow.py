@@ -107,6 +107,10 @@ async def test_cleanup_without_a_database_removes_nothing(
     assert not dry.database and not dry.decided
     assert dry.note is not None and "nothing can be decided" in dry.note
     assert sorted(c.path for c in dry.candidates) == sorted([old, old_thumb])
+    assert dry.kept == {
+        "younger than ttl_days": 2,
+        "not at the contract layout (another producer's file)": 1,
+    }
     report = await artifact_markdown(dry_state, "workspace-cleanup")
     assert "nothing can be decided" in report and f"| {old} |" in report
 
