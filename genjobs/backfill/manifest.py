@@ -21,7 +21,8 @@ differ; none copied), ``refused`` (storage refused for good: MIME type, size, so
 ``rolled_back`` and ``rollback_skipped``.
 
 Folding the lines in order gives each source's :class:`EntryState`; a later run skips sources
-whose state is verified while the target is still there with the recorded size.
+whose state is verified while the target is still there with the recorded size and MD5, and
+never overwrites the target of a source verified once (other bytes there are a conflict).
 """
 
 from __future__ import annotations

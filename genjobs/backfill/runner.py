@@ -1,10 +1,12 @@
 """One real backfill run: everything between the plan and the report, batch by batch.
 
 For each batch the target folders are listed first; a source whose manifest state is verified
-and whose target is still there with the recorded size is skipped. Every other source gets a
-``started`` record (saying whether its target and thumbnail already existed) before anything is
-written, then the batch is copied in one task; sources that hit a transient error are retried
-one by one in their own tasks. Each outcome lands in the manifest as it comes back.
+and whose target is still there with the recorded size and MD5 ETag is skipped. Every other
+source gets a ``started`` record (saying whether its target and thumbnail already existed)
+before anything is written, then the batch is copied in one task; sources that hit a transient
+error are retried one by one in their own tasks. Each outcome lands in the manifest as it comes
+back. With a database, the verified copies of each batch are then recorded in
+``public.backfilled_objects``, and only recorded sources may be removed.
 """
 
 from __future__ import annotations
