@@ -5,10 +5,17 @@ object onto ``{user_id}/{job_id}/{index}.{ext}`` in the target bucket and, unles
 run (the default), copies in batches with bounded concurrency: each copy is read back and
 checked (size and SHA-256) before it counts, its missing ``{index}.thumb.webp`` is made, and
 every step lands in the manifest (JSON lines, see :mod:`genjobs.backfill.manifest`), which is
-also the checkpoint a later or resumed run starts from. Nothing pre-existing is overwritten;
-sources are removed only on request and only once their copy is verified.
+also the checkpoint a later or resumed run starts from. Nothing pre-existing is overwritten,
+nor a verified copy that someone changed since (a conflict); sources are removed only on
+request and only once their copy is verified and recorded.
 
-``rollback_backfill`` removes exactly what the manifest says the backfill created.
+``rollback_backfill`` removes exactly what the manifest says the backfill created, where it
+still holds the bytes the backfill wrote; other bytes there are listed as conflicts and stay.
+
+With the project database configured, each verified copy is recorded in
+``public.backfilled_objects`` (the cleanup never removes a recorded copy), and a source is
+removed (``delete_sources``) only after its copy's record is written; without one,
+``delete_sources`` is refused.
 
 Neither imports torch: they run on CPU workers.
 """
@@ -40,13 +47,17 @@ from genjobs.backfill.report import (
     rollback_markdown,
     run_markdown,
 )
-from genjobs.backfill.rollback import apply_rollback, plan_rollback
+from genjobs.backfill.rollback import RollbackPlan, apply_rollback, plan_rollback
 from genjobs.backfill.runner import BackfillRun, TargetProber
 from genjobs.backfill.steps import (
     check_target_bucket,
+    forget_backfilled_copies,
+    hash_contents,
     inventory_bucket,
     remove_objects,
 )
+from genjobs.backfill.transfer import ContentCheck
+from genjobs.db.sql import DSN_SETTING
 from genjobs.errors import JobError
 from genjobs.runtime import get_runtime
 from genjobs.settings import Settings
@@ -56,6 +67,12 @@ from tasks.naming import with_settings_retries
 DEFAULT_TARGET_BUCKET = "workspace-temp"
 LIST_CONCURRENCY = 4
 """Folders a rollback lists at the same time."""
+
+
+class BackfillRefused(JobError):
+    """The run would remove sources whose copies it cannot record; nothing was done."""
+
+    code = "BACKFILL_REFUSED"
 
 
 class BackfillIncomplete(JobError):
@@ -166,7 +183,8 @@ async def backfill_legacy_buckets(
         target_bucket: Where copies go.
         batch_size: Sources per batch; the manifest is synced to disk after each.
         concurrency: Sources copied at the same time within a batch.
-        delete_sources: Remove each source once its copy is verified.
+        delete_sources: Remove each source once its copy is verified and recorded in
+            ``public.backfilled_objects`` (refused without a database).
         since: Only sources created at or after this moment (UTC when naive).
         until: Only sources created before this moment.
         manifest_path: The manifest file; default ``{home}/backfill/{target}.manifest.jsonl``.
@@ -182,6 +200,13 @@ async def backfill_legacy_buckets(
     logger = get_run_logger()
     runtime = get_runtime()
     settings = runtime.settings
+    dsn = settings.database_dsn.get_secret_value() if settings.database_dsn else None
+    if delete_sources and dsn is None:
+        raise BackfillRefused(
+            "delete_sources needs the project database, where each copy is recorded before its "
+            f"source goes (the cleanup never removes a recorded copy): set {DSN_SETTING} "
+            "for the worker, or run without delete_sources"
+        )
     manifest_file = (
         Path(manifest_path) if manifest_path else default_manifest_path(settings, target_bucket)
     )
@@ -204,6 +229,13 @@ async def backfill_legacy_buckets(
         return summary
 
     await with_settings_retries(check_target_bucket, settings)(target_bucket)
+    if dsn is None:
+        logger.warning(
+            "No database is configured (%s): the copies are not recorded in "
+            "public.backfilled_objects, so no source may be removed and the cleanup cannot "
+            "tell them from other objects; run again with the database to record them.",
+            DSN_SETTING,
+        )
     with ManifestWriter(manifest, run_id=_flow_run_id()) as writer:
         run = BackfillRun(
             plan=plan,
@@ -212,6 +244,7 @@ async def backfill_legacy_buckets(
             concurrency=concurrency,
             max_objects_per_second=max_objects_per_second,
             cross_bucket_server_copy=copies_across_buckets_server_side(runtime.storage),
+            dsn=dsn,
         )
         run.record_unmappable()
         primaries, duplicates = await run.resolve_collisions()
@@ -222,14 +255,16 @@ async def backfill_legacy_buckets(
         for number, batch in enumerate(batched(work, batch_size), start=1):
             await run.copy_batch(number, batch)
             writer.sync()
+            recorded = await run.record_copies(batch)
             if delete_sources:
-                await run.remove_sources(batch)
+                await run.remove_sources(batch, recorded)
             done = min(number * batch_size, len(work))
             await aupdate_progress_artifact(progress, 99.0 * done / len(work))
             logger.info("Batch %d done: %d of %d source(s) handled.", number, done, len(work))
         verified_duplicates = run.record_duplicates(duplicates)
+        recorded = await run.record_copies(verified_duplicates)
         if delete_sources:
-            await run.remove_sources(verified_duplicates)
+            await run.remove_sources(verified_duplicates, recorded)
         await aupdate_progress_artifact(progress, 100.0)
 
     summary.outcomes = dict(
@@ -239,6 +274,7 @@ async def backfill_legacy_buckets(
     summary.created_objects = run.created_objects
     summary.bytes_copied = run.bytes_copied
     summary.sources_removed = run.sources_removed
+    summary.copies_recorded = run.copies_recorded
     await acreate_markdown_artifact(
         run_markdown(plan, summary, run.records),
         key="backfill-report",
@@ -262,37 +298,75 @@ async def backfill_legacy_buckets(
     return summary
 
 
+async def _forget_removed_copies(plan: RollbackPlan, removed: set[str], settings: Settings) -> None:
+    """Delete the ``backfilled_objects`` rows of the targets the rollback removed."""
+    if settings.database_dsn is None:
+        return
+    copies = [
+        (e.state.source_bucket, e.state.source_path, bucket, e.state.target_path)
+        for bucket, entries in plan.entries.items()
+        for e in entries
+        if e.state.target_path and f"{bucket}/{e.state.target_path}" in removed
+    ]
+    if copies:
+        forget = with_settings_retries(forget_backfilled_copies, settings)
+        await forget(settings.database_dsn.get_secret_value(), copies)
+
+
 @flow(name="rollback-backfill", flow_run_name="rollback-backfill")
-async def rollback_backfill(manifest_path: str, dry_run: bool = True) -> RollbackSummary:
+async def rollback_backfill(
+    manifest_path: str | None = None, dry_run: bool = True
+) -> RollbackSummary:
     """Remove exactly the objects the backfill created, as its manifest records them.
 
+    Each object is compared with what the backfill wrote (MD5 ETag or SHA-256) before it goes.
     Pre-existing targets and thumbnails stay; so do copies whose source was removed (they are
-    the only copy now) and copies whose size changed since (someone else wrote there).
+    the only copy now) and objects holding other bytes (someone else wrote there), which are
+    listed as conflicts. With a database, the removed copies' ``backfilled_objects`` rows go.
 
     Args:
-        manifest_path: The backfill's manifest.
+        manifest_path: The backfill's manifest; default that of a backfill into
+            ``workspace-temp`` (``{home}/backfill/workspace-temp.manifest.jsonl``).
         dry_run: Only report what would be removed.
     """
     logger = get_run_logger()
     settings = get_runtime().settings
-    path = Path(manifest_path)
+    path = (
+        Path(manifest_path)
+        if manifest_path
+        else default_manifest_path(settings, DEFAULT_TARGET_BUCKET)
+    )
     if not path.is_file():
         raise FileNotFoundError(f"No backfill manifest at {path}")
     manifest = load_manifest(path)
-    plan = await plan_rollback(manifest, TargetProber.from_settings(settings, LIST_CONCURRENCY))
+    hash_task = with_settings_retries(hash_contents, settings)
+
+    async def hasher(checks: list[ContentCheck]) -> list[str | None]:
+        hashes: list[str | None] = await hash_task(checks, LIST_CONCURRENCY)
+        return hashes
+
+    plan = await plan_rollback(
+        manifest, TargetProber.from_settings(settings, LIST_CONCURRENCY), hasher
+    )
     summary = RollbackSummary(
-        dry_run=dry_run, manifest_path=str(path), removed=plan.to_remove, kept=plan.kept
+        dry_run=dry_run,
+        manifest_path=str(path),
+        removed=plan.to_remove,
+        kept=plan.kept,
+        conflicts=plan.conflicts,
     )
     if not dry_run:
         remove = with_settings_retries(remove_objects, settings)
         with ManifestWriter(manifest, run_id=_flow_run_id()) as writer:
             summary.removed = await apply_rollback(plan, writer, remove)
+        await _forget_removed_copies(plan, set(summary.removed), settings)
     logger.info(
-        "Rollback%s: %d object(s) %s, %d kept.",
+        "Rollback%s: %d object(s) %s, %d kept (%d conflict(s)).",
         " dry run" if dry_run else "",
         len(summary.removed),
         "would be removed" if dry_run else "removed",
         len(summary.kept),
+        len(summary.conflicts),
     )
     await acreate_markdown_artifact(
         rollback_markdown(summary),

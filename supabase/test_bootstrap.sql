@@ -9,7 +9,9 @@
 --     the way PostgREST and the storage server set them;
 --   * schema storage with minimal storage.buckets and storage.objects (RLS enabled) and
 --     storage.foldername(name);
---   * Supabase's default privileges in schema public and an empty supabase_realtime publication.
+--   * Supabase's default privileges in schema public and an empty supabase_realtime publication;
+--   * minimal public.character_scenes and public.conversations, the backend's tables whose
+--     references the workspace cleanup respects.
 --
 -- Idempotent: roles are cluster-wide and survive the per-test databases, and the whole file may
 -- be applied twice.
@@ -142,3 +144,16 @@ begin
   end if;
 end
 $$;
+
+-- Backend tables the workspace cleanup reads (contract section 8) --------------------------
+-- Minimal stand-ins for the backend's own tables, which no migration here creates: only the
+-- columns that may hold a workspace-temp path or a signed URL to one.
+create table if not exists public.character_scenes (
+  id uuid primary key default gen_random_uuid(),
+  image_url text
+);
+
+create table if not exists public.conversations (
+  id uuid primary key default gen_random_uuid(),
+  last_scene_image text
+);

@@ -6,7 +6,7 @@ One line per event, appended and flushed as it happens, never rewritten::
      "source_bucket": "sdxl_image_fast", "source_path": "<user>/sdxl_<job>_1754550000_2.png",
      "target_bucket": "workspace-temp", "target_path": "<user>/<job>/1.png",
      "thumbnail_path": "<user>/<job>/1.thumb.webp", "size": 1834, "sha256": "<hex>",
-     "md5": "<hex>", "content_type": "image/png", "method": "upload",
+     "md5": "<hex>", "thumbnail_sha256": "<hex>", "content_type": "image/png", "method": "upload",
      "created_target": true, "created_thumbnail": true, "thumbnail_undecodable": false,
      "target_preexisting": null, "thumbnail_preexisting": null, "detail": null}
 
@@ -14,13 +14,15 @@ Outcomes: ``started`` (written before any write to the target: it says whether t
 its thumbnail already existed, so an interrupted run still knows what it created),
 ``copied`` (target written and verified), ``already_present`` (the target already held the same
 bytes), ``duplicate`` (same bytes as another source of the same asset, which was copied),
-``conflict`` (the target holds other bytes; left alone), ``collision`` (sources of one asset
+``conflict`` (the target holds other bytes, also when they replaced a verified copy; left
+alone), ``collision`` (sources of one asset
 differ; none copied), ``refused`` (storage refused for good: MIME type, size, source gone),
 ``failed`` (still failing after the retries), ``unmappable``, ``source_removed``,
 ``rolled_back`` and ``rollback_skipped``.
 
 Folding the lines in order gives each source's :class:`EntryState`; a later run skips sources
-whose state is verified while the target is still there with the recorded size.
+whose state is verified while the target is still there with the recorded size and MD5, and
+never overwrites the target of a source verified once (other bytes there are a conflict).
 """
 
 from __future__ import annotations
@@ -59,6 +61,16 @@ VERIFIED_OUTCOMES: frozenset[str] = frozenset({"copied", "already_present", "dup
 """Outcomes after which the target holds exactly the source's bytes."""
 
 _UNFINISHED_OUTCOMES = frozenset({"started", "failed"})
+_CARRIED_FIELDS = (
+    "target_bucket",
+    "target_path",
+    "thumbnail_path",
+    "size",
+    "sha256",
+    "md5",
+    "thumbnail_sha256",
+)
+"""Fields a record sets only when it knows them; a later record without them keeps them."""
 
 
 def utc_now() -> datetime:
@@ -81,6 +93,7 @@ class ManifestRecord(BaseModel):
     size: int | None = None
     sha256: str | None = None
     md5: str | None = None
+    thumbnail_sha256: str | None = None
     content_type: str | None = None
     method: str | None = None
     created_target: bool = False
@@ -113,12 +126,14 @@ class EntryState:
     size: int | None = None
     sha256: str | None = None
     md5: str | None = None
+    thumbnail_sha256: str | None = None
     created_target: bool = False
     created_thumbnail: bool = False
     thumbnail_undecodable: bool = False
     target_preexisting: bool | None = None
     thumbnail_preexisting: bool | None = None
     source_removed: bool = False
+    verified_once: bool = False
     detail: str | None = None
 
     @property
@@ -150,14 +165,14 @@ class EntryState:
             self.detail = record.detail
             return
         if record.outcome == "rolled_back":
-            self.created_target = self.created_thumbnail = False
+            self.created_target = self.created_thumbnail = self.verified_once = False
             self.target_preexisting = self.thumbnail_preexisting = None
             self.outcome = "rolled_back"
             self.detail = record.detail
             return
         self.outcome = record.outcome
         self.detail = record.detail
-        for name in ("target_bucket", "target_path", "thumbnail_path", "size", "sha256", "md5"):
+        for name in _CARRIED_FIELDS:
             value = getattr(record, name)
             if value is not None:
                 setattr(self, name, value)
@@ -167,6 +182,7 @@ class EntryState:
         self.created_target = self.created_target or record.created_target
         self.created_thumbnail = self.created_thumbnail or record.created_thumbnail
         if record.outcome in VERIFIED_OUTCOMES:
+            self.verified_once = True
             self.thumbnail_undecodable = record.thumbnail_undecodable
             if record.thumbnail_path is None:
                 self.thumbnail_path = None

@@ -34,6 +34,7 @@ class BackfillSummary(BaseModel):
     created_objects: int = 0
     bytes_copied: int = 0
     sources_removed: int = 0
+    copies_recorded: int = 0
 
 
 class RollbackSummary(BaseModel):
@@ -43,6 +44,7 @@ class RollbackSummary(BaseModel):
     manifest_path: str
     removed: list[str] = Field(default_factory=list)
     kept: dict[str, str] = Field(default_factory=dict)
+    conflicts: list[str] = Field(default_factory=list)
 
 
 def _cell(value: object) -> str:
@@ -75,6 +77,7 @@ def summary_table(summary: BackfillSummary) -> str:
         ("verified in an earlier run", summary.verified_earlier),
         ("objects created (copies and thumbnails)", summary.created_objects),
         ("bytes copied", summary.bytes_copied),
+        ("copies recorded in backfilled_objects", summary.copies_recorded),
         ("sources removed", summary.sources_removed),
         ("missing buckets", ", ".join(summary.missing_buckets) or "none"),
         ("buckets that failed to list", len(summary.failed_buckets)),
@@ -171,7 +174,9 @@ def rollback_markdown(summary: RollbackSummary) -> str:
             [
                 f"# Backfill rollback ({mode})",
                 f"Manifest: `{summary.manifest_path}`",
-                f"{len(summary.removed)} object(s) {verb}; {len(summary.kept)} kept.",
+                f"{len(summary.removed)} object(s) {verb}; {len(summary.kept)} kept, "
+                f"{len(summary.conflicts)} of them conflicts (other bytes than the backfill "
+                "wrote).",
                 "## Removed" if not summary.dry_run else "## To remove",
                 table(("object",), ((path,) for path in summary.removed)),
                 "## Kept",

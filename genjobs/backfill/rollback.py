@@ -1,19 +1,28 @@
-"""Undoing a backfill: exactly the objects its manifest says it created, nothing else.
+"""Undoing a backfill: exactly the objects its manifest says it created, with the bytes it wrote.
 
 A source's target (and thumbnail) belongs to the backfill when a record says it created it, or
-when an unfinished attempt found no object there before writing. Kept, with the reason: objects
-whose source the backfill removed (they are the only copy now), verified targets whose size has
-changed since (someone else wrote there) and objects in folders that could not be listed.
+when an unfinished attempt found no object there before writing. Before one goes, its content
+is compared with what the backfill wrote: the target's MD5 ETag against the recorded MD5 where
+the store lists one, else the SHA-256 of its downloaded bytes against the recorded SHA-256 (or,
+for an attempt that recorded none, the source's); a thumbnail's SHA-256 against the recorded
+one (or the thumbnail the source makes). Kept, with the reason: objects whose source the
+backfill removed (they are the only copy now), conflicts (other bytes than the backfill wrote:
+someone else wrote there), objects whose expected content cannot be told, and objects in
+folders that could not be listed.
 """
 
 from __future__ import annotations
 
+import re
 from collections import defaultdict
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import Any
 
 from genjobs.backfill.manifest import EntryState, Manifest, ManifestRecord, ManifestWriter, Outcome
 from genjobs.backfill.runner import TargetProber
+from genjobs.backfill.transfer import ContentCheck
+from genjobs.storage.base import ObjectInfo
 
 REMOVE_CHUNK = 100
 """Sources whose objects are removed per request."""
@@ -34,6 +43,7 @@ class RollbackPlan:
 
     entries: dict[str, list[RollbackEntry]] = field(default_factory=dict)
     kept: dict[str, str] = field(default_factory=dict)
+    conflicts: list[str] = field(default_factory=list)
 
     @property
     def to_remove(self) -> list[str]:
@@ -75,33 +85,93 @@ def _folder(path: str) -> str:
     return path.rsplit("/", 1)[0] + "/"
 
 
-async def plan_rollback(manifest: Manifest, prober: TargetProber) -> RollbackPlan:
-    """Check what the backfill owns against what is there now."""
+_MD5_HEX = re.compile(r"^[0-9a-f]{32}$")
+
+Hasher = Callable[[list[ContentCheck]], Awaitable[list[str | None]]]
+"""SHA-256 of each object (or of the thumbnail it makes), None for one that is gone."""
+
+
+@dataclass(frozen=True)
+class _Judged:
+    """One owned object present now: how to learn its content and what it should be."""
+
+    path: str
+    md5_matches: bool | None
+    actual: ContentCheck | None
+    expected: str | ContentCheck | None
+
+
+def _judge_target(bucket: str, state: EntryState, info: ObjectInfo) -> _Judged:
+    path = info.path
+    if info.etag and state.md5 and _MD5_HEX.match(info.etag):
+        return _Judged(path, info.etag == state.md5, None, None)
+    expected: str | ContentCheck = state.sha256 or ContentCheck(
+        state.source_bucket, state.source_path
+    )
+    return _Judged(path, None, ContentCheck(bucket, path), expected)
+
+
+def _judge_thumbnail(bucket: str, state: EntryState, info: ObjectInfo) -> _Judged:
+    expected: str | ContentCheck = state.thumbnail_sha256 or ContentCheck(
+        state.source_bucket, state.source_path, thumbnail_of=True
+    )
+    return _Judged(info.path, None, ContentCheck(bucket, info.path), expected)
+
+
+def _verdict(judged: _Judged, hashes: dict[ContentCheck, str | None]) -> str | None:
+    """None when the object holds what the backfill wrote, else why it stays."""
+    if judged.md5_matches is not None:
+        return None if judged.md5_matches else "conflict: its MD5 differs from the recorded copy"
+    assert judged.actual is not None
+    actual = hashes.get(judged.actual)
+    expected = judged.expected
+    wanted = hashes.get(expected) if isinstance(expected, ContentCheck) else expected
+    if actual is None:
+        return "gone"
+    if wanted is None:
+        return "no recorded hash and its source cannot be read, so its content cannot be told"
+    if actual != wanted:
+        return f"conflict: its bytes (sha256 {actual[:12]}) differ from what the backfill wrote"
+    return None
+
+
+async def plan_rollback(manifest: Manifest, prober: TargetProber, hasher: Hasher) -> RollbackPlan:
+    """Check what the backfill owns against what is there now, by content."""
     owned, kept = owned_objects(manifest)
     plan = RollbackPlan(kept=kept)
     for bucket, states in owned.items():
         folders = sorted({_folder(p) for _, paths in states for p in paths})
         existing, unknown = await prober(bucket, folders)
+        judged: list[tuple[RollbackEntry, _Judged]] = []
         entries = plan.entries.setdefault(bucket, [])
         for state, paths in states:
             entry = RollbackEntry(state)
+            entries.append(entry)
             for path in paths:
                 error = unknown.get(_folder(path))
                 info = existing.get(path)
-                recorded = state.size if state.created_target else None
                 if error is not None:
                     entry.kept_because = f"could not be listed ({error}); run the rollback again"
-                elif info is None:
-                    continue
-                elif path == state.target_path and recorded not in (None, info.size):
-                    entry.kept_because = (
-                        f"changed since the backfill ({info.size} bytes, {recorded} recorded)"
-                    )
-                else:
-                    entry.remove.append(path)
-                    continue
-                plan.kept[f"{bucket}/{path}"] = entry.kept_because
-            entries.append(entry)
+                    plan.kept[f"{bucket}/{path}"] = entry.kept_because
+                elif info is not None and path == state.target_path:
+                    judged.append((entry, _judge_target(bucket, state, info)))
+                elif info is not None:
+                    judged.append((entry, _judge_thumbnail(bucket, state, info)))
+        checks = sorted(
+            {c for _, j in judged for c in (j.actual, j.expected) if isinstance(c, ContentCheck)},
+            key=lambda c: (c.bucket, c.path, c.thumbnail_of),
+        )
+        hashes = dict(zip(checks, await hasher(checks), strict=True)) if checks else {}
+        for entry, one in judged:
+            reason = _verdict(one, hashes)
+            if reason is None:
+                entry.remove.append(one.path)
+            elif reason != "gone":
+                entry.kept_because = reason
+                plan.kept[f"{bucket}/{one.path}"] = reason
+                if reason.startswith("conflict"):
+                    plan.conflicts.append(f"{bucket}/{one.path}")
+    plan.conflicts.sort()
     return plan
 
 

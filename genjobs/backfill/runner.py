@@ -1,10 +1,12 @@
 """One real backfill run: everything between the plan and the report, batch by batch.
 
 For each batch the target folders are listed first; a source whose manifest state is verified
-and whose target is still there with the recorded size is skipped. Every other source gets a
-``started`` record (saying whether its target and thumbnail already existed) before anything is
-written, then the batch is copied in one task; sources that hit a transient error are retried
-one by one in their own tasks. Each outcome lands in the manifest as it comes back.
+and whose target is still there with the recorded size and MD5 ETag is skipped. Every other
+source gets a ``started`` record (saying whether its target and thumbnail already existed)
+before anything is written, then the batch is copied in one task; sources that hit a transient
+error are retried one by one in their own tasks. Each outcome lands in the manifest as it comes
+back. With a database, the verified copies of each batch are then recorded in
+``public.backfilled_objects``, and only recorded sources may be removed.
 """
 
 from __future__ import annotations
@@ -31,9 +33,11 @@ from genjobs.backfill.steps import (
     fingerprint_sources,
     probe_target,
     probe_targets,
+    record_backfilled_copies,
     remove_objects,
 )
 from genjobs.backfill.transfer import CopyOrder, CopyOutcome, Fingerprint, Listing, job_prefix_of
+from genjobs.db.backfilled_objects import BackfilledCopy
 from genjobs.settings import Settings
 from genjobs.storage.base import ObjectInfo
 from tasks.naming import with_settings_retries
@@ -106,9 +110,10 @@ def verified_earlier(
 ) -> bool:
     """The manifest says this source was verified and its target is still there, unchanged.
 
-    Unchanged means the listed size matches the recorded one (and the listed ETag the recorded
-    MD5, where the store reports a plain MD5 ETag). A missing thumbnail sends the source round
-    again unless its bytes could not be decoded.
+    Unchanged means the listed size and MD5 ETag match the recorded ones. Where the store
+    reports no plain MD5 ETag the source goes round again, and the copy step compares the
+    target's bytes (it never overwrites a verified copy's target). A missing thumbnail sends
+    the source round again unless its bytes could not be decoded.
     """
     if state is None or not state.verified or target is None:
         return False
@@ -116,7 +121,9 @@ def verified_earlier(
         return False
     if target.size != state.size:
         return False
-    if target.etag and state.md5 and _MD5_HEX.match(target.etag) and target.etag != state.md5:
+    if not (target.etag and state.md5 and _MD5_HEX.match(target.etag)):
+        return False
+    if target.etag != state.md5:
         return False
     return thumbnail is not None or state.thumbnail_undecodable
 
@@ -131,11 +138,13 @@ class BackfillRun:
     concurrency: int
     max_objects_per_second: float | None
     cross_bucket_server_copy: bool
+    dsn: str | None = None
     records: list[ManifestRecord] = field(default_factory=list)
     verified_earlier: int = 0
     created_objects: int = 0
     bytes_copied: int = 0
     sources_removed: int = 0
+    copies_recorded: int = 0
 
     def __post_init__(self) -> None:
         self.prober = TargetProber.from_settings(self.settings, self.concurrency)
@@ -143,6 +152,7 @@ class BackfillRun:
         self.retry_task = with_settings_retries(copy_object, self.settings)
         self.remove_task = with_settings_retries(remove_objects, self.settings)
         self.fingerprint_task = with_settings_retries(fingerprint_sources, self.settings)
+        self.record_task = with_settings_retries(record_backfilled_copies, self.settings)
 
     @property
     def manifest(self) -> Manifest:
@@ -274,6 +284,7 @@ class BackfillRun:
             target_preexisting=target is not None and not ours_target,
             thumbnail_preexisting=thumbnail is not None and not ours_thumbnail,
             server_copy=self.server_copy_for(item),
+            verified_before=state is not None and state.verified_once,
         )
         self.append(
             record_for(
@@ -323,6 +334,7 @@ class BackfillRun:
                 created_target=outcome.created_target,
                 created_thumbnail=outcome.created_thumbnail,
                 thumbnail_undecodable=outcome.thumbnail_undecodable,
+                thumbnail_sha256=outcome.thumbnail_sha256,
                 detail=outcome.detail,
                 **_fingerprint_fields(outcome.fingerprint),
             )
@@ -365,12 +377,44 @@ class BackfillRun:
             verified.append(item)
         return verified
 
-    async def remove_sources(self, items: list[PlannedCopy]) -> None:
-        """Delete verified sources (never anything else), recording each removal."""
+    def _backfilled_copy(self, item: PlannedCopy) -> BackfilledCopy | None:
+        state = self.manifest.state(item.key)
+        if state is None or not state.verified or state.source_removed:
+            return None
+        if None in (state.target_bucket, state.target_path, state.sha256, state.size):
+            return None
+        return BackfilledCopy(
+            source_bucket=item.source.bucket,
+            source_path=item.source.path,
+            target_bucket=str(state.target_bucket),
+            target_path=str(state.target_path),
+            thumbnail_path=state.thumbnail_path,
+            sha256=str(state.sha256),
+            size=int(state.size or 0),
+        )
+
+    async def record_copies(self, items: list[PlannedCopy]) -> set[str]:
+        """Record every verified copy of these sources in ``public.backfilled_objects``.
+
+        Returns the keys of the sources recorded (none without a database). A failure raises:
+        the sources stay, and a later run records them again.
+        """
+        if self.dsn is None:
+            return set()
+        copies = {item.key: c for item in items if (c := self._backfilled_copy(item)) is not None}
+        if copies:
+            await self.record_task(self.dsn, list(copies.values()))
+            self.copies_recorded += len(copies)
+        return set(copies)
+
+    async def remove_sources(self, items: list[PlannedCopy], recorded: set[str]) -> None:
+        """Delete verified sources whose copy is recorded (never anything else)."""
         by_bucket: dict[str, list[PlannedCopy]] = defaultdict(list)
         for item in items:
             state = self.manifest.state(item.key)
-            if state is not None and state.verified and not state.source_removed:
+            if item.key not in recorded or state is None:
+                continue
+            if state.verified and not state.source_removed:
                 by_bucket[item.source.bucket].append(item)
         for bucket, bucket_items in by_bucket.items():
             try:

@@ -18,15 +18,18 @@ from prefect.tasks import exponential_backoff
 
 from genjobs.backfill.plan import BucketInventory, PlannedCopy
 from genjobs.backfill.transfer import (
+    ContentCheck,
     CopyOrder,
     CopyOutcome,
     Fingerprint,
     Listing,
     backfill_single,
+    content_hashes,
     fingerprint,
     list_prefixes,
     run_copy_batch,
 )
+from genjobs.db.backfilled_objects import BackfilledCopy, forget_copies, record_copies
 from genjobs.errors import StorageError
 from genjobs.runtime import get_runtime
 from genjobs.storage.base import ObjectInfo
@@ -143,3 +146,21 @@ async def remove_objects(bucket: str, paths: list[str]) -> list[str]:
     removed = await asyncio.to_thread(get_runtime().storage.remove, bucket, paths)
     get_run_logger().info("Removed %d of %d object(s) from %s.", len(removed), len(paths), bucket)
     return removed
+
+
+@task(name="record-backfilled-copies", **RETRY_OPTIONS)
+async def record_backfilled_copies(dsn: str, copies: list[BackfilledCopy]) -> int:
+    """Write the verified copies into ``public.backfilled_objects``; returns how many."""
+    return await asyncio.to_thread(record_copies, dsn, copies)
+
+
+@task(name="forget-backfilled-copies", **RETRY_OPTIONS)
+async def forget_backfilled_copies(dsn: str, copies: list[tuple[str, str, str, str]]) -> None:
+    """Delete the ``backfilled_objects`` rows of copies a rollback removed."""
+    await asyncio.to_thread(forget_copies, dsn, copies)
+
+
+@task(name="hash-contents", **RETRY_OPTIONS)
+async def hash_contents(checks: list[ContentCheck], concurrency: int) -> list[str | None]:
+    """The SHA-256 of each object (or of the thumbnail it makes); None for one that is gone."""
+    return await asyncio.to_thread(content_hashes, get_runtime().storage, checks, concurrency)

@@ -174,6 +174,7 @@ class ThumbnailResult:
     created: bool
     error: str | None = None
     undecodable: bool = False
+    sha256: str | None = None
 
 
 def write_thumbnail(storage: StorageBackend, item: PlannedCopy) -> ThumbnailResult:
@@ -196,7 +197,9 @@ def write_thumbnail(storage: StorageBackend, item: PlannedCopy) -> ThumbnailResu
         return ThumbnailResult(
             path=None, created=False, error=f"The thumbnail was refused: {exc.message}"
         )
-    return ThumbnailResult(path=item.thumbnail_path, created=True)
+    return ThumbnailResult(
+        path=item.thumbnail_path, created=True, sha256=hashlib.sha256(webp).hexdigest()
+    )
 
 
 @dataclass(frozen=True)
@@ -208,12 +211,20 @@ class CopyOrder:
         target_preexisting: The target existed and is not the backfill's own work.
         thumbnail_preexisting: The thumbnail existed and is not the backfill's own work.
         server_copy: Let the server copy the bytes.
+        verified_before: An earlier run verified this copy, so other bytes at the target now
+            were written by someone else: a conflict, never overwritten.
     """
 
     item: PlannedCopy
     target_preexisting: bool
     thumbnail_preexisting: bool
     server_copy: bool = False
+    verified_before: bool = False
+
+    @property
+    def may_overwrite(self) -> bool:
+        """Other bytes at the target may be replaced: they are this backfill's unfinished work."""
+        return not (self.target_preexisting or self.verified_before)
 
 
 @dataclass(frozen=True)
@@ -236,6 +247,7 @@ class CopyOutcome:
     created_thumbnail: bool = False
     thumbnail_written: bool = False
     thumbnail_undecodable: bool = False
+    thumbnail_sha256: str | None = None
     transient: bool = False
     detail: str | None = None
     server_copy_refused: bool = False
@@ -289,7 +301,7 @@ def backfill_object(
         storage,
         item,
         target_exists=target_there,
-        may_overwrite=not order.target_preexisting,
+        may_overwrite=order.may_overwrite,
         server_copy=order.server_copy,
     )
     base = {
@@ -304,10 +316,11 @@ def backfill_object(
     thumb_path: str | None = item.thumbnail_path
     created_thumb = item.thumbnail_path in existing and not order.thumbnail_preexisting
     thumb_written = undecodable = False
+    thumb_sha: str | None = None
     if item.thumbnail_path not in existing:
         made = write_thumbnail(storage, item)
         thumb_path, created_thumb, thumb_written = made.path, made.created, made.created
-        undecodable = made.undecodable
+        undecodable, thumb_sha = made.undecodable, made.sha256
         if made.error:
             base["detail"] = f"no thumbnail: {made.error}"
     return CopyOutcome(
@@ -319,6 +332,7 @@ def backfill_object(
         created_thumbnail=created_thumb,
         thumbnail_written=thumb_written,
         thumbnail_undecodable=undecodable,
+        thumbnail_sha256=thumb_sha,
         **base,  # type: ignore[arg-type]
     )
 
@@ -378,3 +392,43 @@ def run_copy_batch(
         return []
     with ThreadPoolExecutor(max_workers=max(1, min(concurrency, len(orders)))) as pool:
         return list(pool.map(one, orders))
+
+
+@dataclass(frozen=True)
+class ContentCheck:
+    """An object whose SHA-256 a rollback needs: of its bytes, or of the thumbnail they make."""
+
+    bucket: str
+    path: str
+    thumbnail_of: bool = False
+
+
+def _is_video(path: str) -> bool:
+    extension = path.rsplit(".", 1)[-1].lower()
+    return MIME_BY_EXTENSION.get(extension, "").startswith("video/")
+
+
+def content_sha256(storage: StorageBackend, check: ContentCheck) -> str | None:
+    """The object's SHA-256 (or that of the thumbnail made from it); None when it is gone.
+
+    A thumbnail of undecodable bytes is None too. Retryable storage errors are raised.
+    """
+    data = _read_optional(storage, check.bucket, check.path)
+    if data is None:
+        return None
+    if not check.thumbnail_of:
+        return hashlib.sha256(data).hexdigest()
+    try:
+        return hashlib.sha256(make_thumbnail(data, _is_video(check.path))).hexdigest()
+    except ThumbnailError:
+        return None
+
+
+def content_hashes(
+    storage: StorageBackend, checks: list[ContentCheck], concurrency: int
+) -> list[str | None]:
+    """:func:`content_sha256` of each check, ``concurrency`` at a time, in order."""
+    if not checks:
+        return []
+    with ThreadPoolExecutor(max_workers=max(1, min(concurrency, len(checks)))) as pool:
+        return list(pool.map(lambda check: content_sha256(storage, check), checks))

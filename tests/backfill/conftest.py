@@ -8,20 +8,26 @@ from __future__ import annotations
 
 import hashlib
 import io
+import json
 import os
 import uuid
 from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
+from typing import Any
 
 import pytest
 from PIL import Image
+from prefect.client.orchestration import get_client
+from prefect.client.schemas.filters import ArtifactFilter, ArtifactFilterFlowRunId
 from pydantic import SecretStr
 
 from genjobs.devserver.storage_standin import StorageStandIn
 from genjobs.runtime import Runtime, set_runtime
 from genjobs.settings import Settings
+from genjobs.storage.local import LocalFolderStorage
 from genjobs.storage.supabase import SupabaseStorage
 
 JWT_SECRET = "backfill-tests-jwt-secret-0123456789abcdef"
@@ -337,15 +343,41 @@ def make_runtime(standin: StorageStandIn, home: Path, **settings: object) -> Run
     )
 
 
+@contextmanager
+def installed_runtime(standin: StorageStandIn, home: Path, **settings: object) -> Iterator[Runtime]:
+    """:func:`make_runtime`, installed for the flows while the block runs."""
+    runtime = make_runtime(standin, home, **settings)
+    set_runtime(runtime)
+    try:
+        yield runtime
+    finally:
+        set_runtime(None)
+        assert isinstance(runtime.storage, SupabaseStorage)
+        runtime.storage.close()
+
+
+@contextmanager
+def local_runtime(storage: LocalFolderStorage, home: Path) -> Iterator[Runtime]:
+    """The local folder backend installed for the flows while the block runs."""
+    runtime = Runtime(
+        settings=Settings(home=home, upload_retry_base_seconds=0.01),  # type: ignore[call-arg]
+        storage=storage,
+        callback_url=None,
+        callback_secret=None,
+        callback_bearer=None,
+    )
+    set_runtime(runtime)
+    try:
+        yield runtime
+    finally:
+        set_runtime(None)
+
+
 @pytest.fixture
 def backfill_runtime(standin: StorageStandIn, tmp_path: Path) -> Iterator[Runtime]:
     """The Supabase backend on the seeded stand-in, installed for the flows."""
-    runtime = make_runtime(standin, tmp_path)
-    set_runtime(runtime)
-    yield runtime
-    set_runtime(None)
-    assert isinstance(runtime.storage, SupabaseStorage)
-    runtime.storage.close()
+    with installed_runtime(standin, tmp_path) as runtime:
+        yield runtime
 
 
 def snapshot(standin: StorageStandIn) -> dict[tuple[str, str], tuple[str, str]]:
@@ -359,8 +391,8 @@ def snapshot(standin: StorageStandIn) -> dict[tuple[str, str], tuple[str, str]]:
     return found
 
 
-@pytest.fixture(scope="session")
-def project_db() -> Iterator[str]:
+@contextmanager
+def migrated_database(prefix: str) -> Iterator[str]:
     """A fresh migrated database on the server named by GENJOBS_TEST_PG_DSN (else skipped)."""
     admin_dsn = os.environ.get("GENJOBS_TEST_PG_DSN")
     if not admin_dsn:
@@ -371,7 +403,7 @@ def project_db() -> Iterator[str]:
 
     from genjobs.db.migrations import apply_migrations
 
-    name = f"genjobs_backfill_{uuid.uuid4().hex[:12]}"
+    name = f"{prefix}_{uuid.uuid4().hex[:12]}"
     with psycopg.connect(admin_dsn, autocommit=True) as admin:
         admin.execute(sql.SQL("create database {}").format(sql.Identifier(name)))
     dsn = make_conninfo(admin_dsn, dbname=name)
@@ -383,3 +415,69 @@ def project_db() -> Iterator[str]:
             admin.execute(
                 sql.SQL("drop database if exists {} with (force)").format(sql.Identifier(name))
             )
+
+
+@pytest.fixture(scope="session")
+def project_db() -> Iterator[str]:
+    """A migrated database shared by the session's tests."""
+    with migrated_database("genjobs_backfill") as dsn:
+        yield dsn
+
+
+@pytest.fixture
+def own_db() -> Iterator[str]:
+    """A migrated database of this test's own."""
+    with migrated_database("genjobs_backfill_own") as dsn:
+        yield dsn
+
+
+@pytest.fixture
+def db_backfill_runtime(standin: StorageStandIn, own_db: str, tmp_path: Path) -> Iterator[Runtime]:
+    """:func:`backfill_runtime` with the test's own project database configured."""
+    with installed_runtime(standin, tmp_path, database_dsn=SecretStr(own_db)) as runtime:
+        yield runtime
+
+
+def backfilled_rows(dsn: str) -> dict[str, tuple[str, str, int]]:
+    """``backfilled_objects``: source key -> (target path, sha256, size)."""
+    import psycopg
+
+    with psycopg.connect(dsn) as conn:
+        rows = conn.execute(
+            "select source_bucket, source_path, target_path, sha256, size_bytes "
+            "from public.backfilled_objects"
+        ).fetchall()
+    return {f"{b}/{p}": (t, sha, size) for b, p, t, sha, size in rows}
+
+
+async def artifact_markdown(state: Any, key: str) -> str:
+    """The markdown of the artifact ``key`` of a finished flow run's state."""
+    async with get_client() as client:
+        artifacts = await client.read_artifacts(
+            artifact_filter=ArtifactFilter(
+                flow_run_id=ArtifactFilterFlowRunId(any_=[state.state_details.flow_run_id])
+            )
+        )
+    found = [a for a in artifacts if a.key == key]
+    assert found, [a.key for a in artifacts]
+    return str(found[0].data)
+
+
+def records(manifest: Path) -> list[dict[str, Any]]:
+    """Every complete line of the manifest."""
+    text = manifest.read_text() if manifest.exists() else ""
+    return [json.loads(line) for line in text.splitlines(keepends=True) if line.endswith("\n")]
+
+
+def target_bucket_objects(standin: StorageStandIn) -> dict[str, tuple[bytes, str]]:
+    found = {}
+    for name in standin.object_names(TARGET):
+        obj = standin.get_object(TARGET, name)
+        assert obj is not None
+        found[name] = (obj.data, obj.content_type)
+    return found
+
+
+async def final_state(flow_function: Any, **parameters: Any) -> Any:
+    """Run a flow and return its final state (not its result)."""
+    return await flow_function(return_state=True, **parameters)

@@ -8,8 +8,8 @@ bucket, duplicates, collisions, undecodable bytes, targets that already exist).
 from __future__ import annotations
 
 import asyncio
+import hashlib
 import io
-import json
 import subprocess
 import sys
 import time
@@ -19,15 +19,12 @@ from typing import Any
 
 import pytest
 from PIL import Image
-from prefect.client.orchestration import get_client
-from prefect.client.schemas.filters import ArtifactFilter, ArtifactFilterFlowRunId
 from pydantic import SecretStr
 
-from flows.backfill import backfill_legacy_buckets, rollback_backfill
+from flows.backfill import BackfillRefused, backfill_legacy_buckets, rollback_backfill
 from genjobs.backfill.manifest import ManifestRecord, ManifestWriter, load_manifest
 from genjobs.devserver.storage_standin import StorageStandIn
 from genjobs.runtime import Runtime, set_runtime
-from genjobs.settings import Settings
 from genjobs.storage.local import LocalFolderStorage
 from genjobs.storage.supabase import SupabaseStorage
 from tests.backfill.conftest import (
@@ -35,11 +32,17 @@ from tests.backfill.conftest import (
     TARGET,
     VIDEO_SIZE,
     LegacySeed,
+    artifact_markdown,
+    backfilled_rows,
+    final_state,
     frame_level,
+    local_runtime,
     make_runtime,
     png_bytes,
+    records,
     seed_uuid,
     snapshot,
+    target_bucket_objects,
 )
 
 pytestmark = pytest.mark.usefixtures("prefect_api")
@@ -48,27 +51,12 @@ REPO = Path(__file__).resolve().parents[2]
 WRITE_METHODS = ("POST", "PUT", "DELETE")
 
 
-def records(manifest: Path) -> list[dict[str, Any]]:
-    """Every complete line of the manifest."""
-    text = manifest.read_text() if manifest.exists() else ""
-    return [json.loads(line) for line in text.splitlines(keepends=True) if line.endswith("\n")]
-
-
 def last_outcomes(manifest: Path) -> dict[str, str]:
     """Source key -> outcome of its last record (removals and rollbacks aside)."""
     found: dict[str, str] = {}
     for record in records(manifest):
         if record["outcome"] not in ("source_removed", "rolled_back", "rollback_skipped"):
             found[f"{record['source_bucket']}/{record['source_path']}"] = record["outcome"]
-    return found
-
-
-def target_bucket_objects(standin: StorageStandIn) -> dict[str, tuple[bytes, str]]:
-    found = {}
-    for name in standin.object_names(TARGET):
-        obj = standin.get_object(TARGET, name)
-        assert obj is not None
-        found[name] = (obj.data, obj.content_type)
     return found
 
 
@@ -109,23 +97,6 @@ def assert_backfilled(standin: StorageStandIn, seed: LegacySeed) -> None:
     middle = poster.getpixel((poster.width // 2, poster.height // 2))
     assert isinstance(middle, int)
     assert abs(middle - frame_level(4)) < 20, middle
-
-
-async def final_state(flow_function: Any, **parameters: Any) -> Any:
-    """Run a flow and return its final state (not its result)."""
-    return await flow_function(return_state=True, **parameters)
-
-
-async def artifact_markdown(state: Any, key: str) -> str:
-    async with get_client() as client:
-        artifacts = await client.read_artifacts(
-            artifact_filter=ArtifactFilter(
-                flow_run_id=ArtifactFilterFlowRunId(any_=[state.state_details.flow_run_id])
-            )
-        )
-    found = [a for a in artifacts if a.key == key]
-    assert found, [a.key for a in artifacts]
-    return str(found[0].data)
 
 
 async def test_dry_run_then_run_then_rerun_then_rollback(
@@ -275,8 +246,29 @@ async def test_faults_lose_nothing(
     assert_backfilled(standin, legacy_seed)
 
 
+async def test_delete_sources_needs_the_database(
+    standin: StorageStandIn, backfill_runtime: Runtime, tmp_path: Path
+) -> None:
+    manifest = tmp_path / "manifest.jsonl"
+    before = snapshot(standin)
+    standin.clear_requests()
+    state = await final_state(
+        backfill_legacy_buckets, dry_run=False, delete_sources=True, manifest_path=str(manifest)
+    )
+    assert state.is_failed()
+    with pytest.raises(BackfillRefused, match="GENJOBS_DATABASE_DSN"):
+        await state.result()
+    assert snapshot(standin) == before and writes_to_storage(standin) == []
+    assert not manifest.exists()
+
+
+@pytest.mark.postgres
 async def test_delete_sources_in_a_time_window(
-    standin: StorageStandIn, backfill_runtime: Runtime, legacy_seed: LegacySeed, tmp_path: Path
+    standin: StorageStandIn,
+    db_backfill_runtime: Runtime,
+    own_db: str,
+    legacy_seed: LegacySeed,
+    tmp_path: Path,
 ) -> None:
     manifest = tmp_path / "manifest.jsonl"
     since, until = SEED_START + timedelta(minutes=10), SEED_START + timedelta(minutes=100)
@@ -296,6 +288,10 @@ async def test_delete_sources_in_a_time_window(
     ]
     moved = [o for o in chosen if o.outcome == "copied"]
     assert moved and summary.sources_removed == len(moved)
+    assert summary.copies_recorded == len(moved)
+    assert backfilled_rows(own_db) == {
+        o.key: (o.target, hashlib.sha256(o.data).hexdigest(), len(o.data)) for o in moved
+    }
     assert summary.outside_window > 0 and summary.missing_buckets == ["videos"]
     for obj in legacy_seed.objects:
         still_there = standin.get_object(obj.bucket, obj.path) is not None
@@ -360,20 +356,11 @@ async def test_local_folder_backend(tmp_path: Path) -> None:
         storage.put("sdxl_image_fast", f"{user}/sdxl_{job}_1754550000_{n}.png", data, "image/png")
     storage.put("image_fast", f"{user}/notes.txt", b"hello", "text/plain")
     (tmp_path / "storage" / TARGET).mkdir()
-    set_runtime(
-        Runtime(
-            settings=Settings(home=tmp_path, upload_retry_base_seconds=0.01),  # type: ignore[call-arg]
-            storage=storage,
-            callback_url=None,
-            callback_secret=None,
-            callback_bearer=None,
-        )
-    )
-    try:
+    with local_runtime(storage, tmp_path):
         summary = await backfill_legacy_buckets(dry_run=False)
-    finally:
-        set_runtime(None)
+        planned = await rollback_backfill()
     assert summary.outcomes == {"copied": 2}
+    assert len(planned.removed) == 4 and planned.dry_run
     assert len(summary.missing_buckets) == 9 and summary.unmappable == 1
     assert storage.get(TARGET, f"{user}/{job}/0.png") == sources[1]
     assert storage.get(TARGET, f"{user}/{job}/1.png") == sources[2]

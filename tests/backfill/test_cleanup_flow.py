@@ -3,6 +3,7 @@ PostgreSQL is configured, the migrated project database)."""
 
 from __future__ import annotations
 
+import json
 import uuid
 from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
@@ -10,13 +11,21 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from prefect.exceptions import ParameterBindError
 from pydantic import SecretStr
 
-from flows.cleanup import cleanup_workspace
+from flows.cleanup import CleanupRefused, cleanup_workspace
+from genjobs.db.sql import DatabaseError
 from genjobs.devserver.storage_standin import StorageStandIn
-from genjobs.runtime import Runtime, set_runtime
-from genjobs.storage.supabase import SupabaseStorage
-from tests.backfill.conftest import TARGET, make_runtime, png_bytes, snapshot
+from genjobs.runtime import Runtime
+from tests.backfill.conftest import (
+    TARGET,
+    artifact_markdown,
+    final_state,
+    installed_runtime,
+    png_bytes,
+    snapshot,
+)
 
 pytestmark = pytest.mark.usefixtures("prefect_api")
 
@@ -67,94 +76,101 @@ def workspace(standin_server: StorageStandIn) -> Workspace:
 
 @pytest.fixture
 def cleanup_runtime(standin_server: StorageStandIn, tmp_path: Path) -> Iterator[Runtime]:
-    runtime = make_runtime(standin_server, tmp_path)
-    set_runtime(runtime)
-    yield runtime
-    set_runtime(None)
-    assert isinstance(runtime.storage, SupabaseStorage)
-    runtime.storage.close()
-
-
-async def final_state(flow_function: Any, **parameters: Any) -> Any:
-    """Run a flow and return its final state (not its result)."""
-    return await flow_function(return_state=True, **parameters)
+    with installed_runtime(standin_server, tmp_path) as runtime:
+        yield runtime
 
 
 def deletes(standin: StorageStandIn) -> list[str]:
     return [r.path for r in standin.requests if r.method == "DELETE"]
 
 
-async def test_cleanup_removes_only_expired_objects_of_its_bucket(
+async def test_cleanup_without_a_database_removes_nothing(
     workspace: Workspace, cleanup_runtime: Runtime
 ) -> None:
     standin = workspace.standin
     user = _uid()
-    for age in (7.5, 8, 30):
-        workspace.asset(user, age)
-    workspace.put(f"{_uid()}/{_uid()}_1754550000.png", 400)
+    old, old_thumb = workspace.asset(user, 9)
     workspace.asset(user, 1)
-    workspace.put(f"{user}/{_uid()}/0.png", 6.9)
-    for bucket in OTHER_BUCKETS:
-        workspace.put(f"{user}/old-{bucket}.png", 90, bucket=bucket)
+    workspace.put(f"{user}/{_uid()}_1754550000.png", 400)
     before = snapshot(standin)
     standin.clear_requests()
+
+    state = await final_state(cleanup_workspace, dry_run=False)
+    assert state.is_failed()
+    with pytest.raises(CleanupRefused, match="GENJOBS_DATABASE_DSN"):
+        await state.result()
+    assert snapshot(standin) == before and deletes(standin) == []
 
     dry_state = await final_state(cleanup_workspace)
     dry = await dry_state.result()
     assert snapshot(standin) == before and deletes(standin) == []
-    assert dry.dry_run and dry.listed == len(workspace.expired) + len(workspace.young)
-    assert (dry.expired, dry.removed) == (len(workspace.expired), len(workspace.expired))
-    assert dry.bytes_freed == sum(workspace.expired.values())
-    assert not dry.database and dry.rows_deleted == 0
-
-    summary = await cleanup_workspace(dry_run=False, batch_size=3)
-    assert summary.removed == len(workspace.expired) == 7
-    assert summary.bytes_freed == sum(workspace.expired.values())
-    assert set(standin.object_names(TARGET)) == workspace.young
-    after = snapshot(standin)
-    assert {k: v for k, v in after.items() if k[0] != TARGET} == {
-        k: v for k, v in before.items() if k[0] != TARGET
+    assert not dry.database and not dry.decided
+    assert dry.note is not None and "nothing can be decided" in dry.note
+    assert sorted(c.path for c in dry.candidates) == sorted([old, old_thumb])
+    assert dry.kept == {
+        "younger than ttl_days": 2,
+        "not at the contract layout (another producer's file)": 1,
     }
-    assert deletes(standin) == [f"/object/{TARGET}"] * 3
-
-    again = await cleanup_workspace(dry_run=False)
-    assert (again.expired, again.removed) == (0, 0)
-    assert snapshot(standin) == after
+    report = await artifact_markdown(dry_state, "workspace-cleanup")
+    assert "nothing can be decided" in report and f"| {old} |" in report
 
 
-async def test_cleanup_cleans_only_the_named_bucket(
-    workspace: Workspace, cleanup_runtime: Runtime
-) -> None:
+async def test_cleanup_takes_no_bucket(workspace: Workspace, cleanup_runtime: Runtime) -> None:
     standin = workspace.standin
-    kept = workspace.put(f"{_uid()}/{_uid()}/0.png", 30)
     library = workspace.put(f"{_uid()}/{_uid()}.png", 30, bucket="user-library")
-    recent = workspace.put(f"{_uid()}/{_uid()}.png", 2, bucket="user-library")
-    summary = await cleanup_workspace(dry_run=False, bucket="user-library", ttl_days=14)
-    assert summary.removed == 1 and summary.bucket == "user-library"
-    assert standin.object_names("user-library") == [recent]
-    assert library not in standin.object_names("user-library")
-    assert standin.object_names(TARGET) == [kept]
+    with pytest.raises(ParameterBindError, match="bucket"):
+        await cleanup_workspace(dry_run=False, bucket="user-library")  # type: ignore[call-arg]
+    assert standin.object_names("user-library") == [library]
 
 
-async def test_cleanup_refuses_a_non_positive_ttl(cleanup_runtime: Runtime) -> None:
-    state = await final_state(cleanup_workspace, dry_run=False, ttl_days=0)
+@pytest.mark.parametrize(
+    ("parameters", "named"),
+    [({"ttl_days": 0}, "ttl_days"), ({"now": datetime.now(UTC) + timedelta(days=8)}, "now")],
+)
+async def test_cleanup_refuses_bad_parameters(
+    workspace: Workspace, cleanup_runtime: Runtime, parameters: dict[str, Any], named: str
+) -> None:
+    workspace.asset(_uid(), 9)
+    before = snapshot(workspace.standin)
+    state = await final_state(cleanup_workspace, dry_run=False, **parameters)
     assert state.is_failed()
-    with pytest.raises(ValueError, match="ttl_days"):
+    with pytest.raises(ValueError, match=named):
         await state.result()
+    assert snapshot(workspace.standin) == before
 
 
 def insert_asset(
-    conn: object, user: str, path: str, thumbnail: str | None, expires_at: datetime
+    conn: Any,
+    user: str,
+    path: str,
+    thumbnail: str | None,
+    expires_at: datetime,
+    job: str | None = None,
 ) -> None:
-    conn.execute(  # type: ignore[attr-defined]
-        "insert into auth.users (id) values (%s) on conflict do nothing", (user,)
-    )
-    conn.execute(  # type: ignore[attr-defined]
+    conn.execute("insert into auth.users (id) values (%s) on conflict do nothing", (user,))
+    conn.execute(
         """insert into public.workspace_assets (user_id, asset_type, temp_storage_path,
                file_size_bytes, mime_type, generation_seed, original_prompt, model_used, job_id,
                thumbnail_path, created_at, expires_at)
            values (%s, 'image', %s, 0, 'image/png', 7, 'a lighthouse', 'sdxl', %s, %s, %s, %s)""",
-        (user, path, path.split("/")[1], thumbnail, expires_at - timedelta(days=7), expires_at),
+        (
+            user,
+            path,
+            job or path.split("/")[1],
+            thumbnail,
+            expires_at - timedelta(days=7),
+            expires_at,
+        ),
+    )
+
+
+def insert_job(
+    conn: Any, job: str, user: str, status: str, metadata: dict[str, str] | None = None
+) -> None:
+    conn.execute(
+        """insert into public.jobs (id, user_id, job_type, status, metadata, created_at)
+           values (%s, %s, 'sdxl_image_fast', %s, %s::jsonb, now() - interval '30 days')""",
+        (job, user, status, json.dumps(metadata or {})),
     )
 
 
@@ -166,41 +182,135 @@ def asset_paths(dsn: str) -> set[str]:
     return {str(row[0]) for row in rows}
 
 
+def signed(path: str) -> str:
+    return (
+        f"https://project.supabase.co/storage/v1/object/sign/{TARGET}/{path}?token=eyJhbGciOi.x.y"
+    )
+
+
+@pytest.fixture
+def db_runtime(
+    standin_server: StorageStandIn, project_db: str, tmp_path: Path
+) -> Iterator[Runtime]:
+    with installed_runtime(standin_server, tmp_path, database_dsn=SecretStr(project_db)) as runtime:
+        yield runtime
+
+
 @pytest.mark.postgres
-async def test_cleanup_deletes_the_expired_rows_of_removed_objects(
-    workspace: Workspace, project_db: str, tmp_path: Path
+async def test_cleanup_removes_only_expired_assets_and_orphans_of_failed_jobs(
+    workspace: Workspace, project_db: str, db_runtime: Runtime
+) -> None:
+    import psycopg
+
+    standin = workspace.standin
+    user, stranger = _uid(), _uid()
+    now = datetime.now(UTC)
+    gone, gone_thumb = workspace.asset(user, 9)
+    live, live_thumb = workspace.asset(user, 9)
+    young, _ = workspace.asset(user, 1)
+    scene, scene_thumb = workspace.asset(user, 9)
+    chat, _ = workspace.asset(user, 9)
+    reference, reference_thumb = workspace.asset(user, 9)
+    failed, failed_thumb = workspace.asset(user, 9)
+    cancelled, cancelled_thumb = workspace.asset(user, 9)
+    failed_young, _ = workspace.asset(user, 1)
+    completed, _ = workspace.asset(user, 9)
+    jobless, _ = workspace.asset(user, 9)
+    foreign_job, _ = workspace.asset(user, 9)
+    mismatched, _ = workspace.asset(user, 9)
+    backfilled, backfilled_thumb = workspace.asset(user, 9)
+    timestamped = workspace.put(f"{user}/{_uid()}_1754550000.png", 400)
+    flat = workspace.put(f"{user}/{_uid()}.png", 400)
+    row_only = f"{user}/{_uid()}/0.png"
+    job_of = {path: path.split("/")[1] for path in [*workspace.expired, *workspace.young]}
+
+    with psycopg.connect(project_db, autocommit=True) as conn:
+        insert_asset(conn, user, gone, gone_thumb, now - timedelta(days=2))
+        insert_asset(conn, user, live, live_thumb, now + timedelta(days=30))
+        insert_asset(conn, user, young, None, now + timedelta(days=6))
+        insert_asset(conn, user, row_only, None, now - timedelta(days=1))
+        insert_asset(conn, user, scene, scene_thumb, now - timedelta(days=2))
+        insert_asset(conn, user, chat, None, now - timedelta(days=2))
+        insert_asset(conn, stranger, mismatched, None, now - timedelta(days=2))
+        conn.execute("insert into public.character_scenes (image_url) values (%s)", (scene,))
+        conn.execute(
+            "insert into public.conversations (last_scene_image) values (%s)", (signed(chat),)
+        )
+        insert_job(conn, job_of[reference], user, "failed")
+        insert_job(conn, _uid(), user, "completed", {"reference_image_url": signed(reference)})
+        insert_job(conn, job_of[failed], user, "failed")
+        insert_job(conn, job_of[cancelled], user, "cancelled")
+        insert_job(conn, job_of[failed_young], user, "failed")
+        insert_job(conn, job_of[completed], user, "completed")
+        insert_job(conn, job_of[foreign_job], stranger, "failed")
+        insert_job(conn, job_of[backfilled], user, "failed")
+        conn.execute(
+            """insert into public.backfilled_objects (source_bucket, source_path, target_bucket,
+                   target_path, thumbnail_path, sha256, size_bytes)
+               values ('image_fast', %s, %s, %s, %s, %s, 1)""",
+            (f"{user}/job_x.png", TARGET, backfilled, backfilled_thumb, "0" * 64),
+        )
+    going = {gone, gone_thumb, failed, failed_thumb, cancelled, cancelled_thumb, reference_thumb}
+    before = snapshot(standin)
+    standin.clear_requests()
+
+    dry_state = await final_state(cleanup_workspace)
+    dry = await dry_state.result()
+    assert snapshot(standin) == before and deletes(standin) == []
+    assert dry.database and dry.decided and dry.note is None
+    assert {c.path for c in dry.candidates} == going
+    reasons = {c.path: c.reason for c in dry.candidates}
+    assert reasons[gone].startswith("its workspace_assets row expired")
+    assert reasons[failed] == "no workspace_assets row; its job failed"
+    assert reasons[cancelled] == "no workspace_assets row; its job cancelled"
+    assert dry.kept == {
+        "referenced by character_scenes.image_url": 1,
+        "referenced by conversations.last_scene_image": 1,
+        "referenced by jobs.metadata->>'reference_image_url'": 1,
+        "its expired row's other object is still needed": 1,
+        "not at the contract layout (another producer's file)": 2,
+        "a recorded backfill copy": 2,
+        "an unexpired workspace_assets row": 3,
+        "a workspace_assets row of another user or job names it": 1,
+        "no workspace_assets row; its job is completed": 2,
+        "its jobs row belongs to another user": 2,
+        "younger than ttl_days": 2,
+        "no workspace_assets row and no jobs row": 5,
+    }
+    assert sum(dry.kept.values()) + len(going) == dry.listed == len(before)
+    report = await artifact_markdown(dry_state, "workspace-cleanup")
+    for path in going:
+        assert f"| {path} |" in report
+    assert asset_paths(project_db) == {gone, live, young, row_only, scene, chat, mismatched}
+
+    summary = await cleanup_workspace(dry_run=False, batch_size=1)
+    assert summary.removed == len(going) and summary.rows_deleted == 1
+    assert summary.bytes_freed == sum(workspace.expired[p] for p in going)
+    remaining = set(standin.object_names(TARGET))
+    assert remaining == (set(workspace.expired) | workspace.young) - going
+    assert {timestamped, flat, scene, chat, reference, backfilled, mismatched, jobless} <= remaining
+    assert asset_paths(project_db) == {live, young, row_only, scene, chat, mismatched}
+
+
+@pytest.mark.postgres
+async def test_cleanup_with_a_missing_table_removes_nothing(
+    workspace: Workspace, project_db: str, db_runtime: Runtime
 ) -> None:
     import psycopg
 
     standin = workspace.standin
     user = _uid()
-    gone, gone_thumb = workspace.asset(user, 9)
-    kept, kept_thumb = workspace.asset(user, 9)
-    orphan = workspace.put(f"{user}/{_uid()}/0.png", 9)
-    young, _ = workspace.asset(user, 1)
-    row_only = f"{user}/{_uid()}/0.png"
+    failed, _ = workspace.asset(user, 9)
+    before = snapshot(standin)
     with psycopg.connect(project_db, autocommit=True) as conn:
-        insert_asset(conn, user, gone, gone_thumb, ago(2))
-        insert_asset(conn, user, kept, kept_thumb, ago(-3))
-        insert_asset(conn, user, young, None, ago(-6))
-        insert_asset(conn, user, row_only, None, ago(1))
-    runtime = make_runtime(standin, tmp_path, database_dsn=SecretStr(project_db))
-    set_runtime(runtime)
+        insert_job(conn, failed.split("/")[1], user, "failed")
+        conn.execute("alter table public.conversations rename to conversations_gone")
     try:
-        before = snapshot(standin)
-        dry = await cleanup_workspace()
-        assert snapshot(standin) == before
-        assert asset_paths(project_db) == {gone, kept, young, row_only}
-        assert dry.database and dry.rows_deleted == 1
-        assert sorted(dry.kept_for_live_rows) == sorted([kept, kept_thumb])
-
-        summary = await cleanup_workspace(dry_run=False)
+        state = await final_state(cleanup_workspace, dry_run=False)
     finally:
-        set_runtime(None)
-        assert isinstance(runtime.storage, SupabaseStorage)
-        runtime.storage.close()
-    assert summary.removed == 3 and summary.rows_deleted == 1
-    remaining = set(standin.object_names(TARGET))
-    assert {gone, gone_thumb, orphan} & remaining == set()
-    assert {kept, kept_thumb, young} <= remaining
-    assert asset_paths(project_db) == {kept, young, row_only}
+        with psycopg.connect(project_db, autocommit=True) as conn:
+            conn.execute("alter table public.conversations_gone rename to conversations")
+    assert state.is_failed()
+    with pytest.raises(DatabaseError, match=r"public\.conversations"):
+        await state.result()
+    assert snapshot(standin) == before

@@ -1,0 +1,62 @@
+"""Statements against the project database, one transaction each (psycopg, imported lazily).
+
+The maintenance flows read and write the project's PostgreSQL through these helpers only;
+every psycopg error comes back as :class:`DatabaseError`.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+from genjobs.errors import JobError
+
+CONNECT_TIMEOUT_SECONDS = 10
+DSN_SETTING = "GENJOBS_DATABASE_DSN (Settings.database_dsn)"
+"""Where the project database is configured, as messages name it."""
+
+
+class DatabaseError(JobError):
+    """The project database could not be reached or refused a statement."""
+
+    code = "DATABASE_ERROR"
+
+
+def run_statements(
+    dsn: str, statements: Sequence[tuple[str, tuple[Any, ...] | dict[str, Any]]]
+) -> list[list[tuple[Any, ...]]]:
+    """Run statements in one transaction; returns each one's rows (empty when it has none).
+
+    Raises:
+        DatabaseError: The database is unreachable (retryable) or refused a statement; the
+            transaction is then rolled back.
+    """
+    import psycopg
+
+    try:
+        with (
+            psycopg.connect(dsn, connect_timeout=CONNECT_TIMEOUT_SECONDS) as conn,
+            conn.transaction(),
+        ):
+            results = []
+            for statement, params in statements:
+                cursor = conn.execute(statement, params)
+                results.append(cursor.fetchall() if cursor.description is not None else [])
+            return results
+    except psycopg.OperationalError as exc:
+        raise DatabaseError(f"The database is unavailable: {exc}", retryable=True) from exc
+    except psycopg.Error as exc:
+        raise DatabaseError(f"The database refused the statement: {exc}") from exc
+
+
+def run_sql(dsn: str, statement: str, params: tuple[Any, ...] = ()) -> list[tuple[Any, ...]]:
+    """One statement in its own transaction; see :func:`run_statements`."""
+    return run_statements(dsn, [(statement, params)])[0]
+
+
+def missing_tables(dsn: str, tables: Sequence[str]) -> list[str]:
+    """The qualified table names (``schema.table``) that do not exist."""
+    rows = run_sql(
+        dsn, "select t from unnest(%s::text[]) as t where to_regclass(t) is null", (list(tables),)
+    )
+    return [str(row[0]) for row in rows]
