@@ -66,8 +66,10 @@ def describe_callback(
     url: str | None,
     outbox: Path,
     receiver: CallbackReceiver | None,
+    delivered: bool,
 ) -> str:
-    """The fate of the job's terminal callback, as a sentence."""
+    """The fate of the job's terminal callback, as a sentence. ``delivered``: the flow's error
+    says that its callback was delivered (raised after the delivery, and not by it)."""
     if job_id is None:
         return f"No {status} callback was sent: the payload has no usable 'id'."
     if isinstance(callback_error, CallbackUnavailable):
@@ -78,8 +80,14 @@ def describe_callback(
     if isinstance(callback_error, CallbackRejected):
         hint = f"; {SECRET_HINT}" if " 401" in str(callback_error) else ""
         return f"The {status} callback was refused by {url} ({callback_error}){hint}."
-    answer = _receiver_answer(receiver, job_id, status) if receiver is not None else None
-    return f"The {status} callback was {answer or 'accepted'} by {url}."
+    if receiver is not None:  # the local receiver: its record is the answer
+        answer = _receiver_answer(receiver, job_id, status)
+        if answer is None:
+            return f"No {status} callback reached the local receiver {url}."
+        return f"The {status} callback was {answer} by {url}."
+    if not delivered:
+        return f"Whether a {status} callback reached {url} is not known (see -v)."
+    return f"The {status} callback was accepted by {url}."
 
 
 def failure_line(
@@ -100,6 +108,14 @@ def failure_line(
         what = f"{label} {describe_error(own)}."
         status = "failed"
     fate = describe_callback(
-        callback_error, job_id=job_id, status=status, url=url, outbox=outbox, receiver=receiver
+        callback_error,
+        job_id=job_id,
+        status=status,
+        url=url,
+        outbox=outbox,
+        receiver=receiver,
+        # A JobError comes out of the flow's body after its failed callback went out; anything
+        # else may have stopped the run before that (the API did not start, say).
+        delivered=isinstance(own, JobError),
     )
     return f"{what} {fate}"
