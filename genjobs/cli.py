@@ -17,6 +17,8 @@ import secrets
 import sys
 import traceback
 import uuid
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -122,7 +124,27 @@ def _quiet_prefect_console() -> None:
                 handler.addFilter(not_prefect)
 
 
+@contextmanager
+def _environment_restored(*names: str) -> Iterator[None]:
+    """Put ``names`` back as they were afterwards (set, or absent)."""
+    saved = {name: os.environ.get(name) for name in names}
+    try:
+        yield
+    finally:
+        for name, value in saved.items():
+            if value is None:
+                os.environ.pop(name, None)
+            else:
+                os.environ[name] = value
+
+
 def _run(args: argparse.Namespace) -> int:
+    # The local receiver is handed to the run through the environment, for this run only.
+    with _environment_restored("GENJOBS_CALLBACK_URL", "GENJOBS_JOB_CALLBACK_SECRET"):
+        return _run_job(args)
+
+
+def _run_job(args: argparse.Namespace) -> int:
     from genjobs.jobs.payload import raw_job_id
     from genjobs.run_report import failure_line
     from genjobs.settings import Settings
