@@ -396,7 +396,7 @@ def build_parser() -> argparse.ArgumentParser:
     standin.set_defaults(handler=_delegate("genjobs.devserver.storage_standin"))
 
     receiver = sub.add_parser("receiver", help="serve the local job-callback receiver")
-    receiver.add_argument("--port", type=int, default=54321)
+    receiver.add_argument("--port", type=int, default=54321, help="default 54321")
     receiver.set_defaults(handler=_receiver)
     return parser
 
