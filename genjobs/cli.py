@@ -1,8 +1,9 @@
-"""Command line: run a job on the embedded default (or the configured backend), and dev servers.
+"""Command line: run a job on the embedded default (or the configured backend), the operator's
+maintenance runs, the GPU worker and the dev servers.
 
 ``genjobs run --prompt "..."`` renders, stores, and reports one job. With no callback URL
 configured it starts the local callback receiver on loopback first, so the whole round trip
-(signature included) happens on this machine.
+(signature included) happens on this machine. The job payload: docs/payload.md.
 """
 
 from __future__ import annotations
@@ -14,12 +15,19 @@ import logging
 import os
 import secrets
 import sys
+import traceback
 import uuid
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
+from pydantic import ValidationError
+
+from genjobs.jobs.types import supported_job_types
 from genjobs.prefect_tuning import allow_slow_ephemeral_start
 
+QUIET_COMMANDS = frozenset({"run", "redeliver", "backfill", "cleanup"})
 DEV_USER_ID = "00000000-0000-4000-8000-000000000001"
 QUIET_ENVIRONMENT = {
     "PREFECT_LOGGING_LEVEL": "WARNING",
@@ -29,10 +37,31 @@ QUIET_ENVIRONMENT = {
 }
 
 
+class UsageError(Exception):
+    """A command that cannot start as given; the message says why, in one sentence."""
+
+
+def read_job_file(path: str) -> dict[str, Any]:
+    """The job object in ``path``, or :class:`UsageError` saying what is wrong with the file."""
+    try:
+        text = Path(path).read_text(encoding="utf-8")
+    except (OSError, UnicodeDecodeError) as exc:
+        raise UsageError(f"Cannot read the job file {path}: {exc}") from None
+    try:
+        job = json.loads(text)
+    except ValueError as exc:
+        raise UsageError(f"The job file {path} is not JSON: {exc}") from None
+    if not isinstance(job, dict):
+        raise UsageError(
+            f"The job file {path} holds a JSON {type(job).__name__}, not an object "
+            "(docs/payload.md)"
+        )
+    return job
+
+
 def _job_from_args(args: argparse.Namespace) -> dict[str, Any]:
     if args.job_file:
-        job: dict[str, Any] = json.loads(Path(args.job_file).read_text())
-        return job
+        return read_job_file(args.job_file)
     config: dict[str, Any] = {"num_images": args.num_images}
     for key, value in (
         ("seed", args.seed),
@@ -78,9 +107,49 @@ class _ProgressBar:
             bar.close()
 
 
+def _quiet_prefect_console() -> None:
+    """Keep Prefect's records (run logs, tracebacks) off the console; the API still gets them."""
+
+    def not_prefect(record: logging.LogRecord) -> bool:
+        return not record.name.startswith("prefect")
+
+    loggers = [logging.getLogger()] + [
+        logger
+        for name, logger in logging.Logger.manager.loggerDict.items()
+        if name.startswith("prefect") and isinstance(logger, logging.Logger)
+    ]
+    for logger in loggers:
+        for handler in logger.handlers:
+            if type(handler).__name__.startswith(("StreamHandler", "PrefectConsole")):
+                handler.addFilter(not_prefect)
+
+
+@contextmanager
+def _environment_restored(*names: str) -> Iterator[None]:
+    """Put ``names`` back as they were afterwards (set, or absent)."""
+    saved = {name: os.environ.get(name) for name in names}
+    try:
+        yield
+    finally:
+        for name, value in saved.items():
+            if value is None:
+                os.environ.pop(name, None)
+            else:
+                os.environ[name] = value
+
+
 def _run(args: argparse.Namespace) -> int:
+    # The local receiver is handed to the run through the environment, for this run only.
+    with _environment_restored("GENJOBS_CALLBACK_URL", "GENJOBS_JOB_CALLBACK_SECRET"):
+        return _run_job(args)
+
+
+def _run_job(args: argparse.Namespace) -> int:
+    from genjobs.jobs.payload import raw_job_id
+    from genjobs.run_report import failure_line
     from genjobs.settings import Settings
 
+    job = _job_from_args(args)
     settings = Settings()
     receiver = None
     if not settings.resolved_callback_url:
@@ -101,16 +170,27 @@ def _run(args: argparse.Namespace) -> int:
     from genjobs import progress
     from genjobs.runtime import get_runtime, set_runtime
 
+    if not args.verbose:
+        _quiet_prefect_console()
     set_runtime(None)
     runtime = get_runtime()
-    job = _job_from_args(args)
     bar = _ProgressBar()
     unsubscribe = progress.subscribe(bar)
     print(f"Running job {job.get('id')} ({job.get('type')}) on {runtime.storage_name} storage.")
     try:
         outcome = asyncio.run(generate_job(job))
     except Exception as exc:
-        print(f"Job failed: {exc}", file=sys.stderr)
+        bar.close()
+        if args.verbose:
+            traceback.print_exception(exc)
+        line = failure_line(
+            exc,
+            job_id=raw_job_id(job),
+            url=runtime.callback_url,
+            outbox=runtime.settings.outbox_dir,
+            receiver=receiver,
+        )
+        print(line, file=sys.stderr)
         return 1
     finally:
         unsubscribe()
@@ -162,6 +242,63 @@ def _receiver(args: argparse.Namespace) -> int:
             return 0
 
 
+def _gpu_worker(args: argparse.Namespace) -> int:
+    from genjobs.gpu_worker import serve_from_arguments
+
+    return serve_from_arguments(args)
+
+
+def _run_flow(args: argparse.Namespace, flow_call: Any) -> Any:
+    """Run one maintenance flow in this process and return what it returns."""
+    if not args.verbose:
+        _quiet_prefect_console()
+    return asyncio.run(flow_call())
+
+
+def _redeliver(args: argparse.Namespace) -> int:
+    from flows.outbox import redeliver_callbacks
+    from genjobs.runtime import get_runtime
+
+    outbox = get_runtime().settings.outbox_dir
+    counts = _run_flow(args, redeliver_callbacks)
+    print(
+        f"Outbox {outbox}: {counts['delivered']} delivered, {counts['waiting']} still waiting, "
+        f"{counts['rejected']} refused (they stay for an operator)."
+    )
+    return 0 if counts["waiting"] == 0 and counts["rejected"] == 0 else 1
+
+
+def _print_summary(title: str, summary: Any) -> None:
+    print(title)
+    print(summary.model_dump_json(indent=2))
+
+
+def _dry_run_only(args: argparse.Namespace, flow_name: str) -> None:
+    if not args.dry_run:
+        raise UsageError(
+            f"genjobs {args.command} runs only as a dry run (--dry-run): it writes nothing. Run "
+            f"the {flow_name} deployment to change storage (docs/runbook.md)."
+        )
+
+
+def _backfill(args: argparse.Namespace) -> int:
+    from flows.backfill import backfill_legacy_buckets
+
+    _dry_run_only(args, "backfill-legacy-buckets/backfill-nightly")
+    summary = _run_flow(args, lambda: backfill_legacy_buckets(dry_run=True))
+    _print_summary("Backfill plan (dry run, nothing was written):", summary)
+    return 0
+
+
+def _cleanup(args: argparse.Namespace) -> int:
+    from flows.cleanup import cleanup_workspace
+
+    _dry_run_only(args, "cleanup-workspace")
+    summary = _run_flow(args, lambda: cleanup_workspace(dry_run=True))
+    _print_summary("Workspace cleanup (dry run, nothing was removed):", summary)
+    return 0
+
+
 def _delegate(module_name: str) -> Any:
     """A handler that passes the remaining arguments to ``module_name.main``."""
 
@@ -175,48 +312,124 @@ def _delegate(module_name: str) -> Any:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="genjobs", description=__doc__)
-    parser.add_argument("-v", "--verbose", action="store_true", help="show Prefect's logs")
+    from genjobs.gpu_worker import add_worker_arguments
+
+    verbose = argparse.ArgumentParser(add_help=False)
+    verbose.add_argument(
+        "-v",
+        "--verbose",
+        action="store_true",
+        default=argparse.SUPPRESS,  # so "genjobs -v run" and "genjobs run -v" both count
+        help="show Prefect's logs and the traceback of a failure",
+    )
+    parser = argparse.ArgumentParser(prog="genjobs", description=__doc__, parents=[verbose])
+    parser.set_defaults(verbose=False)
     sub = parser.add_subparsers(dest="command", required=True)
 
-    run = sub.add_parser("run", help="run one generation job")
-    run.add_argument("--prompt", default="a lighthouse on a cliff at dusk, oil painting")
-    run.add_argument("--negative-prompt")
-    run.add_argument("--type", default="sdxl_image_fast", help="job type (contract section 2)")
-    run.add_argument("--num-images", type=int, default=3)
-    run.add_argument("--seed", type=int)
-    run.add_argument("--steps", type=int, help="num_inference_steps (10-50)")
-    run.add_argument("--resolution", help="WxH, e.g. 1024x576")
-    run.add_argument("--user-id", default=DEV_USER_ID)
-    run.add_argument("--job-file", help="a job JSON file in the payload shape (overrides the rest)")
+    types = ", ".join(supported_job_types())
+    run = sub.add_parser(
+        "run",
+        parents=[verbose],
+        help="run one generation job",
+        description="Run one job: render, store, call back (payload: docs/payload.md).",
+    )
+    run.add_argument(
+        "--prompt",
+        default="a lighthouse on a cliff at dusk, oil painting",
+        help="the prompt (every job but an exact copy needs one)",
+    )
+    run.add_argument("--negative-prompt", help="what the image should not show")
+    run.add_argument(
+        "--type",
+        default="sdxl_image_fast",
+        choices=supported_job_types(),
+        metavar="TYPE",
+        help=f"job type, one of {types} (default sdxl_image_fast)",
+    )
+    run.add_argument(
+        "--num-images",
+        type=int,
+        default=3,
+        help="images to render; the batch is 1, 3 or 6 (2 -> 3, 4 or more -> 6); video: 1",
+    )
+    run.add_argument("--seed", type=int, help="base seed, 0-2147483647; image i gets seed + i")
+    run.add_argument("--steps", type=int, help="num_inference_steps, 10-50 (default by type)")
+    run.add_argument(
+        "--resolution",
+        help="WxH, sides multiples of 8 within 256-2048, e.g. 1024x576 (SDXL; default 1024x1024)",
+    )
+    run.add_argument("--user-id", default=DEV_USER_ID, help="the job owner's UUID")
+    run.add_argument(
+        "--job-file",
+        help="a job JSON file in the payload shape, e.g. docs/examples/text-to-image.json "
+        "(overrides the other options)",
+    )
     run.set_defaults(handler=_run)
 
     worker = sub.add_parser(
-        "gpu-worker", help="serve renders on one GPU with warm models (see docs/deployment.md)"
+        "gpu-worker",
+        help="serve renders on one GPU with warm models (see docs/deployment.md)",
+        description="Serve the render tasks of the generation flows on one device.",
     )
-    worker.add_argument("args", nargs=argparse.REMAINDER, help="--device cuda:N, --families ...")
-    worker.set_defaults(handler=_delegate("genjobs.gpu_worker"))
+    add_worker_arguments(worker)
+    worker.set_defaults(handler=_gpu_worker)
+
+    redeliver = sub.add_parser(
+        "redeliver",
+        parents=[verbose],
+        help="send the callbacks waiting in the outbox (GENJOBS_HOME/outbox) once more",
+    )
+    redeliver.set_defaults(handler=_redeliver)
+
+    for name, handler, what in (
+        ("backfill", _backfill, "plan the copy of the legacy buckets onto the contract layout"),
+        ("cleanup", _cleanup, "list what the workspace cleanup would remove"),
+    ):
+        maintenance = sub.add_parser(name, parents=[verbose], help=f"{what} (dry run)")
+        maintenance.add_argument(
+            "--dry-run", action="store_true", help="required: report only, write nothing"
+        )
+        maintenance.set_defaults(handler=handler)
 
     standin = sub.add_parser("storage-standin", help="serve the local Supabase Storage stand-in")
     standin.add_argument("args", nargs=argparse.REMAINDER, help="--port, --jwt-secret, --bucket")
     standin.set_defaults(handler=_delegate("genjobs.devserver.storage_standin"))
 
     receiver = sub.add_parser("receiver", help="serve the local job-callback receiver")
-    receiver.add_argument("--port", type=int, default=54321)
+    receiver.add_argument("--port", type=int, default=54321, help="default 54321")
     receiver.set_defaults(handler=_receiver)
     return parser
+
+
+def _setting_problem(error: ValidationError) -> str:
+    """One line naming the environment variable of the first invalid setting."""
+    first = error.errors(include_url=False)[0]
+    name = str(first["loc"][0]) if first["loc"] else ""
+    variable = name if name.isupper() else f"GENJOBS_{name.upper()}"
+    return f"The setting {variable} is invalid: {first['msg']}"
 
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
     allow_slow_ephemeral_start()
-    if args.command == "run" and not args.verbose:
+    if args.command in QUIET_COMMANDS and not args.verbose:
         for name, value in QUIET_ENVIRONMENT.items():
             os.environ.setdefault(name, value)
-        logging.basicConfig(level=logging.WARNING)
+        logging.basicConfig(level=logging.WARNING, format="%(levelname)s: %(message)s")
+    elif args.command in QUIET_COMMANDS:
+        logging.basicConfig(level=logging.INFO)
     handler = args.handler
-    return int(handler(args))
+    try:
+        return int(handler(args))
+    except UsageError as exc:
+        print(f"genjobs {args.command}: {exc}", file=sys.stderr)
+        return 2
+    except ValidationError as exc:
+        if exc.title != "Settings":
+            raise
+        print(f"genjobs {args.command}: {_setting_problem(exc)}", file=sys.stderr)
+        return 2
 
 
 if __name__ == "__main__":

@@ -17,6 +17,7 @@ work with the ephemeral API.
 
 from __future__ import annotations
 
+import argparse
 import asyncio
 import dataclasses
 import logging
@@ -186,15 +187,17 @@ def serve_gpu_worker(
         logger.info("GPU worker interrupted.")
 
 
-def main(argv: Sequence[str] | None = None) -> int:
-    """``python -m genjobs.gpu_worker --device cuda:0 [--families sdxl,wan] [--no-warm]``."""
-    import argparse
-
-    parser = argparse.ArgumentParser(prog="python -m genjobs.gpu_worker", description=__doc__)
-    parser.add_argument("--device", default="auto", help="cuda:N, cpu or auto")
-    parser.add_argument("--families", default="sdxl,wan", help="sdxl, wan or sdxl,wan")
+def add_worker_arguments(parser: argparse.ArgumentParser) -> None:
+    """The GPU worker's options, shared by ``python -m genjobs.gpu_worker`` and ``genjobs``."""
+    parser.add_argument("--device", default="auto", help="cuda:N, cpu or auto (default auto)")
+    parser.add_argument(
+        "--families", default="sdxl,wan", help="sdxl, wan or sdxl,wan (default sdxl,wan)"
+    )
     parser.add_argument("--no-warm", action="store_true", help="load models on first use")
-    args = parser.parse_args(argv)
+
+
+def serve_from_arguments(args: argparse.Namespace) -> int:
+    """Serve with parsed :func:`add_worker_arguments` options, logging to stderr."""
     families = tuple(f.strip() for f in args.families.split(",") if f.strip())
     handler = logging.StreamHandler()
     handler.setFormatter(
@@ -207,6 +210,13 @@ def main(argv: Sequence[str] | None = None) -> int:
         package_logger.propagate = False
     serve_gpu_worker(args.device, families=families, warm=not args.no_warm)  # type: ignore[arg-type]
     return 0
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """``python -m genjobs.gpu_worker --device cuda:0 [--families sdxl,wan] [--no-warm]``."""
+    parser = argparse.ArgumentParser(prog="python -m genjobs.gpu_worker", description=__doc__)
+    add_worker_arguments(parser)
+    return serve_from_arguments(parser.parse_args(argv))
 
 
 if __name__ == "__main__":

@@ -66,6 +66,7 @@ def job_metadata(
         "job_type": plan.job_type,
         "generation_time": round(generation_time, 3),
         "num_images": plan.num_images,
+        "num_images_requested": plan.num_images_requested,
         "base_seed": plan.base_seed,
         "seed_source": plan.seed_source,
         "reference_mode": plan.reference_mode,

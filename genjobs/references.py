@@ -68,6 +68,8 @@ DEFAULT_TIMEOUT_SECONDS = 30.0
 DEFAULT_MAX_BYTES = 25 * 1024 * 1024
 DEFAULT_MAX_PIXELS = 50_000_000
 MAX_REDIRECTS = 3
+ALLOW_HOSTS_HINT = "to fetch from it anyway, list it in GENJOBS_REFERENCE_ALLOW_HOSTS"
+
 # Content types accepted over HTTP, and the Pillow decoders allowed to read any reference.
 IMAGE_CONTENT_TYPES = frozenset(
     {"image/png", "image/jpeg", "image/jpg", "image/pjpeg", "image/webp", "image/gif"}
@@ -262,7 +264,8 @@ def classify_reference(
             raise _refuse(
                 label,
                 shown,
-                f"host {host} is a {reason} address; only public addresses are fetched",
+                f"host {host} is a {reason} address; only public addresses are fetched "
+                f"({ALLOW_HOSTS_HINT})",
             )
     return HttpReference(url=text, storage_object=storage_object)
 
@@ -604,7 +607,7 @@ class ReferenceFetcher:
                 if reason:
                     raise ReferenceDownloadError(
                         f"{label} from {shown} was refused: host {host} is a {reason} address "
-                        f"({ip}); only public addresses are fetched"
+                        f"({ip}); only public addresses are fetched ({ALLOW_HOSTS_HINT})"
                     )
         return str(addresses[0])
 

@@ -7,13 +7,14 @@ folder, a local callback receiver and the tiny embedded models.
 
 from __future__ import annotations
 
+import json
 import logging
 import os
 from pathlib import Path
-from typing import Literal
+from typing import Annotated, Any, Literal
 
-from pydantic import AliasChoices, Field, SecretStr
-from pydantic_settings import BaseSettings, SettingsConfigDict
+from pydantic import AliasChoices, Field, SecretStr, field_validator
+from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 from genjobs.storage.limits import RESUMABLE_UPLOAD_THRESHOLD
 
@@ -103,7 +104,11 @@ class Settings(BaseSettings):
     upload_concurrency: int = 6
     reference_timeout_seconds: float = 30.0
     reference_max_bytes: int = 25 * 1024 * 1024
-    reference_allow_hosts: tuple[str, ...] = ()
+    reference_allow_hosts: Annotated[tuple[str, ...], NoDecode] = Field(
+        default=(),
+        description="'host' or 'host:port' entries a reference URL may name although not "
+        "public; comma-separated ('127.0.0.1:18765,storage.lan') or a JSON list.",
+    )
 
     device: str = Field(default="auto", description="'auto', 'cpu', 'cuda' or 'cuda:N'.")
     dtype: Literal["auto", "float32", "float16", "bfloat16"] = "auto"
@@ -189,6 +194,23 @@ class Settings(BaseSettings):
                 home.stat().st_mode & 0o777,
             )
         return home
+
+    @field_validator("reference_allow_hosts", mode="before")
+    @classmethod
+    def _split_host_list(cls, value: Any) -> Any:
+        """Read ``a,b`` (as the docs write it) or a JSON list; blanks are dropped."""
+        if not isinstance(value, str):
+            return value
+        text = value.strip()
+        if text.startswith("["):
+            try:
+                return json.loads(text)
+            except ValueError:
+                raise ValueError(
+                    f"must be a comma-separated list of host or host:port entries, or a JSON "
+                    f"list of them, got {value!r}"
+                ) from None
+        return tuple(entry.strip() for entry in text.split(",") if entry.strip())
 
     @property
     def uses_supabase_storage(self) -> bool:

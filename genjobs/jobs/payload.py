@@ -70,17 +70,50 @@ class JobConfig(BaseModel):
 
     model_config = ConfigDict(extra="ignore", frozen=True)
 
-    pipeline: Literal["txt2img", "img2img", "video"] | None = None
-    num_images: StrictInt = 1
-    num_inference_steps: StrictInt | None = Field(default=None, ge=10, le=50)
-    guidance_scale: Number | None = Field(default=None, ge=1.0, le=20.0)
-    denoise_strength: Number | None = Field(default=None, ge=0.0, le=1.0)
-    resolution: StrictStr | None = None
-    seed: StrictInt | None = Field(default=None, ge=0, le=MAX_SEED)
-    image: StrictStr | None = Field(default=None, max_length=MAX_URL_CHARS)
-    first_frame: StrictStr | None = Field(default=None, max_length=MAX_URL_CHARS)
-    last_frame: StrictStr | None = Field(default=None, max_length=MAX_URL_CHARS)
-    sample_solver: Literal["dpm++", "unipc"] | None = None
+    pipeline: Literal["txt2img", "img2img", "video"] | None = Field(
+        default=None, description="img2img needs metadata.reference_image_url; empty: by type."
+    )
+    num_images: StrictInt = Field(
+        default=1, description="SDXL renders 1, 3 or 6 (2-3 -> 3, 4+ -> 6); video: 1."
+    )
+    num_inference_steps: StrictInt | None = Field(
+        default=None, ge=10, le=50, description="10-50; empty: the type's default (15-50)."
+    )
+    guidance_scale: Number | None = Field(
+        default=None, ge=1.0, le=20.0, description="1.0-20.0; empty: the type's default."
+    )
+    denoise_strength: Number | None = Field(
+        default=None, ge=0.0, le=1.0, description="0.0-1.0; metadata.denoise_strength wins."
+    )
+    resolution: StrictStr | None = Field(
+        default=None,
+        description="SDXL 'WxH', sides multiples of 8 from 256 to 2048; empty: 1024x1024. "
+        "WAN is always 480x832.",
+    )
+    seed: StrictInt | None = Field(
+        default=None,
+        ge=0,
+        le=MAX_SEED,
+        description="Image i gets seed + i; empty: drawn from the job id.",
+    )
+    image: StrictStr | None = Field(
+        default=None,
+        max_length=MAX_URL_CHARS,
+        description="Video reference for video_reference_mode 'single': a URL or storage path.",
+    )
+    first_frame: StrictStr | None = Field(
+        default=None,
+        max_length=MAX_URL_CHARS,
+        description="First frame for video_reference_mode 'start' or 'both'.",
+    )
+    last_frame: StrictStr | None = Field(
+        default=None,
+        max_length=MAX_URL_CHARS,
+        description="Last frame for video_reference_mode 'end' or 'both'.",
+    )
+    sample_solver: Literal["dpm++", "unipc"] | None = Field(
+        default=None, description="Video only; empty: dpm++."
+    )
 
     _finite_numbers = field_validator("guidance_scale", "denoise_strength")(_finite)
 
@@ -100,14 +133,36 @@ class RequestMetadata(BaseModel):
 
     model_config = ConfigDict(extra="allow", frozen=True)
 
-    exact_copy_mode: StrictBool = False
-    reference_mode: Literal["modify", "copy"] | None = None
-    reference_image_url: StrictStr | None = Field(default=None, max_length=MAX_URL_CHARS)
-    denoise_strength: Number | None = Field(default=None, ge=0.0, le=1.0)
-    reference_strength: Number | None = Field(default=None, ge=0.0, le=1.0)
-    video_reference_mode: VideoReferenceMode | None = None
-    start_reference_url: StrictStr | None = Field(default=None, max_length=MAX_URL_CHARS)
-    end_reference_url: StrictStr | None = Field(default=None, max_length=MAX_URL_CHARS)
+    exact_copy_mode: StrictBool = Field(
+        default=False, description="An exact copy of reference_image_url (no prompt needed)."
+    )
+    reference_mode: Literal["modify", "copy"] | None = Field(
+        default=None, description="Image-to-image: modify follows the prompt, copy copies."
+    )
+    reference_image_url: StrictStr | None = Field(
+        default=None,
+        max_length=MAX_URL_CHARS,
+        description="workspace-temp/{user_id}/... or user-library/{user_id}/..., or a public "
+        "http(s) URL.",
+    )
+    denoise_strength: Number | None = Field(
+        default=None, ge=0.0, le=1.0, description="0.0-1.0: how far a modify departs."
+    )
+    reference_strength: Number | None = Field(
+        default=None,
+        ge=0.0,
+        le=1.0,
+        description="0.0-1.0: used as 1 - reference_strength without a denoise strength.",
+    )
+    video_reference_mode: VideoReferenceMode | None = Field(
+        default=None, description="Which config frames a video uses; empty: none."
+    )
+    start_reference_url: StrictStr | None = Field(
+        default=None, max_length=MAX_URL_CHARS, description="Read when config.first_frame is empty."
+    )
+    end_reference_url: StrictStr | None = Field(
+        default=None, max_length=MAX_URL_CHARS, description="Read when config.last_frame is empty."
+    )
 
     _finite_numbers = field_validator("denoise_strength", "reference_strength")(_finite)
 
@@ -117,15 +172,23 @@ class Job(BaseModel):
 
     model_config = ConfigDict(extra="ignore", frozen=True)
 
-    id: UUID
-    user_id: UUID
-    type: StrictStr
-    prompt: StrictStr = Field(default="", max_length=MAX_PROMPT_CHARS)
+    id: UUID = Field(description="The jobs.id row of the job.")
+    user_id: UUID = Field(description="The job's owner; assets go to {user_id}/{id}/.")
+    type: StrictStr = Field(description="The job type (docs/payload.md).")
+    prompt: StrictStr = Field(
+        default="",
+        max_length=MAX_PROMPT_CHARS,
+        description="Required for every job but an exact copy.",
+    )
     config: JobConfig = JobConfig()
     metadata: RequestMetadata = RequestMetadata()
-    negative_prompt: StrictStr | None = Field(default=None, max_length=MAX_PROMPT_CHARS)
-    compel_enabled: StrictBool = False
-    compel_weights: StrictStr | None = Field(default=None, max_length=MAX_PROMPT_CHARS)
+    negative_prompt: StrictStr | None = Field(
+        default=None, max_length=MAX_PROMPT_CHARS, description="What the image should not show."
+    )
+    compel_enabled: StrictBool = Field(default=False, description="Prompt weighting: refused.")
+    compel_weights: StrictStr | None = Field(
+        default=None, max_length=MAX_PROMPT_CHARS, description="Ignored (weighting is refused)."
+    )
     job_id: StrictStr | None = None
     job_type: StrictStr | None = None
     quality: StrictStr | None = None

@@ -7,6 +7,7 @@ values can never drift apart (predecessor defect 16).
 from __future__ import annotations
 
 import hashlib
+import logging
 import math
 from typing import Any, Literal
 
@@ -30,6 +31,8 @@ WAN_DEFAULT_NEGATIVE_PROMPT = (
     "低质量，JPEG压缩残留，丑陋的，残缺的，多余的手指，画得不好的手部，画得不好的脸部，畸形的，"
     "毁容的，形态畸形的肢体，手指融合，静止不动的画面，杂乱的背景，三条腿，背景人很多，倒着走"
 )
+
+logger = logging.getLogger(__name__)
 
 Mode = Literal["txt2img", "img2img", "copy", "t2v", "frame"]
 ReferenceRole = Literal["image", "first_frame", "last_frame"]
@@ -63,6 +66,7 @@ class RenderPlan(BaseModel):
     guidance_scale: float
     strength: float | None = None
     num_images: int
+    num_images_requested: int | None = None
     base_seed: int
     seed_source: Literal["request", "random"]
     seeds: tuple[int, ...]
@@ -149,6 +153,31 @@ def _check_output_size(job: Job, plan: RenderPlan, max_object_bytes: int) -> Non
         )
 
 
+def _require_prompt(job: Job, what: str) -> None:
+    """Contract section 2: only an exact copy may come without a prompt."""
+    if not job.prompt.strip():
+        raise InvalidPayload(
+            f"Field 'prompt' is required for {what} jobs ({job.prompt!r}); only an exact copy "
+            "runs without one"
+        )
+
+
+def _batch_size(job: Job) -> int:
+    """The contract's batch size for the requested count, with a warning when they differ."""
+    requested = job.config.num_images
+    count = clamp_num_images(requested) if job.spec.family == "sdxl" else 1
+    if count != requested:
+        logger.warning(
+            "Job %s asked for %d image(s); %s renders %d (batches of 1, 3 or 6 images, one "
+            "video), and the job's metadata reports both counts.",
+            job.id,
+            requested,
+            job.type,
+            count,
+        )
+    return count
+
+
 def _common(job: Job, count: int) -> dict[str, Any]:
     base, source, seeds = _seeds(job, count)
     return {
@@ -158,6 +187,7 @@ def _common(job: Job, count: int) -> dict[str, Any]:
         "family": job.spec.family,
         "output": job.spec.output,
         "num_images": count,
+        "num_images_requested": job.config.num_images,
         "base_seed": base,
         "seed_source": source,
         "seeds": seeds,
@@ -167,7 +197,7 @@ def _common(job: Job, count: int) -> dict[str, Any]:
 def _plan_sdxl(job: Job) -> RenderPlan:
     spec, config, meta = job.spec, job.config, job.metadata
     width, height = parse_resolution(config.resolution or DEFAULT_RESOLUTION)
-    count = clamp_num_images(config.num_images)
+    count = _batch_size(job)
     steps = config.num_inference_steps or spec.steps
     guidance = float(
         config.guidance_scale if config.guidance_scale is not None else spec.guidance_scale
@@ -177,6 +207,7 @@ def _plan_sdxl(job: Job) -> RenderPlan:
     common = _common(job, count)
 
     if not wants_reference:
+        _require_prompt(job, "text-to-image")
         return RenderPlan(
             **common,
             mode="txt2img",
@@ -217,6 +248,7 @@ def _plan_sdxl(job: Job) -> RenderPlan:
             references=references,
         )
 
+    _require_prompt(job, "image-to-image")
     if denoise is not None:
         strength = float(denoise)
     elif meta.reference_strength is not None:
@@ -279,13 +311,14 @@ def _plan_wan(job: Job) -> RenderPlan:
             f"Field 'metadata.video_reference_mode' ({mode!r}) is not supported for "
             f"single-frame job type {job.type}"
         )
+    _require_prompt(job, "video" if spec.output == "video" else "single-frame")
     steps = config.num_inference_steps or spec.steps
     guidance = float(
         config.guidance_scale if config.guidance_scale is not None else spec.guidance_scale
     )
     negative = job.negative_prompt if job.negative_prompt else WAN_DEFAULT_NEGATIVE_PROMPT
     return RenderPlan(
-        **_common(job, 1),
+        **_common(job, _batch_size(job)),
         mode="t2v" if spec.output == "video" else "frame",
         prompt=job.prompt,
         negative_prompt=negative,

@@ -84,9 +84,22 @@ JOB_TYPES: dict[str, JobTypeSpec] = {
 }
 
 
+WAN_VIDEO_ALIAS = "wan_video_"
+
+
+def supported_job_types() -> list[str]:
+    """Every type a job may name: the table's types and the ``wan_video_*`` aliases."""
+    aliases = [
+        WAN_VIDEO_ALIAS + name.removeprefix("video_")
+        for name in JOB_TYPES
+        if name.startswith("video_")
+    ]
+    return [*JOB_TYPES, *aliases]
+
+
 def normalise_job_type(raw: str) -> str:
     """Apply the contract's alias: a leading ``wan_video_`` becomes ``video_``."""
-    return "video_" + raw[len("wan_video_") :] if raw.startswith("wan_video_") else raw
+    return "video_" + raw[len(WAN_VIDEO_ALIAS) :] if raw.startswith(WAN_VIDEO_ALIAS) else raw
 
 
 def job_type_spec(job_type: str) -> JobTypeSpec:
@@ -98,4 +111,7 @@ def job_type_spec(job_type: str) -> JobTypeSpec:
         raise UnsupportedJobType(
             f"Job type {job_type} is not supported: prompt enhancement is out of scope"
         )
-    raise UnsupportedJobType(f"Job type {job_type!r} (field 'type') is not supported")
+    raise UnsupportedJobType(
+        f"Job type {job_type!r} (field 'type') is not supported; the supported types are "
+        f"{', '.join(supported_job_types())}"
+    )

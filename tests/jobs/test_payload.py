@@ -136,3 +136,12 @@ def test_raw_job_id_survives_an_invalid_payload() -> None:
     assert raw_job_id({"job_id": "legacy"}) == "legacy"
     assert raw_job_id({"id": ""}) is None
     assert raw_job_id(["not", "a", "dict"]) is None
+
+
+def test_an_unknown_type_lists_the_supported_ones() -> None:
+    with pytest.raises(UnsupportedJobType) as info:
+        parse_job(payload(type="sdxl_fast"))
+    assert str(info.value).endswith(
+        "the supported types are sdxl_image_fast, sdxl_image_high, video_fast, video_high, "
+        "image_fast, image_high, wan_video_fast, wan_video_high"
+    )

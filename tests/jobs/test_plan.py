@@ -9,6 +9,7 @@ import pytest
 from genjobs.errors import InvalidPayload, ReferenceModeUnsupported
 from genjobs.jobs.payload import MAX_SEED, parse_job
 from genjobs.jobs.plan import WAN_DEFAULT_NEGATIVE_PROMPT, RenderPlan, plan_job
+from genjobs.metadata import job_metadata
 from tests.jobs.test_payload import USER, payload
 
 REF = f"workspace-temp/{USER}/old/0.png"
@@ -124,3 +125,58 @@ def test_prompt_weighting_is_refused_not_dropped() -> None:
     with pytest.raises(InvalidPayload, match="compel_enabled") as info:
         plan(compel_enabled=True, compel_weights="(cat:1.3)")
     assert info.value.code == "COMPEL_UNSUPPORTED"
+
+
+@pytest.mark.parametrize(
+    ("changes", "what"),
+    [
+        ({"prompt": ""}, "text-to-image"),
+        ({"prompt": "   "}, "text-to-image"),
+        (
+            {
+                "prompt": "",
+                "config": {"pipeline": "img2img"},
+                "metadata": {"reference_image_url": REF},
+            },
+            "image-to-image",
+        ),
+        ({"prompt": "", "type": "video_fast"}, "video"),
+        ({"prompt": "", "type": "image_fast"}, "single-frame"),
+    ],
+)
+def test_an_empty_prompt_is_refused_naming_the_field_except_for_exact_copy(
+    changes: dict[str, Any], what: str
+) -> None:
+    with pytest.raises(InvalidPayload, match=f"Field 'prompt' is required for {what} jobs") as info:
+        plan(**changes)
+    assert info.value.code == "INVALID_PAYLOAD"
+    copy = plan(prompt="", metadata={"exact_copy_mode": True, "reference_image_url": REF})
+    assert (copy.mode, copy.prompt) == ("copy", "")
+
+
+@pytest.mark.parametrize(
+    ("job_type", "requested", "effective"),
+    [
+        ("sdxl_image_fast", 4, 6),
+        ("sdxl_image_fast", 2, 3),
+        ("sdxl_image_fast", 6, 6),
+        ("video_fast", 3, 1),
+    ],
+)
+def test_a_clamped_batch_keeps_the_requested_count_and_says_so(
+    job_type: str, requested: int, effective: int, caplog: pytest.LogCaptureFixture
+) -> None:
+    with caplog.at_level("WARNING", logger="genjobs.jobs.plan"):
+        p = plan(type=job_type, config={"num_images": requested})
+    assert (p.num_images, p.num_images_requested, len(p.seeds)) == (effective, requested, effective)
+    warned = [r.getMessage() for r in caplog.records if r.name == "genjobs.jobs.plan"]
+    if requested == effective:
+        assert warned == []
+    else:
+        assert len(warned) == 1
+        assert f"asked for {requested} image(s); {job_type} renders {effective}" in warned[0]
+
+
+def test_the_job_metadata_reports_the_requested_count_beside_the_rendered_one() -> None:
+    meta = job_metadata(plan(config={"num_images": 4}), {}, 1.0, None)
+    assert (meta["num_images"], meta["num_images_requested"]) == (6, 4)

@@ -1,0 +1,39 @@
+"""The CLI reads its settings from the environment: an embedded default on a temp folder."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from genjobs.runtime import set_runtime
+
+BACKEND_VARIABLES = (
+    "SUPABASE_URL",
+    "SUPABASE_SERVICE_KEY",
+    "JOB_CALLBACK_SECRET",
+    "GENJOBS_SUPABASE_URL",
+    "GENJOBS_SUPABASE_SERVICE_KEY",
+    "GENJOBS_SUPABASE_BLOCK",
+    "GENJOBS_CALLBACK_BLOCK",
+    "GENJOBS_MODELS_BLOCK",
+    "GENJOBS_DATABASE_DSN",
+    "GENJOBS_REFERENCE_ALLOW_HOSTS",
+)
+
+
+@pytest.fixture
+def cli_home(tmp_path: Path, model_cache: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[Path]:
+    """GENJOBS_HOME for one CLI call, no backend configured; the runtime rebuilt after."""
+    for name in BACKEND_VARIABLES:
+        monkeypatch.delenv(name, raising=False)
+    monkeypatch.setenv("GENJOBS_HOME", str(tmp_path))
+    monkeypatch.setenv("GENJOBS_MODEL_CACHE", str(model_cache))
+    monkeypatch.setenv("GENJOBS_CALLBACK_URL", "")  # restored after the CLI sets its own
+    monkeypatch.setenv("GENJOBS_JOB_CALLBACK_SECRET", "")
+    set_runtime(None)
+    try:
+        yield tmp_path
+    finally:
+        set_runtime(None)
