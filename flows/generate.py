@@ -105,7 +105,14 @@ async def _report_failure(
     without a Prefect task run (the API is unreachable)."""
     logger = run_logger(__name__)
     if journal is not None and journal.writes:
-        await undo_uploads(job_id or "unidentified", journal)
+        try:
+            await undo_uploads(job_id or "unidentified", journal)
+        except Exception as exc:  # the callback below must go out whatever the undo did
+            logger.error(
+                "The undo of job %s stopped with an error; what it had not removed is kept: %s",
+                job_id,
+                exc,
+            )
     if job_id is None:
         logger.error("The payload has no usable 'id', so no failed callback can be sent: %s", error)
         return

@@ -182,8 +182,8 @@ async def refuse_stored_job(user_id: str, job_id: str) -> None:
         found = []
     if found:
         raise JobAssetsExist(
-            f"Job {job_id} already has {len(found)} object(s) in {bucket}/{folder}, stored by an "
-            "earlier run; this run rendered, stored and removed nothing"
+            f"Job {job_id} already has {len(found)} object(s) in {bucket}/{folder}, stored by "
+            "another run of it; this run rendered, stored and removed nothing"
         )
 
 
@@ -194,17 +194,12 @@ async def check_job_folder(user_id: str, job_id: str, settings: Settings) -> Non
 
 @task(name="undo-uploads", task_run_name=run_name("undo"), cache_policy=NO_CACHE)
 async def undo_uploads(job_id: str, journal: UploadJournal) -> list[str]:
-    """Remove what this run stored whose bytes are still the ones it wrote; log what is kept
-    and why; then discard the journal. Never raises: the failed callback follows whatever it
-    did."""
+    """Remove what this run stored whose bytes are still the ones it wrote (storage errors keep
+    the objects: see :func:`~genjobs.storage.provenance.undo_writes`); log what is kept and
+    why; then discard the journal."""
     logger = run_logger(__name__)
     try:
         report = await asyncio.to_thread(undo_writes, get_runtime().storage, journal.writes)
-    except Exception as exc:
-        logger.error(
-            "The uploads of job %s were not undone, so nothing was removed: %s", job_id, exc
-        )
-        return []
     finally:
         journal.discard()
     for path, reason in report.kept.items():

@@ -109,7 +109,10 @@ class UploadJournal:
 
     def discard(self) -> None:
         """Remove the file: the run has ended and nothing will undo its writes any more."""
-        self.file.unlink(missing_ok=True)
+        try:
+            self.file.unlink(missing_ok=True)
+        except OSError as exc:
+            logger.warning("The upload journal %s could not be removed: %s", self.file, exc)
 
 
 @dataclass
