@@ -1,8 +1,14 @@
-"""The generation flow: validate -> render -> encode -> upload -> metadata -> signed callback.
+"""The generation flow: validate -> check the job's folder -> render -> encode -> upload ->
+metadata -> signed callback.
 
 Every run ends with exactly one terminal callback: ``completed`` with every rendered asset, or
 ``failed`` with the error's message, type, code and retryability, also when the payload itself is
-refused (before any render) and when the process crashes (the ``on_crashed`` hook).
+refused (before any render), when the job's folder already holds objects (a re-run: refused
+before any render, nothing removed) and when the process crashes (the ``on_crashed`` hook).
+
+A failed run undoes only what it stored: the objects its upload journal names, where the stored
+bytes still hash to what it wrote (genjobs/storage/provenance.py). Whatever the undo does, the
+failed callback names the run's own error.
 """
 
 from __future__ import annotations
@@ -10,7 +16,9 @@ from __future__ import annotations
 import asyncio
 import shutil
 import time
+from pathlib import Path
 from typing import Any
+from uuid import UUID
 
 from prefect import Flow, flow, get_run_logger
 from prefect.client.orchestration import get_client
@@ -29,14 +37,14 @@ from genjobs.jobs.form import JobParameter
 from genjobs.jobs.payload import parse_job, raw_job_id
 from genjobs.jobs.plan import RenderPlan, plan_job
 from genjobs.runtime import Runtime, aget_runtime, current_settings, get_runtime
-from genjobs.storage.base import asset_path, thumbnail_path
+from genjobs.storage.provenance import JournalUnreadable, UploadJournal
 from tasks.callback import deliver_callback
 from tasks.encode import encode_assets
 from tasks.metadata import assemble_metadata, publish_asset_artifacts
 from tasks.render import FlowRunCancelled
 from tasks.render_dispatch import start_render
 from tasks.run_logger import run_logger
-from tasks.upload import remove_uploads, upload_job_assets
+from tasks.upload import check_job_folder, undo_uploads, upload_job_assets
 from tasks.validate import validate_job
 
 
@@ -55,16 +63,6 @@ class JobOutcome(BaseModel):
 def _flow_run_name() -> str:
     job = current_flow_run.get_parameters().get("job")
     return f"job-{raw_job_id(job) or 'unidentified'}"
-
-
-def _planned_paths(plan: RenderPlan) -> list[str]:
-    paths = []
-    for index in range(plan.num_images):
-        paths += [
-            asset_path(plan.user_id, plan.job_id, index, plan.extension),
-            thumbnail_path(plan.user_id, plan.job_id, index),
-        ]
-    return paths
 
 
 def _plan_or_none(job: Any) -> RenderPlan | None:
@@ -95,22 +93,41 @@ async def _runtime_or_none() -> Runtime | None:
         return None
 
 
-async def _report_failure(job: Any, error: BaseException, plan: RenderPlan | None) -> None:
-    """Remove partial uploads, then send the one failed callback (when the job has an id)."""
+async def _report_failure(
+    job_id: str | None,
+    error: BaseException,
+    journal: UploadJournal | None,
+    *,
+    orchestrated: bool = True,
+) -> None:
+    """Undo what this run stored (by its journal), then send the one failed callback (when the
+    job has an id), naming ``error`` whatever the undo did; ``orchestrated=False`` sends it
+    without a Prefect task run (the API is unreachable)."""
     logger = run_logger(__name__)
-    job_id = plan.job_id if plan else raw_job_id(job)
-    if plan is not None:
-        await remove_uploads(plan.job_id, _planned_paths(plan))
+    if journal is not None and journal.writes:
+        try:
+            await undo_uploads(job_id or "unidentified", journal)
+        except Exception as exc:  # the callback below must go out whatever the undo did
+            logger.error(
+                "The undo of job %s stopped with an error; what it had not removed is kept: %s",
+                job_id,
+                exc,
+            )
     if job_id is None:
         logger.error("The payload has no usable 'id', so no failed callback can be sent: %s", error)
         return
     payload = failure_payload(job_id, error)
     _emit_outcome(job_id, "failed", payload)
-    await deliver_callback(payload)
+    await deliver_callback(payload, orchestrated=orchestrated)
 
 
 async def _on_abnormal_end(flow: Flow[..., Any], flow_run: FlowRun, state: State[Any]) -> None:
-    """Crash or cancellation: the body could not send its terminal callback, so send it here."""
+    """Crash or cancellation: the body could not send its terminal callback, so send it here.
+
+    The run's callback accepted: nothing to do. Not accepted: undo by the run's journal, then
+    the failed callback. The API cannot be read: remove nothing, still send the failed callback
+    (the backend skips it after an accepted ``completed``; without it the job stays queued).
+    """
     job = flow_run.parameters.get("job")
     if state.is_cancelled() or state.is_cancelling():
         error: JobError = JobCancelled("The job was cancelled before it finished")
@@ -120,23 +137,54 @@ async def _on_abnormal_end(flow: Flow[..., Any], flow_run: FlowRun, state: State
             code="WORKER_CRASHED",
             retryable=True,
         )
-    if await _callback_delivered(flow_run):
+    delivered = await _callback_delivered(flow_run)
+    if delivered:
         return  # the run already reported (completed, or failed): undo nothing, send nothing
     plan = _plan_or_none(job)
+    settings = get_runtime().settings
     if plan is not None:
-        shutil.rmtree(scratch_dir(get_runtime().settings.work_dir, plan.job_id), ignore_errors=True)
-    await _report_failure(job, error, plan)
+        shutil.rmtree(scratch_dir(settings.work_dir, plan.job_id), ignore_errors=True)
+    api_answered = delivered is not None
+    journal = _journal_to_undo(settings.home, flow_run.id, can_tell=api_answered)
+    job_id = plan.job_id if plan else raw_job_id(job)
+    await _report_failure(job_id, error, journal, orchestrated=api_answered)
 
 
-async def _callback_delivered(flow_run: FlowRun) -> bool:
-    """Whether a callback of this run was accepted before it stopped (API trouble: no)."""
+def _journal_to_undo(home: Path, flow_run_id: UUID, can_tell: bool) -> UploadJournal | None:
+    """The run's upload journal where its writes may be undone: it is readable and records
+    writes, and the API told that the run's callback was not accepted."""
+    logger = run_logger(__name__)
+    try:
+        journal = UploadJournal.load(home, flow_run_id)
+    except JournalUnreadable as exc:
+        logger.error("Nothing that flow run %s stored is removed: %s", flow_run_id, exc)
+        return None
+    if journal.writes and not can_tell:
+        logger.error(
+            "Whether flow run %s delivered its callback cannot be told (the Prefect API could "
+            "not be read), so nothing it stored is removed: %s.",
+            flow_run_id,
+            ", ".join(sorted({write.path for write in journal.writes})),
+        )
+    if not journal.writes or not can_tell:
+        journal.discard()
+        return None
+    return journal
+
+
+async def _callback_delivered(flow_run: FlowRun) -> bool | None:
+    """Whether a callback of this run was accepted before it stopped; ``None`` when the API
+    cannot be read."""
     try:
         async with get_client() as client:
             runs = await client.read_task_runs(
                 flow_run_filter=FlowRunFilter(id=FlowRunFilterId(any_=[flow_run.id]))
             )
-    except Exception:
-        return False
+    except Exception as exc:
+        run_logger(__name__).warning(
+            "The task runs of flow run %s cannot be read: %s", flow_run.id, exc
+        )
+        return None
     return any(
         run.task_key.startswith("send_callback")
         and run.state is not None
@@ -166,38 +214,51 @@ async def generate_job(job: JobParameter) -> JobOutcome:
     logger = get_run_logger()
     started = time.perf_counter()
     plan: RenderPlan | None = None
+    journal: UploadJournal | None = None
     blocks_failed = False
     try:
         plan = await validate_job(job)
         started_render = await start_render(plan)
         # A fresh run loads its blocks and builds its storage client while the GPU workers
         # render; a render in this process starts when awaited, after them (it reads the
-        # model registry).
+        # model registry) and after the check of the job's folder.
         try:
             settings = (await aget_runtime()).settings
         except Exception:
             blocks_failed = True
             await started_render.withdraw("The run's blocks did not load")
             raise
+        try:
+            await check_job_folder(plan.user_id, plan.job_id, settings)
+        except Exception as exc:
+            await started_render.withdraw(f"The job was refused before its render: {exc}")
+            raise
+        flow_run_id = current_flow_run.get_id()
+        assert flow_run_id is not None, "a flow body always runs in a flow run"
+        journal = UploadJournal.for_run(settings.home, flow_run_id)
         batch = await started_render.result()
         encoded = await encode_assets(batch)
-        uploaded = await upload_job_assets(encoded, plan.user_id, plan.job_id, settings)
+        uploaded = await upload_job_assets(encoded, plan.user_id, plan.job_id, settings, journal)
         payload = await assemble_metadata(
             plan, batch.details, uploaded, time.perf_counter() - started
         )
     except FlowRunCancelled:
         raise  # cancelled through Prefect: the on_cancellation hook reports it, once
     except Exception as exc:
-        logger.error("Job %s failed: %s", plan.job_id if plan else raw_job_id(job), exc)
+        job_id = plan.job_id if plan else raw_job_id(job)
+        logger.error("Job %s failed: %s", job_id, exc)
         if blocks_failed or await _runtime_or_none() is None:
             logger.error("No failed callback can be sent: the run's blocks did not load.")
         else:
-            await _report_failure(job, exc, plan)
+            await _report_failure(job_id, exc, journal)
         raise
     finally:
         if plan is not None:
             work_dir = current_settings().work_dir
             shutil.rmtree(scratch_dir(work_dir, plan.job_id), ignore_errors=True)
+    # The stored objects now belong to the job: whatever becomes of the completed callback
+    # (accepted, or kept in the outbox), no undo may remove them, a crash hook's included.
+    journal.discard()
     # The asset artifacts are written while the backend hears of the job; neither waits.
     receipt, _ = await asyncio.gather(
         deliver_callback(payload), publish_asset_artifacts(plan, payload), return_exceptions=True

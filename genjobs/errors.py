@@ -75,6 +75,13 @@ class StorageError(JobError):
         self.status = status
 
 
+class JobAssetsExist(JobError):
+    """The job's folder already holds objects (an earlier run stored them): a run of the job
+    renders, stores and removes nothing."""
+
+    code = "JOB_ASSETS_EXIST"
+
+
 class CallbackRejected(JobError):
     """The callback endpoint refused the request for a reason a retry cannot fix (4xx)."""
 

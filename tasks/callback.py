@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import asyncio
+
 import httpx
-from prefect import get_run_logger, task
+from prefect import task
 from prefect.cache_policies import NO_CACHE
 
 from genjobs.callback.outbox import Outbox
@@ -42,7 +44,7 @@ async def send_callback(job_id: str, status: str, body: bytes) -> CallbackReceip
         timeout=runtime.settings.callback_timeout_seconds, verify=ssl_context()
     ) as client:
         receipt = await sender_for(runtime, client).deliver(body)
-    logger = get_run_logger()
+    logger = run_logger(__name__)
     if receipt.skipped:
         logger.warning(
             "The backend skipped the %s callback of job %s (unknown or already terminal job).",
@@ -54,8 +56,14 @@ async def send_callback(job_id: str, status: str, body: bytes) -> CallbackReceip
     return receipt
 
 
-async def deliver_callback(payload: CallbackPayload) -> CallbackReceipt:
-    """Serialise once, deliver with retries over the configured window, else keep in outbox."""
+async def deliver_callback(
+    payload: CallbackPayload, *, orchestrated: bool = True
+) -> CallbackReceipt:
+    """Serialise once, deliver with retries over the configured window, else keep in outbox.
+
+    ``orchestrated=False`` retries in this process instead of through a Prefect task run: for a
+    state hook that found the Prefect API unreachable (a task run cannot start without it).
+    """
     runtime = get_runtime()
     settings = runtime.settings
     body = serialise(payload)
@@ -64,9 +72,11 @@ async def deliver_callback(payload: CallbackPayload) -> CallbackReceipt:
         settings.callback_retry_base_seconds,
         settings.callback_retry_cap_seconds,
     )
-    sender = send_callback.with_options(retries=len(delays), retry_delay_seconds=delays)
     try:
-        return await sender(payload.job_id, payload.status, body)
+        if orchestrated:
+            sender = send_callback.with_options(retries=len(delays), retry_delay_seconds=delays)
+            return await sender(payload.job_id, payload.status, body)
+        return await _send_with_retries(payload.job_id, payload.status, body, delays)
     except CallbackUnavailable:
         Outbox(settings.outbox_dir).put(
             payload.job_id, payload.status, runtime.callback_url or "", body
@@ -79,3 +89,22 @@ async def deliver_callback(payload: CallbackPayload) -> CallbackReceipt:
             settings.callback_retry_window_seconds,
         )
         raise
+
+
+async def _send_with_retries(
+    job_id: str, status: str, body: bytes, delays: list[float]
+) -> CallbackReceipt:
+    """:func:`send_callback`'s body, retried after each delay while the endpoint is unavailable."""
+    for delay in delays:
+        try:
+            return await send_callback.fn(job_id, status, body)
+        except CallbackUnavailable as exc:
+            run_logger(__name__).warning(
+                "The %s callback of job %s was not delivered (%s); trying again in %.1f s.",
+                status,
+                job_id,
+                exc,
+                delay,
+            )
+            await asyncio.sleep(delay)
+    return await send_callback.fn(job_id, status, body)

@@ -1,4 +1,5 @@
-"""Upload a job's assets and their thumbnails to the contract paths.
+"""Upload a job's assets and their thumbnails to the contract paths; refuse a job whose folder
+already holds objects; undo what a failed run stored.
 
 One ``upload`` task run stores every asset of the job: each original, then its thumbnail, the
 assets in parallel. An asset whose upload failed transiently (5xx, timeout, dropped connection)
@@ -7,9 +8,12 @@ is then stored again by a ``reupload`` task run of its own, which Prefect retrie
 retry can fix fails the job. A job whose uploads all succeed at once, the common case, costs one
 task run, not one per asset. Uploads upsert, so storing an asset again is harmless.
 
-:func:`upload_job_assets` returns or raises only once every upload has settled: the removal of a
-failed job's partial uploads must not race an upload still in flight (it would leave an orphaned
-object).
+Before it puts an asset, the upload records the original and its thumbnail (path, sha256, size
+of the bytes sent) in the run's upload journal (genjobs/storage/provenance.py); the undo of a
+failed run removes only what that journal names with the bytes it names.
+
+:func:`upload_job_assets` returns or raises only once every upload has settled: the undo of a
+failed job must not race an upload still in flight (it would leave an orphaned object).
 """
 
 from __future__ import annotations
@@ -23,11 +27,13 @@ from prefect.tasks import exponential_backoff
 from pydantic import BaseModel
 
 from genjobs.assets import EncodedAsset, UploadedAsset
-from genjobs.errors import StorageError, is_transient
+from genjobs.errors import JobAssetsExist, StorageError, is_transient
 from genjobs.runtime import get_runtime
 from genjobs.settings import Settings
-from genjobs.storage.base import MIME_BY_EXTENSION, asset_path, thumbnail_path
+from genjobs.storage.base import MIME_BY_EXTENSION, asset_path, job_prefix, thumbnail_path
+from genjobs.storage.provenance import UploadJournal, Write, undo_writes
 from tasks.naming import retry_if_transient, run_name, with_settings_retries
+from tasks.run_logger import run_logger
 
 
 class UploadAttempt(BaseModel):
@@ -37,8 +43,11 @@ class UploadAttempt(BaseModel):
     again: list[EncodedAsset]
 
 
-async def store_asset(asset: EncodedAsset, user_id: str, job_id: str) -> UploadedAsset:
-    """Put the original (upsert, exact content type), then its thumbnail.
+async def store_asset(
+    asset: EncodedAsset, user_id: str, job_id: str, journal: UploadJournal
+) -> UploadedAsset:
+    """Record the original and its thumbnail in the journal, then put the original (upsert,
+    exact content type), then the thumbnail.
 
     A thumbnail refused for good leaves ``thumbnail_path`` empty (contract 5.4); a transient
     failure of either raises, so the asset is stored again, original included.
@@ -48,18 +57,21 @@ async def store_asset(asset: EncodedAsset, user_id: str, job_id: str) -> Uploade
     bucket = runtime.settings.bucket
     path = asset_path(user_id, job_id, asset.index, asset.extension)
     data = Path(asset.file).read_bytes()
-    await asyncio.to_thread(runtime.storage.put, bucket, path, data, asset.content_type)
-    logger.info("Stored %s (%d bytes, %s).", path, len(data), asset.content_type)
     thumb_path: str | None = None
+    thumb_data = b""
     if asset.thumbnail_file is not None:
         thumb_path = thumbnail_path(user_id, job_id, asset.index)
+        thumb_data = Path(asset.thumbnail_file).read_bytes()
+    writes = [Write.of(bucket, path, data)]
+    if thumb_path is not None:
+        writes.append(Write.of(bucket, thumb_path, thumb_data))
+    await asyncio.to_thread(journal.record, writes)
+    await asyncio.to_thread(runtime.storage.put, bucket, path, data, asset.content_type)
+    logger.info("Stored %s (%d bytes, %s).", path, len(data), asset.content_type)
+    if thumb_path is not None:
         try:
             await asyncio.to_thread(
-                runtime.storage.put,
-                bucket,
-                thumb_path,
-                Path(asset.thumbnail_file).read_bytes(),
-                MIME_BY_EXTENSION["webp"],
+                runtime.storage.put, bucket, thumb_path, thumb_data, MIME_BY_EXTENSION["webp"]
             )
         except StorageError as exc:
             if exc.retryable:
@@ -74,11 +86,14 @@ async def store_asset(asset: EncodedAsset, user_id: str, job_id: str) -> Uploade
 
 
 @task(name="upload", cache_policy=NO_CACHE, task_run_name=run_name("upload"))
-async def upload_assets(assets: list[EncodedAsset], user_id: str, job_id: str) -> UploadAttempt:
+async def upload_assets(
+    assets: list[EncodedAsset], user_id: str, job_id: str, journal: UploadJournal
+) -> UploadAttempt:
     """Store every asset at once; report the ones that failed transiently, raise any other
     failure once every upload has settled."""
     settled = await asyncio.gather(
-        *(store_asset(asset, user_id, job_id) for asset in assets), return_exceptions=True
+        *(store_asset(asset, user_id, job_id, journal) for asset in assets),
+        return_exceptions=True,
     )
     attempt = UploadAttempt(stored=[], again=[])
     lasting: list[BaseException] = []
@@ -109,23 +124,30 @@ async def upload_assets(assets: list[EncodedAsset], user_id: str, job_id: str) -
     retry_jitter_factor=0.5,
     retry_condition_fn=retry_if_transient,
 )
-async def reupload_asset(asset: EncodedAsset, user_id: str, job_id: str) -> UploadedAsset:
+async def reupload_asset(
+    asset: EncodedAsset, user_id: str, job_id: str, journal: UploadJournal
+) -> UploadedAsset:
     """Store one asset again after a transient failure; Prefect retries transient failures."""
-    return await store_asset(asset, user_id, job_id)
+    return await store_asset(asset, user_id, job_id, journal)
 
 
 async def upload_job_assets(
-    assets: list[EncodedAsset], user_id: str, job_id: str, settings: Settings
+    assets: list[EncodedAsset],
+    user_id: str,
+    job_id: str,
+    settings: Settings,
+    journal: UploadJournal,
 ) -> list[UploadedAsset]:
     """Store every asset of a job: all at once, then each transient failure on its own with
-    retries. Returns the stored assets in index order; raises the first failure that is left,
-    once every upload has settled."""
-    attempt = await upload_assets(assets, user_id, job_id)
+    retries, every put recorded in ``journal`` first. Returns the stored assets in index order;
+    raises the first failure that is left, once every upload has settled."""
+    attempt = await upload_assets(assets, user_id, job_id, journal)
     if not attempt.again:
         return attempt.stored
     reupload = with_settings_retries(reupload_asset, settings)
     settled = await asyncio.gather(
-        *(reupload(asset, user_id, job_id) for asset in attempt.again), return_exceptions=True
+        *(reupload(asset, user_id, job_id, journal) for asset in attempt.again),
+        return_exceptions=True,
     )
     failures = [result for result in settled if isinstance(result, BaseException)]
     if failures:
@@ -135,11 +157,52 @@ async def upload_job_assets(
 
 
 @task(
-    name="remove-partial-uploads", task_run_name=run_name("remove-uploads"), cache_policy=NO_CACHE
+    name="check-job-folder",
+    cache_policy=NO_CACHE,
+    task_run_name=run_name("check"),
+    retry_condition_fn=retry_if_transient,
 )
-async def remove_uploads(job_id: str, paths: list[str]) -> list[str]:
-    """Delete what a failed or cancelled job stored, so no object outlives its record."""
+async def refuse_stored_job(user_id: str, job_id: str) -> None:
+    """Refuse a run of a job whose folder already holds objects (a re-run of a job an earlier
+    run stored): it would overwrite them and, failing, could remove them.
+
+    A missing bucket holds none of the job's objects: the upload names it. Any other storage
+    error refuses the run with that error (it cannot tell, so it touches nothing).
+
+    Raises:
+        JobAssetsExist: The folder holds objects; nothing was rendered, stored or removed.
+    """
     runtime = get_runtime()
-    removed = await asyncio.to_thread(runtime.storage.remove, runtime.settings.bucket, paths)
-    get_run_logger().info("Removed %d partial upload(s) of job %s.", len(removed), job_id)
-    return removed
+    bucket, folder = runtime.settings.bucket, job_prefix(user_id, job_id)
+    try:
+        found = await asyncio.to_thread(runtime.storage.list, bucket, folder)
+    except StorageError as exc:
+        if exc.code != "BUCKET_NOT_FOUND":
+            raise
+        found = []
+    if found:
+        raise JobAssetsExist(
+            f"Job {job_id} already has {len(found)} object(s) in {bucket}/{folder}, stored by "
+            "another run of it; this run rendered, stored and removed nothing"
+        )
+
+
+async def check_job_folder(user_id: str, job_id: str, settings: Settings) -> None:
+    """:func:`refuse_stored_job`, transient listing failures retried as uploads are."""
+    await with_settings_retries(refuse_stored_job, settings)(user_id, job_id)
+
+
+@task(name="undo-uploads", task_run_name=run_name("undo"), cache_policy=NO_CACHE)
+async def undo_uploads(job_id: str, journal: UploadJournal) -> list[str]:
+    """Remove what this run stored whose bytes are still the ones it wrote (storage errors keep
+    the objects: see :func:`~genjobs.storage.provenance.undo_writes`); log what is kept and
+    why; then discard the journal."""
+    logger = run_logger(__name__)
+    try:
+        report = await asyncio.to_thread(undo_writes, get_runtime().storage, journal.writes)
+    finally:
+        journal.discard()
+    for path, reason in report.kept.items():
+        logger.warning("Kept %s of job %s: %s.", path, job_id, reason)
+    logger.info("Removed %d object(s) that this run of job %s stored.", len(report.removed), job_id)
+    return report.removed

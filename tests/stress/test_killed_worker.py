@@ -4,10 +4,13 @@ Three flow runs start in child processes (the embedded default against the same 
 storage stand-in and callback receiver) and are killed: after the render with nothing stored
 yet, in the middle of the uploads, and while the callback is being retried. The moments are made
 certain with the stand-in's hang faults and the receiver's downtime, not with sleeps. Then each
-job runs again in this process, as a resubmission would: every job ends with exactly its
-contract objects (what the killed run stored is overwritten), the same seeds, and one accepted
-callback. (Pixels are not compared: a worker with another thread count or device may round
-differently, so only the seeds are promised to repeat.)
+job runs again in this process, as a resubmission would. The job the kill left without objects
+ends with exactly its contract objects, the same seeds and one accepted callback. A job whose
+folder the killed run left objects in is refused before its render (``JOB_ASSETS_EXIST``): a
+SIGKILLed run's flow run stays Running, so nothing can tell it from a run still in flight. Its
+objects stay as they were, and the operator looks (docs/runbook.md). (Pixels are not compared: a
+worker with another thread count or device may round differently, so only the seeds are
+promised to repeat.)
 """
 
 from __future__ import annotations
@@ -147,7 +150,7 @@ async def flow_run_states(job_id: str) -> list[str]:
     return sorted(str(run.state_type.value) for run in runs if run.state_type is not None)
 
 
-async def test_jobs_killed_after_render_mid_upload_and_before_callback_finish_once_when_rerun(
+async def test_jobs_killed_before_storing_finish_when_rerun_and_jobs_with_objects_are_refused(
     tmp_path: Path,
     model_cache: Path,
     receiver: CallbackReceiver,
@@ -195,32 +198,39 @@ async def test_jobs_killed_after_render_mid_upload_and_before_callback_finish_on
         assert scratch.is_dir() == (scenario.name != "before_callback"), scenario.name
 
     # The same jobs again, in a healthy worker.
+    left_behind = {scenario.name: stored(scenario.job) for scenario in scenarios}
     runtime = build_runtime(settings)
     set_runtime(runtime)
     try:
-        for scenario in scenarios:
-            state = await generate_job(scenario.job, return_state=True)
-            assert state.is_completed(), (scenario.name, state.message)
+        states = {
+            scenario.name: await generate_job(scenario.job, return_state=True)
+            for scenario in scenarios
+        }
     finally:
         set_runtime(None)
         runtime.storage.close()  # type: ignore[attr-defined]
 
+    job_id = after_render["id"]
+    assert states["after_render"].is_completed(), states["after_render"].message
+    assert stored(after_render) == contract_paths(USER_ID, job_id, 1)
+    (payload,) = receiver.accepted(job_id)
+    assert payload["status"] == "completed"
+    check_stored_assets(standin, payload)
+    # The rerun drew the same seed (a function of the job id).
+    assert payload["assets"][0]["metadata"]["seed"] == plan_job(parse_job(after_render)).seeds[0]
+    assert len(receiver.assets(job_id)) == 1
+    for scenario in (s for s in scenarios if s.name != "after_render"):
+        job_id = scenario.job["id"]
+        assert states[scenario.name].is_failed(), scenario.name
+        assert stored(scenario.job) == left_behind[scenario.name], scenario.name
+        (payload,) = receiver.accepted(job_id)
+        assert payload["status"] == "failed", scenario.name
+        assert payload["metadata"]["error_code"] == "JOB_ASSETS_EXIST", scenario.name
     for scenario in scenarios:
         job_id = scenario.job["id"]
-        assert stored(scenario.job) == contract_paths(USER_ID, job_id, 1), scenario.name
-        (payload,) = receiver.accepted(job_id)
-        assert payload["status"] == "completed", scenario.name
-        check_stored_assets(standin, payload)
-        # The rerun drew the same seed (a function of the job id) and overwrote what the
-        # killed run had stored: the object is the one the callback describes.
-        assert (
-            payload["assets"][0]["metadata"]["seed"] == plan_job(parse_job(scenario.job)).seeds[0]
-        )
-        assert len(receiver.assets(job_id)) == 1
         assert not (tmp_path / "work" / job_id).exists(), scenario.name
         # A SIGKILLed process runs no hook: its flow run stays Running (the cleanup flow's
-        # stuck-job sweep owns those); the rerun completed.
-        assert await flow_run_states(job_id) == ["COMPLETED", "RUNNING"], scenario.name
-    statuses = [json.loads(r.body)["status"] for r in receiver.requests]
-    assert "failed" not in statuses
+        # stuck-job sweep owns those).
+        ended = "COMPLETED" if scenario.name == "after_render" else "FAILED"
+        assert await flow_run_states(job_id) == [ended, "RUNNING"], scenario.name
     assert Outbox(settings.outbox_dir).entries() == []
