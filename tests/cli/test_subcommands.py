@@ -157,7 +157,13 @@ def test_cleanup_dry_run_prints_the_flows_summary_and_removes_nothing(
     assert out.startswith("Workspace cleanup (dry run, nothing was removed):\n")
     summary = _printed_summary(out)
     assert summary["dry_run"] is True and summary["bucket"] == "workspace-temp"
-    assert (summary["listed"], summary["removed"]) == (1, 1)
+    # Without the project database nothing can be decided: the old object is listed as a
+    # candidate, and nothing counts as removed.
+    assert (summary["listed"], summary["removed"], summary["decided"]) == (1, 0, False)
+    assert [c["path"] for c in summary["candidates"]] == [
+        str(stored.relative_to(cli_home / "storage" / "workspace-temp") / "0.png")
+    ]
+    assert "GENJOBS_DATABASE_DSN" in summary["note"]
     assert (stored / "0.png").read_bytes() == b"png"
 
 
