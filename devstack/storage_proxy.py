@@ -386,6 +386,10 @@ class StorageProxy:
                     sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
             writer.transport.abort()
             return
+        except asyncio.CancelledError:
+            # The proxy is stopping: drop the connection without finishing the exchange.
+            writer.transport.abort()
+            return
         except (ProtocolError, ConnectionError, asyncio.IncompleteReadError) as exc:
             logger.info("Storage proxy dropped a connection: %s.", exc)
         finally:
