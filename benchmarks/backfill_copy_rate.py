@@ -32,10 +32,10 @@ import httpx
 import numpy as np
 from PIL import Image
 
+from devstack.storage_standin import StorageStandIn
 from genjobs.backfill.legacy_paths import LegacyObject, parse_legacy_path
 from genjobs.backfill.plan import PlannedCopy
 from genjobs.backfill.transfer import CopyOrder, run_copy_batch
-from genjobs.devserver.storage_standin import StorageStandIn
 from genjobs.storage.supabase import SupabaseStorage
 
 SOURCE = "sdxl_image_fast"

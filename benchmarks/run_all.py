@@ -232,9 +232,9 @@ async def pipeline_section(scratch: Path, repeats: int) -> list[str]:
     import httpx
     from pydantic import SecretStr
 
+    from devstack.storage_standin import StorageStandIn
     from genjobs.callback.sender import CallbackSender
     from genjobs.devserver.receiver import CallbackReceiver
-    from genjobs.devserver.storage_standin import StorageStandIn
     from genjobs.storage.supabase import SupabaseStorage
 
     frames = synthetic_frames(6, 1024)

@@ -19,7 +19,7 @@ import pytest
 from PIL import Image
 from pydantic import SecretStr
 
-from genjobs.devserver.storage_standin import StorageStandIn
+from devstack.storage_standin import StorageStandIn
 from genjobs.runtime import Runtime, set_runtime
 from genjobs.settings import Settings
 from genjobs.storage.supabase import SupabaseStorage

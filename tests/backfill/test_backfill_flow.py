@@ -23,9 +23,9 @@ from prefect.client.orchestration import get_client
 from prefect.client.schemas.filters import ArtifactFilter, ArtifactFilterFlowRunId
 from pydantic import SecretStr
 
+from devstack.storage_standin import StorageStandIn
 from flows.backfill import backfill_legacy_buckets, rollback_backfill
 from genjobs.backfill.manifest import ManifestRecord, ManifestWriter, load_manifest
-from genjobs.devserver.storage_standin import StorageStandIn
 from genjobs.runtime import Runtime, set_runtime
 from genjobs.settings import Settings
 from genjobs.storage.local import LocalFolderStorage

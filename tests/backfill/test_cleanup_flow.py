@@ -12,8 +12,8 @@ from typing import Any
 import pytest
 from pydantic import SecretStr
 
+from devstack.storage_standin import StorageStandIn
 from flows.cleanup import cleanup_workspace
-from genjobs.devserver.storage_standin import StorageStandIn
 from genjobs.runtime import Runtime, set_runtime
 from genjobs.storage.supabase import SupabaseStorage
 from tests.backfill.conftest import TARGET, make_runtime, png_bytes, snapshot

@@ -11,7 +11,7 @@ import httpx
 import pytest
 from storage3 import SyncStorageClient
 
-from genjobs.devserver.storage_standin import (
+from devstack.storage_standin import (
     CONTRACT_BUCKETS,
     StorageStandIn,
     make_jwt,

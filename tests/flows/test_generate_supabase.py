@@ -17,11 +17,11 @@ from PIL import Image
 from prefect.client.orchestration import get_client
 from prefect.client.schemas.filters import ArtifactFilter, ArtifactFilterKey
 
+from devstack.storage_standin import StorageStandIn
 from flows.generate import generate_job
 from flows.outbox import redeliver_callbacks
 from genjobs.callback.outbox import Outbox
 from genjobs.devserver.receiver import CallbackReceiver
-from genjobs.devserver.storage_standin import StorageStandIn
 from genjobs.runtime import Runtime, build_runtime, set_runtime
 from genjobs.storage.supabase import SupabaseStorage
 from tests.conftest import make_settings

@@ -8,7 +8,7 @@ import httpx
 import pytest
 from storage3 import SyncStorageClient
 
-from genjobs.devserver.storage_standin import StorageStandIn
+from devstack.storage_standin import StorageStandIn
 from genjobs.storage.supabase import SupabaseStorage
 
 JWT_SECRET = "storage-tests-jwt-secret-0123456789abcdef"

@@ -16,7 +16,7 @@ from storage3 import SyncStorageClient
 from storage3.exceptions import StorageApiError
 
 import supabase
-from genjobs.devserver.storage_standin import StorageStandIn, make_jwt
+from devstack.storage_standin import StorageStandIn, make_jwt
 from genjobs.errors import StorageError
 from genjobs.storage.base import asset_path, thumbnail_path
 from genjobs.storage.supabase import (

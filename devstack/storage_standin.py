@@ -1548,7 +1548,7 @@ def serve_standin(
 
 
 def main(argv: Sequence[str] | None = None) -> None:
-    """``python -m genjobs.devserver.storage_standin``: serve a stand-in on a fixed port."""
+    """``python -m devstack.storage_standin``: serve a stand-in on a fixed port."""
     parser = argparse.ArgumentParser(description="Local Supabase Storage stand-in")
     parser.add_argument("--host", default="127.0.0.1")
     parser.add_argument("--port", type=int, default=DEV_PORT)
