@@ -438,6 +438,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         default=None,
         help="instance folder (default: $GENJOBS_STORAGE_INSTANCE or .genjobs/storage)",
     )
+    parser.add_argument(
+        "--if-available",
+        action="store_true",
+        help="start: when there is neither a build nor a tarball, say so and start nothing",
+    )
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="storage_server: %(message)s", stream=sys.stderr)
     if args.command == "build":
@@ -446,6 +451,15 @@ def main(argv: Sequence[str] | None = None) -> int:
         logger.info("Build ready in %s (%.1f s).", found.source_dir, time.monotonic() - started)
         return 0
     if args.command == "start":
+        if args.if_available and storage_build.existing_build() is None:
+            tarball = storage_build.default_tarball()
+            if not tarball.is_file():
+                logger.warning(
+                    "No storage server build in %s and no tarball at %s; starting nothing.",
+                    storage_build.default_cache(),
+                    tarball,
+                )
+                return 0
         sys.stdout.write(env_lines(start(args.instance)))
         return 0
     if args.command == "stop":
