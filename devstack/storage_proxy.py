@@ -12,7 +12,10 @@ Faults, set while it runs (tests use them to play a misbehaving gateway):
 * :meth:`StorageProxy.stall` holds a matching request's body after N bytes, for S seconds or
   until the fault is cleared or the proxy stops;
 * :meth:`StorageProxy.reset` drops the client's connection (TCP reset) after N body bytes;
-* :meth:`StorageProxy.fail` answers the next K matching requests with a 5xx of its own.
+* :meth:`StorageProxy.fail` answers the next K matching requests with a 5xx of its own;
+* :meth:`StorageProxy.drop_answer` passes the next K matching requests on, reads the server's
+  whole answer and resets the client's connection instead of passing it back (the request took
+  effect, the client never learns it).
 
 Patterns are regular expressions searched in ``"METHOD /path"`` of the client's request (the
 path with its ``/storage/v1`` prefix and query), e.g. ``r"^PATCH /storage/v1/upload/"``.
@@ -34,6 +37,7 @@ import struct
 import threading
 from collections.abc import Sequence
 from dataclasses import dataclass, field
+from typing import Protocol
 from urllib.parse import urlsplit
 
 logger = logging.getLogger(__name__)
@@ -62,7 +66,7 @@ class ProtocolError(Exception):
 
 @dataclass
 class Fault:
-    """One injected fault; ``kind`` is ``stall``, ``reset`` or ``fail``."""
+    """One injected fault; ``kind`` is ``stall``, ``reset``, ``fail`` or ``drop_answer``."""
 
     kind: str
     pattern: re.Pattern[str]
@@ -158,6 +162,24 @@ def _serialize(first_line: str, headers: list[tuple[str, str]]) -> bytes:
     return "\r\n".join(lines).encode("latin-1")
 
 
+class _Sink(Protocol):
+    """Where a body goes: a stream writer, or :class:`_Discard`."""
+
+    def write(self, data: bytes) -> None: ...
+
+    async def drain(self) -> None: ...
+
+
+class _Discard:
+    """A writer that drops what it is given (an answer the proxy swallows)."""
+
+    def write(self, data: bytes) -> None:
+        return None
+
+    async def drain(self) -> None:
+        return None
+
+
 class _Reset(Exception):
     """An injected reset: drop the client connection now."""
 
@@ -165,7 +187,7 @@ class _Reset(Exception):
 class _BodyPump:
     """Copies one message body from a reader to a writer, calling a hook per forwarded count."""
 
-    def __init__(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter, hook):
+    def __init__(self, reader: asyncio.StreamReader, writer: _Sink | None, hook):
         self.reader = reader
         self.writer = writer
         self.hook = hook
@@ -328,6 +350,11 @@ class StorageProxy:
         """Answers the next ``times`` matching requests with ``status`` without passing them on."""
         return self._add(Fault("fail", re.compile(pattern), status=status, remaining=times))
 
+    def drop_answer(self, pattern: str, *, times: int = 1) -> Fault:
+        """Swallows the server's answer to the next ``times`` matching requests and resets the
+        client's connection."""
+        return self._add(Fault("drop_answer", re.compile(pattern), remaining=times))
+
     def clear_faults(self) -> None:
         """Removes every fault and releases requests held by a stall."""
         with self._lock:
@@ -414,7 +441,7 @@ class StorageProxy:
         async def drop(_sent: int, _counted: int, _data: bytes, _w: asyncio.StreamWriter) -> None:
             return None
 
-        pump = _BodyPump(reader, None, drop)  # type: ignore[arg-type]
+        pump = _BodyPump(reader, None, drop)
         if _is_chunked(head.headers):
             await pump.chunked()
         else:
@@ -442,6 +469,12 @@ class StorageProxy:
             return not client_close
         stall = self._take("stall", target)
         reset = self._take("reset", target)
+        drop_answer = self._take("drop_answer", target)
+        has_body = _is_chunked(head.headers) or bool(_content_length(head.headers))
+        if reset is not None and not has_body:
+            logger.info("Storage proxy resets %s before passing it on.", target)
+            self._record(head, 0)
+            raise _Reset
 
         upstream_reader, upstream_writer = await asyncio.open_connection(
             self.upstream_host, self.upstream_port, limit=MAX_HEAD
@@ -464,6 +497,20 @@ class StorageProxy:
 
             release = self._release
 
+            upstream_gone = False
+
+            async def send(out: asyncio.StreamWriter, data: bytes) -> None:
+                # A server may answer (a refusal) and close before the body is all sent; the
+                # rest of the body is then read and dropped, and its answer passed back.
+                nonlocal upstream_gone
+                if upstream_gone:
+                    return
+                try:
+                    out.write(data)
+                    await out.drain()
+                except (ConnectionError, OSError):
+                    upstream_gone = True
+
             async def hook(sent: int, counted: int, data: bytes, out: asyncio.StreamWriter) -> None:
                 for fault in (stall, reset):
                     if fault is None or counted == 0:
@@ -472,8 +519,7 @@ class StorageProxy:
                         fault.after_bytes == 0 and sent == 0
                     ):
                         split = fault.after_bytes - sent
-                        out.write(data[:split])
-                        await out.drain()
+                        await send(out, data[:split])
                         data = data[split:]
                         sent += split
                         if fault.kind == "reset":
@@ -484,15 +530,19 @@ class StorageProxy:
                         assert release is not None
                         with contextlib.suppress(TimeoutError):
                             await asyncio.wait_for(release.wait(), fault.seconds)
-                out.write(data)
-                await out.drain()
+                await send(out, data)
 
             pump = _BodyPump(reader, upstream_writer, hook)
             if chunked:
                 await pump.chunked()
             else:
                 await pump.fixed(_content_length(head.headers) or 0)
+            if drop_answer is not None:
+                await self._relay_response(head, upstream_reader, None, client_close)
+                logger.info("Storage proxy drops the answer to %s.", target)
+                raise _Reset
             return await self._relay_response(head, upstream_reader, writer, client_close)
+
         finally:
             upstream_writer.transport.abort()
 
@@ -500,9 +550,11 @@ class StorageProxy:
         self,
         head: _Head,
         upstream: asyncio.StreamReader,
-        writer: asyncio.StreamWriter,
+        writer: asyncio.StreamWriter | None,
         client_close: bool,
     ) -> bool:
+        """Passes the server's answer to ``writer`` (None: reads and discards it)."""
+        sink = writer if writer is not None else _Discard()
         while True:
             raw = await _read_head(upstream)
             if raw is None:
@@ -512,8 +564,8 @@ class StorageProxy:
             status = int(status_line.split(" ", 2)[1])
             headers = _parse_headers(lines[1:])
             if 100 <= status < 200 and status != 101:
-                writer.write(raw)
-                await writer.drain()
+                sink.write(raw)
+                await sink.drain()
                 continue
             break
         self._record(head, status)
@@ -528,13 +580,13 @@ class StorageProxy:
             keep = False
         out_headers.append(("Connection", "keep-alive" if keep else "close"))
         version = "HTTP/1.1"
-        writer.write(_serialize(f"{version} {status_line.split(' ', 1)[1]}", out_headers))
+        sink.write(_serialize(f"{version} {status_line.split(' ', 1)[1]}", out_headers))
 
         async def hook(_sent: int, _counted: int, data: bytes, out: asyncio.StreamWriter) -> None:
             out.write(data)
             await out.drain()
 
-        pump = _BodyPump(upstream, writer, hook)
+        pump = _BodyPump(upstream, sink, hook)
         if not no_body:
             if chunked:
                 await pump.chunked()
@@ -542,7 +594,7 @@ class StorageProxy:
                 await pump.fixed(length)
             else:
                 await pump.to_eof()
-        await writer.drain()
+        await sink.drain()
         return keep
 
 

@@ -1072,7 +1072,9 @@ class StorageStandIn:
                     metadata = json.loads(fields["metadata"].content)
                 except ValueError as exc:
                     raise _invalid_request("metadata is not valid JSON") from exc
-            return file_part.content, file_part.content_type or "text/plain", cache, metadata
+            # The server's multipart parser keeps a part's type without its parameters.
+            part_type = (file_part.content_type or "text/plain").split(";", 1)[0].strip()
+            return file_part.content, part_type, cache, metadata
         cache = request.headers.get("cache-control", "")
         return request.body, request_type or "application/octet-stream", cache, None
 
@@ -1159,7 +1161,9 @@ class StorageStandIn:
         )
 
     def _list(self, request: _Request, principal: _Principal, bucket: str) -> _Response:
-        """``storage.search``: folders (``id`` null) first, then the files at the prefix's level."""
+        """``storage.search``: the folders (``id`` null) and files at the prefix's level. Sorted by
+        name, folders and files interleave as the server sorts them; by a time column, the
+        folders (whose times are null) come first."""
         body = request.json()
         prefix = body.get("prefix")
         if not isinstance(prefix, str):
@@ -1223,6 +1227,8 @@ class StorageStandIn:
                     "metadata": obj.metadata(),
                 }
             )
+        if column == "name":
+            rows.sort(key=lambda row: str(row["name"]), reverse=descending)
         return _json_response(rows[offset : offset + limit])
 
     def _sign(self, request: _Request, principal: _Principal, bucket: str, name: str) -> _Response:

@@ -163,6 +163,12 @@ CASES: list[tuple[str, str, Call]] = [
     ("non-uuid user writes", "non-uuid", _upload("user-1/j/1.png")),
     ("service lists", "service", _post("/object/list/{bucket}", {"prefix": "{a}/j/"})),
     (
+        "service lists folders and files by name",
+        "service",
+        _post("/object/list/{bucket}", {"prefix": "{a}/", "sortBy": {"column": "name"}}),
+    ),
+    ("upload with a charset", "service", _upload("{a}/j/4.png", "text/plain;charset=UTF-8")),
+    (
         "service removes one present and one missing",
         "service",
         _delete("/object/{bucket}", {"prefixes": ["{b}/j/0.png", "{b}/j/none.png"]}),
@@ -180,7 +186,8 @@ def test_the_stand_in_answers_like_the_real_server(
     for server in both:
         service = {"Authorization": f"Bearer {server.service_key}"}
         with httpx.Client(base_url=server.storage_url, timeout=30) as client:
-            for path in (f"{user_a}/j/0.png", f"{user_b}/j/0.png", "user-1/j/0.png"):
+            seeds = (f"{user_a}/j/0.png", f"{user_a}/k.png", f"{user_b}/j/0.png", "user-1/j/0.png")
+            for path in seeds:
                 seeded = client.post(
                     f"/object/{bucket}/{path}",
                     content=b"png bytes",

@@ -194,7 +194,7 @@ def test_bucket_size_limit_accepts_unit_strings(
     assert bad.json()["statusCode"] == "400"
 
 
-def test_list_orders_folders_first_and_pages_sorts_and_searches(
+def test_list_sorts_folders_among_files_by_name_and_pages_and_searches(
     standin: StorageStandIn, http: httpx.Client
 ) -> None:
     for name in ("b.png", "a.png", "c.webp", "z/deep.png", "y/deeper/x.png"):
@@ -205,8 +205,8 @@ def test_list_orders_folders_first_and_pages_sorts_and_searches(
         response = http.post(f"/object/list/{BUCKET}", json={"prefix": USER, **options})
         return [entry["name"] for entry in response.json()]
 
-    assert names() == ["y", "z", "a.png", "b.png", "c.webp"]
-    assert names(limit=2, offset=1) == ["z", "a.png"]
+    assert names() == ["a.png", "b.png", "c.webp", "y", "z"]
+    assert names(limit=2, offset=1) == ["b.png", "c.webp"]
     assert names(sortBy={"column": "name", "order": "desc"}) == [
         "z",
         "y",
