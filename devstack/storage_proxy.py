@@ -336,10 +336,17 @@ class StorageProxy:
             self._faults.append(fault)
         return fault
 
-    def stall(self, pattern: str, *, after_bytes: int, seconds: float | None = None) -> Fault:
-        """Holds the body of each matching request after ``after_bytes`` bytes for ``seconds``
-        (None: until :meth:`clear_faults` or :meth:`stop`)."""
-        return self._add(Fault("stall", re.compile(pattern), after_bytes, seconds))
+    def stall(
+        self,
+        pattern: str,
+        *,
+        after_bytes: int,
+        seconds: float | None = None,
+        times: int | None = None,
+    ) -> Fault:
+        """Holds the body of the next ``times`` matching requests (None: all) after
+        ``after_bytes`` bytes for ``seconds`` (None: until :meth:`clear_faults` or :meth:`stop`)."""
+        return self._add(Fault("stall", re.compile(pattern), after_bytes, seconds, remaining=times))
 
     def reset(self, pattern: str, *, after_bytes: int = 0, times: int | None = 1) -> Fault:
         """Resets the client connection of the next ``times`` matching requests (None: all)
