@@ -178,14 +178,14 @@ async def test_a_gateway_stalled_mid_upload_is_timed_out_and_the_retry_stores_th
     job = sdxl_job(num_images=1)
     path = f"{USER_ID}/{job['id']}/0.png"
     # The first upload of the image stops after 4 KiB and never goes on.
-    fault_proxy.stall(
+    stall = fault_proxy.stall(
         rf"^POST /storage/v1/object/{WORKSPACE_BUCKET}/{path}$", after_bytes=4096, times=1
     )
     state = await generate_job(job, return_state=True)
     assert state.is_completed(), state.message
-    assert upload_statuses(fault_proxy, WORKSPACE_BUCKET, path) == [
-        200
-    ]  # the held one never answered
+    assert stall.hits == 1
+    # The held upload never got an answer; the retry did.
+    assert upload_statuses(fault_proxy, WORKSPACE_BUCKET, path) == [200]
     data, content_type = stored(real_storage, path)
     assert content_type == "image/png" and Image.open(io.BytesIO(data)).size == (256, 256)
     assert job_objects(real_storage, job).count(path) == 1
