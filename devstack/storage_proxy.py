@@ -197,14 +197,17 @@ class _BodyPump:
         await self.hook(self.sent, counted, data, self.writer)
         self.sent += counted
 
-    async def fixed(self, length: int) -> None:
+    async def _copy(self, length: int, short: str) -> None:
         left = length
         while left > 0:
             data = await self.reader.read(min(CHUNK, left))
             if not data:
-                raise ProtocolError("body ended before its Content-Length")
+                raise ProtocolError(short)
             left -= len(data)
             await self._forward(data, len(data))
+
+    async def fixed(self, length: int) -> None:
+        await self._copy(length, "body ended before its Content-Length")
 
     async def chunked(self) -> None:
         while True:
@@ -221,13 +224,7 @@ class _BodyPump:
                     await self._forward(line, 0)
                     if line == b"\r\n":
                         return
-            left = size
-            while left > 0:
-                data = await self.reader.read(min(CHUNK, left))
-                if not data:
-                    raise ProtocolError("body ended inside a chunk")
-                left -= len(data)
-                await self._forward(data, len(data))
+            await self._copy(size, "body ended inside a chunk")
             await self._forward(await self.reader.readexactly(2), 0)
 
     async def to_eof(self) -> None:

@@ -9,8 +9,8 @@ Usage::
 
 ``build`` builds the server into the cache (see :mod:`devstack.storage_build`). ``start`` builds
 if needed, then, for one instance: a fresh database on the test PostgreSQL
-(GENJOBS_TEST_PG_DSN, else the server ``scripts/start_postgres.sh`` starts or reuses), the SQL
-shim a Supabase database ships with (``storage_shim.sql``), the server itself on a free port
+(GENJOBS_TEST_PG_DSN, else the server ``scripts/start_postgres.sh`` starts or reuses), what a
+Supabase database ships with (:func:`shim_sql`), the server itself on a free port
 with the file backend in the instance folder and a random JWT secret, the project's migrations
 (bucket ``workspace-temp`` and its row policies), and the ``/storage/v1`` proxy in front of it.
 What it started (pids, ports, keys, database) is written to ``state.json`` in the instance
@@ -47,6 +47,8 @@ logger = logging.getLogger(__name__)
 
 REPO = storage_build.REPO
 SHIM_SQL = Path(__file__).with_name("storage_shim.sql")
+BOOTSTRAP_STORAGE_MARKER = "-- storage ---"
+BOOTSTRAP_REALTIME_MARKER = "-- Realtime ---"
 STATE_NAME = "state.json"
 START_TIMEOUT_S = 180.0
 
@@ -134,6 +136,21 @@ def _postgres_admin_dsn() -> str:
     raise RuntimeError(f"{script} printed no GENJOBS_TEST_PG_DSN")
 
 
+def shim_sql() -> str:
+    """What a Supabase database has before its storage server first starts: the test bootstrap
+    (supabase/test_bootstrap.sql) without its storage part, then ``storage_shim.sql``."""
+    from genjobs.db.migrations import bootstrap_file
+
+    text = bootstrap_file().read_text()
+    start, end = text.find(BOOTSTRAP_STORAGE_MARKER), text.find(BOOTSTRAP_REALTIME_MARKER)
+    if not 0 <= start < end:
+        raise RuntimeError(
+            f"{bootstrap_file()} no longer has its '{BOOTSTRAP_STORAGE_MARKER}' and "
+            f"'{BOOTSTRAP_REALTIME_MARKER}' sections"
+        )
+    return text[:start] + text[end:] + SHIM_SQL.read_text()
+
+
 def _create_database(admin_dsn: str, name: str) -> str:
     import psycopg
     from psycopg import sql
@@ -143,7 +160,7 @@ def _create_database(admin_dsn: str, name: str) -> str:
         admin.execute(sql.SQL("create database {}").format(sql.Identifier(name)))
     dsn = _as_url(make_conninfo(admin_dsn, dbname=name))
     with psycopg.connect(dsn, autocommit=True) as conn:
-        conn.execute(SHIM_SQL.read_bytes())
+        conn.execute(shim_sql().encode())
     return dsn
 
 

@@ -30,18 +30,12 @@ import pytest
 
 from devstack import storage_build, storage_server
 from devstack.storage_proxy import StorageProxy
+from devstack.storage_standin import CONTRACT_BUCKETS
 from devstack.tokens import user_token
 from genjobs.storage.supabase import SupabaseStorage
 
 WORKSPACE_BUCKET = "workspace-temp"
-WORKSPACE_MIME_TYPES = (
-    "image/jpeg",
-    "image/png",
-    "image/webp",
-    "video/mp4",
-    "video/webm",
-    "video/quicktime",
-)
+WORKSPACE_MIME_TYPES = CONTRACT_BUCKETS[WORKSPACE_BUCKET].allowed_mime_types or ()
 
 
 @dataclass(frozen=True)
