@@ -180,6 +180,27 @@ class _Discard:
         return None
 
 
+class _KeepingReader(asyncio.StreamReader):
+    """A reader for the server's side that keeps what it received when the connection is reset.
+
+    A server that refuses an upload answers and closes before it has read the whole body; the
+    body bytes still in flight then make its kernel reset the connection. A plain StreamReader
+    turns that reset into an error on every later read, losing an answer already received; this
+    one ends the stream there instead, so the answer is read and passed back.
+    """
+
+    def set_exception(self, exc: BaseException) -> None:
+        self.feed_eof()
+
+
+async def _open_upstream(host: str, port: int) -> tuple[asyncio.StreamReader, asyncio.StreamWriter]:
+    loop = asyncio.get_running_loop()
+    reader = _KeepingReader(limit=MAX_HEAD, loop=loop)
+    protocol = asyncio.StreamReaderProtocol(reader, loop=loop)
+    transport, _ = await loop.create_connection(lambda: protocol, host, port)
+    return reader, asyncio.StreamWriter(transport, protocol, reader, loop)
+
+
 class _Reset(Exception):
     """An injected reset: drop the client connection now."""
 
@@ -462,14 +483,14 @@ class StorageProxy:
             or head.target.startswith(PREFIX + "?")
         ):
             await self._discard_body(head, reader)
-            await self._answer(writer, 404, "not under /storage/v1", keep=not client_close)
             self._record(head, 404)
+            await self._answer(writer, 404, "not under /storage/v1", keep=not client_close)
             return not client_close
         failure = self._take("fail", target)
         if failure is not None:
             await self._discard_body(head, reader)
-            await self._answer(writer, failure.status, "injected failure", keep=not client_close)
             self._record(head, failure.status)
+            await self._answer(writer, failure.status, "injected failure", keep=not client_close)
             return not client_close
         stall = self._take("stall", target)
         reset = self._take("reset", target)
@@ -480,8 +501,8 @@ class StorageProxy:
             self._record(head, 0)
             raise _Reset
 
-        upstream_reader, upstream_writer = await asyncio.open_connection(
-            self.upstream_host, self.upstream_port, limit=MAX_HEAD
+        upstream_reader, upstream_writer = await _open_upstream(
+            self.upstream_host, self.upstream_port
         )
         try:
             path = head.target[len(PREFIX) :] or "/"
@@ -491,11 +512,11 @@ class StorageProxy:
             chunked = _is_chunked(head.headers)
             if chunked:
                 headers.append(("Transfer-Encoding", "chunked"))
-            headers += [
-                ("X-Forwarded-Prefix", PREFIX),
-                ("X-Forwarded-Proto", "http"),
-                ("Connection", "close"),
-            ]
+            # No "Connection: close": a server that answers before it has read the whole body
+            # and then closes resets the connection, which can drop its own answer; on a
+            # kept-alive connection it reads the rest of the body instead. The proxy closes
+            # this connection itself once the answer is through.
+            headers += [("X-Forwarded-Prefix", PREFIX), ("X-Forwarded-Proto", "http")]
             upstream_writer.write(_serialize(f"{head.method} {path} HTTP/1.1", headers))
             await upstream_writer.drain()
 
