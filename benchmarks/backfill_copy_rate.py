@@ -14,8 +14,13 @@ them four ways, side by side:
 The stand-in shares this process (and its GIL) with the client, so the figures compare the
 methods with each other; they are not a forecast for a remote Supabase project.
 
-Usage: ``python benchmarks/backfill_copy_rate.py [--objects 200] [--size-kb 256]`` (with the
-project installed, e.g. ``pip install -e .``).
+With ``--storage-url`` and ``--service-key`` (default: GENJOBS_TEST_SUPABASE_URL and
+GENJOBS_TEST_STORAGE_SERVICE_KEY, which ``scripts/storage_server.sh start`` exports) it measures a
+real storage server instead, e.g. v1.70.6 on loopback; the source bucket is created there when
+missing.
+
+Usage: ``python benchmarks/backfill_copy_rate.py [--objects 200] [--size-kb 256]
+[--storage-url URL --service-key KEY]`` (with the project installed, e.g. ``pip install -e .``).
 """
 
 from __future__ import annotations
@@ -23,19 +28,21 @@ from __future__ import annotations
 import argparse
 import io
 import logging
+import os
 import time
 import uuid
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
+from contextlib import contextmanager
 
 import httpx
 import numpy as np
 from PIL import Image
 
+from devstack.storage_standin import StorageStandIn
 from genjobs.backfill.legacy_paths import LegacyObject, parse_legacy_path
 from genjobs.backfill.plan import PlannedCopy
 from genjobs.backfill.transfer import CopyOrder, run_copy_batch
-from genjobs.devserver.storage_standin import StorageStandIn
 from genjobs.storage.supabase import SupabaseStorage
 
 SOURCE = "sdxl_image_fast"
@@ -59,27 +66,48 @@ def timed(count: int, concurrency: int, work: Callable[[int], object]) -> float:
     return time.perf_counter() - started
 
 
+@contextmanager
+def storage_server(url: str | None, key: str | None) -> Iterator[tuple[str, str, str]]:
+    """(SUPABASE_URL, service key, where) of the server to measure: the one named, or a
+    stand-in in this process. The source and target buckets exist on it."""
+    if url and key:
+        for bucket in (SOURCE, TARGET):
+            answer = httpx.post(
+                f"{url.rstrip('/')}/storage/v1/bucket",
+                json={"id": bucket, "name": bucket, "public": False},
+                headers={"Authorization": f"Bearer {key}", "apiKey": key},
+                timeout=30.0,
+            )
+            if answer.status_code != 200 and "already exists" not in answer.text:
+                answer.raise_for_status()
+        yield url.rstrip("/"), key, f"storage server at {url}"
+        return
+    with StorageStandIn(JWT_SECRET) as standin:
+        standin.create_contract_buckets([SOURCE, TARGET])
+        yield standin.url, standin.token(), "stand-in in this process"
+
+
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--objects", type=int, default=200)
     parser.add_argument("--size-kb", type=int, default=256)
     parser.add_argument("--concurrency", type=int, default=4)
+    parser.add_argument("--storage-url", default=os.environ.get("GENJOBS_TEST_SUPABASE_URL"))
+    parser.add_argument("--service-key", default=os.environ.get("GENJOBS_TEST_STORAGE_SERVICE_KEY"))
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.WARNING)
 
-    with StorageStandIn(JWT_SECRET) as standin:
-        standin.create_contract_buckets([SOURCE, TARGET])
+    with storage_server(args.storage_url, args.service_key) as (url, token, where):
+        storage = SupabaseStorage.from_supabase(url, token, timeout=30.0)
         user = str(uuid.uuid4())
         jobs = [str(uuid.uuid4()) for _ in range(args.objects)]
         sources = [f"{user}/sdxl_{job}_1754550000_1.png" for job in jobs]
         payload = [noise_png(args.size_kb, n % 8) for n in range(args.objects)]
         for path, data in zip(sources, payload, strict=True):
-            standin.put_object(SOURCE, path, data, "image/png")
+            storage.put(SOURCE, path, data, "image/png")
         megabytes = sum(len(p) for p in payload) / 1e6
-        storage = SupabaseStorage.from_supabase(standin.url, standin.token(), timeout=30.0)
-        token = standin.token()
         raw = httpx.Client(
-            base_url=standin.storage_url,
+            base_url=f"{url}/storage/v1",
             headers={"Authorization": f"Bearer {token}", "apiKey": token},
             timeout=30.0,
         )
@@ -125,7 +153,7 @@ def main(argv: list[str] | None = None) -> None:
 
     print(
         f"{args.objects} objects of about {args.size_kb} KiB ({megabytes:.1f} MB), "
-        f"concurrency {args.concurrency}, stand-in in this process"
+        f"concurrency {args.concurrency}, {where}"
     )
     print(f"{'method':<32}{'seconds':>9}{'objects/s':>11}{'MB/s':>9}")
     for name, seconds in results:

@@ -176,8 +176,8 @@ def main() -> int:
     for name in [n for n in os.environ if n.startswith("GENJOBS_") and "TIMED" not in n]:
         del os.environ[name]
 
+    from devstack.storage_standin import StorageStandIn
     from genjobs.devserver.receiver import CallbackReceiver
-    from genjobs.devserver.storage_standin import StorageStandIn
     from tests.deploy.stack import blocks_script, local_stack
 
     root = Path(tempfile.mkdtemp(prefix="genjobs-bench-"))

@@ -228,25 +228,37 @@ def phase_note(runs: list[Phases]) -> str:
     return "/".join(f"{median([r.seconds[n] for r in runs]):.2f}" for n in names)
 
 
-async def pipeline_section(scratch: Path, repeats: int) -> list[str]:
+async def pipeline_section(
+    scratch: Path, repeats: int, server: tuple[str, str] | None = None
+) -> list[str]:
+    """The post-render pipeline; ``server`` (SUPABASE_URL, service key) measures a real storage
+    server instead of the stand-in in this process."""
+    import contextlib
+
     import httpx
     from pydantic import SecretStr
 
+    from devstack.storage_standin import StorageStandIn
     from genjobs.callback.sender import CallbackSender
     from genjobs.devserver.receiver import CallbackReceiver
-    from genjobs.devserver.storage_standin import StorageStandIn
     from genjobs.storage.supabase import SupabaseStorage
 
     frames = synthetic_frames(6, 1024)
     secret = secrets.token_hex(16)
     new: list[Phases] = []
     old: list[Phases] = []
-    with (
-        StorageStandIn(JWT_SECRET) as standin,
-        CallbackReceiver(secret) as receiver,
-        SupabaseStorage.from_supabase(standin.url, standin.token(), timeout=120.0) as storage,
-    ):
-        standin.create_contract_buckets(["workspace-temp"])
+    with contextlib.ExitStack() as stack:
+        if server is None:
+            standin = stack.enter_context(StorageStandIn(JWT_SECRET))
+            standin.create_contract_buckets(["workspace-temp"])
+            server = (standin.url, standin.token())
+            where = "the stand-in"
+        else:
+            where = f"the storage server at {server[0]}"
+        receiver = stack.enter_context(CallbackReceiver(secret))
+        storage = stack.enter_context(
+            SupabaseStorage.from_supabase(server[0], server[1], timeout=120.0)
+        )
         async with httpx.AsyncClient(timeout=30.0) as client:
             sender = CallbackSender(receiver.url, SecretStr(secret), None, client)
             bench = PostRenderBench(storage, sender, scratch / "pipeline", frames)
@@ -261,7 +273,7 @@ async def pipeline_section(scratch: Path, repeats: int) -> list[str]:
             "s",
             "<= 0.10",
             f"median of {repeats}; encode/upload/callback s: new {phase_note(new)}, "
-            f"baseline {phase_note(old)}; 12 objects through SupabaseStorage to the stand-in",
+            f"baseline {phase_note(old)}; 12 objects through SupabaseStorage to {where}",
         )
     ]
 
@@ -492,10 +504,12 @@ def report(lines: list[str]) -> list[str]:
     return lines
 
 
-async def run(chosen: set[str], quick: bool, scratch: Path) -> list[str]:
+async def run(
+    chosen: set[str], quick: bool, scratch: Path, server: tuple[str, str] | None = None
+) -> list[str]:
     lines: list[str] = []
     if "pipeline" in chosen:
-        lines += report(await pipeline_section(scratch, 1 if quick else 3))
+        lines += report(await pipeline_section(scratch, 1 if quick else 3, server))
     if chosen & {"overhead", "rss", "warm"}:
         lines += await flow_sections(scratch, chosen, quick)
     if "others" in chosen:
@@ -509,7 +523,14 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument(
         "--only", default=",".join(SECTIONS), help=f"comma-separated subset of {SECTIONS}"
     )
+    parser.add_argument(
+        "--storage-url",
+        default=os.environ.get("GENJOBS_TEST_SUPABASE_URL"),
+        help="SUPABASE_URL of a real storage server for the pipeline section (default: stand-in)",
+    )
+    parser.add_argument("--service-key", default=os.environ.get("GENJOBS_TEST_STORAGE_SERVICE_KEY"))
     args = parser.parse_args(argv)
+    server = (args.storage_url, args.service_key) if args.storage_url and args.service_key else None
     chosen = {name.strip() for name in args.only.split(",") if name.strip()}
     unknown = chosen - set(SECTIONS)
     if unknown:
@@ -520,7 +541,7 @@ def main(argv: list[str] | None = None) -> int:
     atexit.register(shutil.rmtree, scratch, ignore_errors=True)
     prepare_environment(scratch)
     started = time.perf_counter()
-    asyncio.run(run(chosen, args.quick, scratch))
+    asyncio.run(run(chosen, args.quick, scratch, server))
     print(f"total: {time.perf_counter() - started:.1f} s", flush=True)
     return 0
 

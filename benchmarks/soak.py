@@ -160,9 +160,9 @@ async def soak(args: argparse.Namespace, scratch: Path) -> None:
     from pydantic import SecretStr
 
     from benchmarks.fast_renderer import RENDERER_CLASS
+    from devstack.storage_standin import StorageStandIn
     from flows.outbox import redeliver_callbacks
     from genjobs.devserver.receiver import CallbackReceiver
-    from genjobs.devserver.storage_standin import StorageStandIn
     from genjobs.runtime import build_runtime, set_runtime
     from genjobs.settings import Settings
 

@@ -391,10 +391,6 @@ def build_parser() -> argparse.ArgumentParser:
         )
         maintenance.set_defaults(handler=handler)
 
-    standin = sub.add_parser("storage-standin", help="serve the local Supabase Storage stand-in")
-    standin.add_argument("args", nargs=argparse.REMAINDER, help="--port, --jwt-secret, --bucket")
-    standin.set_defaults(handler=_delegate("genjobs.devserver.storage_standin"))
-
     receiver = sub.add_parser("receiver", help="serve the local job-callback receiver")
     receiver.add_argument("--port", type=int, default=54321, help="default 54321")
     receiver.set_defaults(handler=_receiver)

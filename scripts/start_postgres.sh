@@ -3,6 +3,8 @@
 #
 # Usage:
 #   eval "$(bash scripts/start_postgres.sh)"      # exports GENJOBS_TEST_PG_DSN
+#                                                 # and GENJOBS_TEST_PG_STARTED (1: this call
+#                                                 # started the server, 0: it was running)
 #   bash scripts/start_postgres.sh pg.env          # also writes the export lines to pg.env
 #   bash scripts/start_postgres.sh --stop          # stops the server (keeps nothing running)
 #
@@ -74,6 +76,7 @@ emit_env() {
     local lines
     lines="export GENJOBS_TEST_PG_DSN=postgresql://$PG_USER@127.0.0.1:$port/$PG_DB"
     lines+=$'\n'"export GENJOBS_TEST_PG_DIR=$PG_DIR"
+    lines+=$'\n'"export GENJOBS_TEST_PG_STARTED=$STARTED"
     if [ -n "${OUT_FILE:-}" ]; then
         printf '%s\n' "$lines" >"$OUT_FILE"
     fi
@@ -81,6 +84,7 @@ emit_env() {
 }
 
 OUT_FILE=""
+STARTED=0
 if [ "${1:-}" = "--stop" ]; then
     if BIN_DIR="$(find_bin_dir)" && [ -f "$DATA_DIR/postmaster.pid" ]; then
         as_owner "$BIN_DIR/pg_ctl" -D "$DATA_DIR" -m fast -w stop >&2 || true
@@ -123,6 +127,7 @@ else
     done
     as_owner sh -c "echo $PG_PORT >'$PORT_FILE'"
     log "starting the server on 127.0.0.1:$PG_PORT"
+    STARTED=1
     # Durability is not needed for a throw-away test server.
     as_owner "$BIN_DIR/pg_ctl" -D "$DATA_DIR" -l "$LOG_FILE" -w -t 60 \
         -o "-c listen_addresses=127.0.0.1 -p $PG_PORT -k $PG_DIR -c fsync=off \

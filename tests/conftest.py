@@ -13,6 +13,9 @@ from genjobs.devserver.receiver import CallbackReceiver
 from genjobs.runtime import Runtime, build_runtime, set_runtime
 from genjobs.settings import Settings
 
+# The real Supabase Storage server's fixtures (real_storage, real_bucket, fault_proxy, ...).
+pytest_plugins = ["tests.real_storage"]
+
 
 @pytest.fixture(scope="session")
 def prefect_api() -> Iterator[None]:

@@ -50,6 +50,10 @@ class LocalFolderStorage:
     def get(self, bucket: str, path: str) -> bytes:
         target = self._file(bucket, path)
         if not target.is_file():
+            if not (self.root / bucket).is_dir():
+                raise StorageError(
+                    f"Bucket {bucket} not found", status="404", code="BUCKET_NOT_FOUND"
+                )
             raise StorageError(
                 f"Object {bucket}/{path} not found", status="404", code="OBJECT_NOT_FOUND"
             )

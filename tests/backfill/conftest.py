@@ -24,7 +24,7 @@ from prefect.client.orchestration import get_client
 from prefect.client.schemas.filters import ArtifactFilter, ArtifactFilterFlowRunId
 from pydantic import SecretStr
 
-from genjobs.devserver.storage_standin import StorageStandIn
+from devstack.storage_standin import StorageStandIn
 from genjobs.runtime import Runtime, set_runtime
 from genjobs.settings import Settings
 from genjobs.storage.local import LocalFolderStorage

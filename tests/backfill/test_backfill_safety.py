@@ -9,9 +9,9 @@ from pathlib import Path
 
 import pytest
 
+from devstack.storage_standin import StorageStandIn
 from flows.backfill import backfill_legacy_buckets, rollback_backfill
 from flows.cleanup import cleanup_workspace
-from genjobs.devserver.storage_standin import StorageStandIn
 from genjobs.runtime import Runtime
 from genjobs.storage.local import LocalFolderStorage
 from tests.backfill.conftest import (

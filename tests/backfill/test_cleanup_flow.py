@@ -14,9 +14,9 @@ import pytest
 from prefect.exceptions import ParameterBindError
 from pydantic import SecretStr
 
+from devstack.storage_standin import StorageStandIn
 from flows.cleanup import CleanupRefused, cleanup_workspace
 from genjobs.db.sql import DatabaseError
-from genjobs.devserver.storage_standin import StorageStandIn
 from genjobs.runtime import Runtime
 from tests.backfill.conftest import (
     TARGET,

@@ -18,8 +18,8 @@ from typing import Any
 import pytest
 from PIL import Image
 
+from devstack.storage_standin import StorageStandIn
 from genjobs.devserver.receiver import CallbackReceiver
-from genjobs.devserver.storage_standin import StorageStandIn
 from genjobs.storage.base import asset_path, thumbnail_path
 from tests.deploy.stack import LocalStack, blocks_script, local_stack
 from tests.flows.helpers import USER_ID, sdxl_job

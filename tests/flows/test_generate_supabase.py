@@ -1,5 +1,6 @@
 """The spine against Supabase Storage: the real ``supabase``/``storage3`` client speaking HTTP to
-the local stand-in, the real callback receiver, a real Prefect API."""
+the real storage server (v1.70.6 on loopback) through a ``/storage/v1`` proxy of the test's own
+that can play a faulty gateway, the real callback receiver, a real Prefect API."""
 
 from __future__ import annotations
 
@@ -17,32 +18,18 @@ from PIL import Image
 from prefect.client.orchestration import get_client
 from prefect.client.schemas.filters import ArtifactFilter, ArtifactFilterKey
 
+from devstack.storage_proxy import StorageProxy
 from flows.generate import generate_job
 from flows.outbox import redeliver_callbacks
 from genjobs.callback.outbox import Outbox
 from genjobs.devserver.receiver import CallbackReceiver
-from genjobs.devserver.storage_standin import StorageStandIn
 from genjobs.runtime import Runtime, build_runtime, set_runtime
 from genjobs.storage.supabase import SupabaseStorage
 from tests.conftest import make_settings
 from tests.flows.helpers import USER_ID, sdxl_job, task_run_counts
+from tests.real_storage import WORKSPACE_BUCKET, RealStorage
 
 pytestmark = pytest.mark.usefixtures("prefect_api")
-JWT_SECRET = "flow-tests-jwt-secret-0123456789abcdef0123"
-BUCKET = "workspace-temp"
-
-
-@pytest.fixture(scope="module")
-def standin_server() -> Iterator[StorageStandIn]:
-    with StorageStandIn(JWT_SECRET, hang_seconds=2.0) as running:
-        yield running
-
-
-@pytest.fixture
-def standin(standin_server: StorageStandIn) -> StorageStandIn:
-    standin_server.reset()
-    standin_server.create_contract_buckets([BUCKET])
-    return standin_server
 
 
 @pytest.fixture
@@ -51,21 +38,19 @@ def use_supabase(
     model_cache: Path,
     receiver: CallbackReceiver,
     callback_secret: str,
-    standin: StorageStandIn,
+    real_storage: RealStorage,
+    fault_proxy: StorageProxy,
 ) -> Iterator[Callable[..., Runtime]]:
-    """Installs a runtime on the stand-in through the real client; overrides tune settings."""
+    """Installs a runtime on the real server through the proxy; overrides tune settings."""
 
     def install(**overrides: object) -> Runtime:
-        settings = make_settings(
-            tmp_path,
-            model_cache,
-            receiver,
-            callback_secret,
-            supabase_url=standin.url,
-            supabase_service_key=standin.token(),
-            storage_timeout_seconds=5.0,
-            **overrides,
-        )
+        values: dict[str, object] = {
+            "supabase_url": fault_proxy.url,
+            "supabase_service_key": real_storage.service_key,
+            "storage_timeout_seconds": 30.0,
+        }
+        values.update(overrides)
+        settings = make_settings(tmp_path, model_cache, receiver, callback_secret, **values)
         runtime = build_runtime(settings)
         assert isinstance(runtime.storage, SupabaseStorage)
         set_runtime(runtime)
@@ -80,34 +65,48 @@ def supabase_runtime(use_supabase: Callable[..., Runtime]) -> Runtime:
     return use_supabase()
 
 
-def upload_statuses(standin: StorageStandIn, path: str) -> list[int]:
-    return [
-        r.status
-        for r in standin.requests
-        if r.method == "POST" and r.path == f"/object/{BUCKET}/{path}"
-    ]
+def upload_statuses(proxy: StorageProxy, bucket: str, path: str) -> list[int]:
+    """HTTP statuses of the standard uploads of one object (0: no answer reached the client)."""
+    target = f"/storage/v1/object/{bucket}/{path}"
+    return [seen.status for seen in proxy.seen() if seen.method == "POST" and seen.path == target]
+
+
+def stored(real: RealStorage, path: str, bucket: str = WORKSPACE_BUCKET) -> tuple[bytes, str]:
+    """The bytes and content type the server stored at ``path``."""
+    response = httpx.get(
+        f"{real.storage_url}/object/authenticated/{bucket}/{path}", headers=real.headers()
+    )
+    assert response.status_code == 200, response.text
+    return response.content, response.headers["content-type"]
+
+
+def job_objects(
+    real: RealStorage, job: dict[str, object], bucket: str = WORKSPACE_BUCKET
+) -> list[str]:
+    prefix = f"{USER_ID}/{job['id']}/"
+    return [name for name in real.object_names(bucket) if name.startswith(prefix)]
 
 
 async def test_job_stores_objects_at_contract_paths_with_exact_content_types(
-    supabase_runtime: Runtime, standin: StorageStandIn, receiver: CallbackReceiver
+    supabase_runtime: Runtime, real_storage: RealStorage, receiver: CallbackReceiver
 ) -> None:
     job = sdxl_job(num_images=1, seed=7)
     state = await generate_job(job, return_state=True)
     assert state.is_completed(), state.message
     prefix = f"{USER_ID}/{job['id']}"
-    assert standin.object_names(BUCKET) == [f"{prefix}/0.png", f"{prefix}/0.thumb.webp"]
-    original = standin.get_object(BUCKET, f"{prefix}/0.png")
-    thumb = standin.get_object(BUCKET, f"{prefix}/0.thumb.webp")
-    assert original is not None and thumb is not None
-    assert (original.content_type, thumb.content_type) == ("image/png", "image/webp")
-    assert Image.open(io.BytesIO(original.data)).size == (256, 256)
+    assert job_objects(real_storage, job) == [f"{prefix}/0.png", f"{prefix}/0.thumb.webp"]
+    original, original_type = stored(real_storage, f"{prefix}/0.png")
+    thumb, thumb_type = stored(real_storage, f"{prefix}/0.thumb.webp")
+    assert (original_type, thumb_type) == ("image/png", "image/webp")
+    assert Image.open(io.BytesIO(original)).size == (256, 256)
+    assert Image.open(io.BytesIO(thumb)).format == "WEBP"
     (payload,) = receiver.accepted(job["id"])
-    assert payload["assets"][0]["metadata"]["file_size_bytes"] == original.size
+    assert payload["assets"][0]["metadata"]["file_size_bytes"] == len(original)
     assert payload["assets"][0]["metadata"]["seed"] == 7
 
 
 async def test_the_preview_artifact_links_each_thumbnail_for_a_limited_time(
-    use_supabase: Callable[..., Runtime], standin: StorageStandIn
+    use_supabase: Callable[..., Runtime], real_storage: RealStorage
 ) -> None:
     use_supabase(artifact_preview_seconds=600)
     job = sdxl_job(num_images=1, seed=3)
@@ -124,42 +123,77 @@ async def test_the_preview_artifact_links_each_thumbnail_for_a_limited_time(
     assert f"`{USER_ID}/{job['id']}/0.png`" in artifact.data
     (link,) = re.findall(r"!\[asset 0\]\((\S+)\)", artifact.data)
     answer = httpx.get(link)  # no credentials: the signed link alone opens the thumbnail
-    stored = standin.get_object(BUCKET, thumb_path)
-    assert answer.status_code == 200 and stored is not None and answer.content == stored.data
+    assert answer.status_code == 200
+    assert answer.content == stored(real_storage, thumb_path)[0]
     token = parse_qs(urlsplit(link).query)["token"][0]
     claims = jwt.decode(token, options={"verify_signature": False})
-    assert 590 <= claims["exp"] - claims["iat"] <= 610
+    assert claims["exp"] - claims["iat"] == 600
 
 
 async def test_disallowed_mime_type_fails_the_job_with_a_clear_code(
-    supabase_runtime: Runtime, standin: StorageStandIn, receiver: CallbackReceiver
+    use_supabase: Callable[..., Runtime],
+    real_storage: RealStorage,
+    fault_proxy: StorageProxy,
+    receiver: CallbackReceiver,
 ) -> None:
-    standin.create_bucket(BUCKET, allowed_mime_types=["image/jpeg", "image/webp"])
+    bucket = real_storage.create_bucket("no-png", allowed_mime_types=("image/jpeg", "image/webp"))
+    use_supabase(bucket=bucket)
     job = sdxl_job(num_images=1)
     state = await generate_job(job, return_state=True)
     assert state.is_failed()
     path = f"{USER_ID}/{job['id']}/0.png"
-    assert upload_statuses(standin, path) == [400]  # the 415 body; never retried
-    assert standin.object_names(BUCKET) == []
+    assert upload_statuses(fault_proxy, bucket, path) == [400]  # the 415 body; never retried
+    assert real_storage.object_names(bucket) == []
     (payload,) = receiver.accepted(job["id"])
     assert payload["status"] == "failed"
     assert payload["metadata"]["error_code"] == "INVALID_MIME_TYPE"
     assert "image/png" in payload["error_message"]
 
 
-async def test_two_injected_503s_store_the_object_once_and_render_once(
-    supabase_runtime: Runtime, standin: StorageStandIn, receiver: CallbackReceiver
+async def test_two_gateway_503s_store_the_object_once_and_render_once(
+    supabase_runtime: Runtime,
+    real_storage: RealStorage,
+    fault_proxy: StorageProxy,
+    receiver: CallbackReceiver,
 ) -> None:
     job = sdxl_job(num_images=1)
     path = f"{USER_ID}/{job['id']}/0.png"
-    standin.inject_fault("status", count=2, method="POST", path_prefix=f"/object/{BUCKET}/{path}")
+    fault_proxy.fail(rf"^POST /storage/v1/object/{WORKSPACE_BUCKET}/{path}$", times=2)
     state = await generate_job(job, return_state=True)
     assert state.is_completed(), state.message
-    assert upload_statuses(standin, path) == [503, 503, 200]
-    assert standin.object_names(BUCKET).count(path) == 1
+    assert upload_statuses(fault_proxy, WORKSPACE_BUCKET, path) == [503, 503, 200]
+    assert job_objects(real_storage, job).count(path) == 1
     counts = await task_run_counts(state.state_details.flow_run_id)
     assert counts["render"] == 1
     assert [p["status"] for p in receiver.accepted(job["id"])] == ["completed"]
+
+
+async def test_a_gateway_stalled_mid_upload_is_timed_out_and_the_retry_stores_the_object(
+    use_supabase: Callable[..., Runtime],
+    real_storage: RealStorage,
+    fault_proxy: StorageProxy,
+    receiver: CallbackReceiver,
+) -> None:
+    use_supabase(storage_timeout_seconds=1.0)
+    job = sdxl_job(num_images=1)
+    path = f"{USER_ID}/{job['id']}/0.png"
+    # The first upload of the image stops after 4 KiB and never goes on.
+    stall = fault_proxy.stall(
+        rf"^POST /storage/v1/object/{WORKSPACE_BUCKET}/{path}$", after_bytes=4096, times=1
+    )
+    state = await generate_job(job, return_state=True)
+    assert state.is_completed(), state.message
+    assert stall.hits == 1
+    # The held upload never got an answer; the retry did.
+    assert upload_statuses(fault_proxy, WORKSPACE_BUCKET, path) == [200]
+    data, content_type = stored(real_storage, path)
+    assert content_type == "image/png" and Image.open(io.BytesIO(data)).size == (256, 256)
+    assert job_objects(real_storage, job).count(path) == 1
+    counts = await task_run_counts(state.state_details.flow_run_id)
+    assert counts["render"] == 1
+    (payload,) = receiver.accepted(job["id"])
+    assert payload["status"] == "completed"
+    assert payload["assets"][0]["metadata"]["file_size_bytes"] == len(data)
 
 
 @pytest.mark.slow

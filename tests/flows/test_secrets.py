@@ -19,9 +19,9 @@ from prefect.client.schemas.filters import (
 )
 from prefect.logging.handlers import APILogHandler
 
+from devstack.storage_standin import StorageStandIn
 from flows.generate import generate_job
 from genjobs.devserver.receiver import CallbackReceiver
-from genjobs.devserver.storage_standin import StorageStandIn
 from genjobs.runtime import build_runtime, set_runtime
 from tests.conftest import make_settings
 from tests.flows.helpers import sdxl_job

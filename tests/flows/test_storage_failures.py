@@ -13,9 +13,9 @@ from typing import Any
 
 import pytest
 
+from devstack.storage_standin import FaultKind, StorageStandIn, make_jwt
 from flows.generate import generate_job
 from genjobs.devserver.receiver import CallbackReceiver
-from genjobs.devserver.storage_standin import FaultKind, StorageStandIn, make_jwt
 from genjobs.runtime import Runtime, build_runtime, set_runtime
 from tests.conftest import make_settings
 from tests.flows.helpers import USER_ID, sdxl_job, task_run_counts

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from genjobs.devserver.storage_standin import StorageStandIn
+from devstack.storage_standin import StorageStandIn
 from genjobs.errors import StorageError
 from genjobs.storage.base import READ_LIMIT_EXCEEDED
 from genjobs.storage.supabase import SupabaseStorage

@@ -16,8 +16,8 @@ from PIL import Image
 from prefect.client.orchestration import get_client
 from prefect.client.schemas.filters import FlowRunFilter, FlowRunFilterId
 
+from devstack.storage_standin import LoggedRequest, StorageStandIn
 from genjobs.devserver.receiver import CallbackReceiver
-from genjobs.devserver.storage_standin import LoggedRequest, StorageStandIn
 from genjobs.settings import Settings
 from tests.conftest import make_settings
 

@@ -19,12 +19,12 @@ import httpx
 import pytest
 from pydantic import SecretStr
 
+from devstack.storage_standin import FaultKind, StorageStandIn
 from flows.generate import generate_job
 from flows.outbox import redeliver_callbacks
 from genjobs.callback.outbox import Outbox
 from genjobs.callback.sender import CallbackSender
 from genjobs.devserver.receiver import CallbackReceiver
-from genjobs.devserver.storage_standin import FaultKind, StorageStandIn
 from genjobs.runtime import Runtime, build_runtime, set_runtime
 from genjobs.storage.supabase import SupabaseStorage
 from tests.flows.helpers import USER_ID, sdxl_job

@@ -31,10 +31,10 @@ import pytest
 from prefect.client.orchestration import get_client
 from prefect.client.schemas.filters import FlowRunFilter, FlowRunFilterName
 
+from devstack.storage_standin import StorageStandIn
 from flows.generate import generate_job
 from genjobs.callback.outbox import Outbox
 from genjobs.devserver.receiver import CallbackReceiver
-from genjobs.devserver.storage_standin import StorageStandIn
 from genjobs.jobs.payload import parse_job
 from genjobs.jobs.plan import plan_job
 from genjobs.render.sdxl import TINY_FOLDER_NAME

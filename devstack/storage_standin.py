@@ -218,7 +218,10 @@ def _rls_refused() -> StorageApiFault:
 
 def _invalid_uuid(value: str) -> StorageApiFault:
     return StorageApiFault(
-        "400", "InvalidParameter", f'invalid input syntax for type uuid: "{value}"'
+        "400",
+        "InvalidParameter",
+        f'invalid input syntax for type uuid: "{value}"',
+        "InvalidParameter",
     )
 
 
@@ -321,15 +324,16 @@ class StandInObject:
         return {
             "bucket_id": self.bucket_id,
             "name": self.name,
-            "owner": self.owner,
-            "owner_id": self.owner,
+            # The server stores a key without ``sub`` (the service role) as owner ''.
+            "owner": self.owner or "",
+            "owner_id": self.owner or "",
             "id": self.id,
             "version": self.version,
             "updated_at": _iso(self.updated_at),
             "created_at": _iso(self.created_at),
             "last_accessed_at": _iso(self.last_accessed_at),
             "metadata": self.metadata(),
-            "user_metadata": self.user_metadata,
+            "user_metadata": self.user_metadata or {},
         }
 
 
@@ -430,7 +434,8 @@ class _Response:
 
 
 def _json_response(value: Any, status: int = 200) -> _Response:
-    return _Response(status, json.dumps(value).encode(), {"Content-Type": "application/json"})
+    body = json.dumps(value, separators=(",", ":")).encode()
+    return _Response(status, body, {"Content-Type": "application/json"})
 
 
 @dataclass(frozen=True)
@@ -536,6 +541,9 @@ class StorageStandIn:
         host: Address to bind.
         port: Port to bind; 0 picks a free one.
         max_file_size: Global per-object limit in bytes on top of the bucket limits.
+        users_can_write: Whether the folder policy also grants INSERT and UPDATE to users. The
+            project's migrations grant users SELECT only, so by default a user's upload, copy or
+            move is refused with "new row violates row-level security policy".
         users_can_delete: Whether the folder policy also grants DELETE to users; without a
             DELETE policy a user's remove answers ``[]`` and deletes nothing.
         hang_seconds: How long a ``hang`` fault holds a request before dropping it.
@@ -548,13 +556,15 @@ class StorageStandIn:
         port: int = 0,
         *,
         max_file_size: int | None = None,
-        users_can_delete: bool = True,
+        users_can_write: bool = False,
+        users_can_delete: bool = False,
         hang_seconds: float = 30.0,
     ):
         self.jwt_secret = jwt_secret
         self.host = host
         self.port = port
         self.max_file_size = max_file_size
+        self.users_can_write = users_can_write
         self.users_can_delete = users_can_delete
         self.hang_seconds = hang_seconds
         self._lock = threading.RLock()
@@ -890,7 +900,18 @@ class StorageStandIn:
             match = pattern.fullmatch(request.path)
             if match is None:
                 continue
-            principal = self._authenticate(request) if needs_auth else None
+            if not needs_auth:
+                return handler(self, request, None, **match.groupdict())
+            try:
+                principal = self._authenticate(request)
+            except StorageApiFault:
+                if handler not in _PUBLIC_FALLBACK or "/authenticated/" in request.path:
+                    raise
+                # These routes read a public bucket without a usable key; a private bucket
+                # then reads as missing, whatever was wrong with the key.
+                if not self._existing_bucket(match["bucket"]).public:
+                    raise _no_such_bucket() from None
+                return handler(self, request, None, **match.groupdict())
             return handler(self, request, principal, **match.groupdict())
         message = f"Route {request.method}:{request.path} not found"
         return _json_response({"statusCode": 404, "error": "Not Found", "message": message}, 404)
@@ -910,11 +931,11 @@ class StorageStandIn:
                 options={"verify_aud": False, "verify_iat": False},
             )
         except jwt.ExpiredSignatureError as exc:
-            raise _access_denied("jwt expired") from exc
+            raise _access_denied('"exp" claim timestamp check failed') from exc
         except jwt.InvalidSignatureError as exc:
             raise _access_denied("signature verification failed") from exc
         except jwt.PyJWTError as exc:
-            raise _access_denied("jwt malformed") from exc
+            raise _access_denied("Invalid Compact JWS") from exc
         sub = claims.get("sub")
         return _Principal(
             role=str(claims.get("role", "anon")), sub=None if sub is None else str(sub)
@@ -1051,7 +1072,9 @@ class StorageStandIn:
                     metadata = json.loads(fields["metadata"].content)
                 except ValueError as exc:
                     raise _invalid_request("metadata is not valid JSON") from exc
-            return file_part.content, file_part.content_type or "text/plain", cache, metadata
+            # The server's multipart parser keeps a part's type without its parameters.
+            part_type = (file_part.content_type or "text/plain").split(";", 1)[0].strip()
+            return file_part.content, part_type, cache, metadata
         cache = request.headers.get("cache-control", "")
         return request.body, request_type or "application/octet-stream", cache, None
 
@@ -1071,7 +1094,7 @@ class StorageStandIn:
         data, content_type, cache, metadata = self._read_upload(request)
         if not _mime_allowed(target.allowed_mime_types, content_type):
             raise _invalid_mime_type(content_type)
-        if not self._policy_allows(principal, name):
+        if not self._may_write(principal, name):
             raise _rls_refused()
         limit = self._effective_limit(target)
         with self._lock:
@@ -1138,7 +1161,9 @@ class StorageStandIn:
         )
 
     def _list(self, request: _Request, principal: _Principal, bucket: str) -> _Response:
-        """``storage.search``: folders (``id`` null) first, then the files at the prefix's level."""
+        """``storage.search``: the folders (``id`` null) and files at the prefix's level. Sorted by
+        name, folders and files interleave as the server sorts them; by a time column, the
+        folders (whose times are null) come first."""
         body = request.json()
         prefix = body.get("prefix")
         if not isinstance(prefix, str):
@@ -1202,6 +1227,8 @@ class StorageStandIn:
                     "metadata": obj.metadata(),
                 }
             )
+        if column == "name":
+            rows.sort(key=lambda row: str(row["name"]), reverse=descending)
         return _json_response(rows[offset : offset + limit])
 
     def _sign(self, request: _Request, principal: _Principal, bucket: str, name: str) -> _Response:
@@ -1254,7 +1281,7 @@ class StorageStandIn:
         self._existing_bucket(destination_bucket)
         if (source_bucket, source_key) == (destination_bucket, destination_key):
             return _json_response({"Id": source.id, "Key": f"{destination_bucket}/{source_key}"})
-        if not self._policy_allows(principal, destination_key):
+        if not self._may_write(principal, destination_key):
             raise _rls_refused()
         upsert = request.headers.get("x-upsert", "") == "true" and not move
         with self._lock:
@@ -1287,6 +1314,11 @@ class StorageStandIn:
     def _move(self, request: _Request, principal: _Principal) -> _Response:
         return self._copy_or_move(request, principal, move=True)
 
+    def _may_write(self, principal: _Principal, name: str) -> bool:
+        if principal.bypasses_rls:
+            return True
+        return self.users_can_write and self._policy_allows(principal, name)
+
     def _may_delete(self, principal: _Principal, name: str) -> bool:
         if principal.bypasses_rls:
             return True
@@ -1310,6 +1342,9 @@ class StorageStandIn:
     def _delete_one(
         self, request: _Request, principal: _Principal, bucket: str, name: str
     ) -> _Response:
+        if not principal.bypasses_rls and not self.users_can_delete:
+            # Without a DELETE policy the server's delete matches no row.
+            raise _access_denied("Access denied")
         self._visible_object(principal, bucket, name)
         with self._lock:
             if not self._may_delete(principal, name):
@@ -1356,6 +1391,9 @@ _ROUTES: list[tuple[tuple[str, ...], re.Pattern[str], _Handler_t, bool]] = [
     (("DELETE",), re.compile(rf"/object/{_B}/?"), StorageStandIn._delete_many, True),
     (("DELETE",), re.compile(rf"/object/{_B}/{_N}"), StorageStandIn._delete_one, True),
 ]
+
+_PUBLIC_FALLBACK = (StorageStandIn._download, StorageStandIn._info)
+"""Handlers whose routes (not their ``/authenticated/`` forms) fall back to public access."""
 
 
 # --- HTTP plumbing ----------------------------------------------------------------------------
@@ -1548,7 +1586,7 @@ def serve_standin(
 
 
 def main(argv: Sequence[str] | None = None) -> None:
-    """``python -m genjobs.devserver.storage_standin``: serve a stand-in on a fixed port."""
+    """``python -m devstack.storage_standin``: serve a stand-in on a fixed port."""
     parser = argparse.ArgumentParser(description="Local Supabase Storage stand-in")
     parser.add_argument("--host", default="127.0.0.1")
     parser.add_argument("--port", type=int, default=DEV_PORT)
