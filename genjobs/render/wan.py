@@ -33,19 +33,23 @@ from genjobs.render.base import ModelSpec, RenderOutput, StepCallback
 from genjobs.render.cache import PIPELINES, PipelineCache, resolve_device, resolve_dtype
 from genjobs.render.device import free_device_memory, step_callback
 from genjobs.render.sdxl import fit_reference
-from genjobs.render.tiny_wan import ensure_tiny_wan, ensure_tiny_wan_vace
+from genjobs.render.tiny_wan import (
+    TINY_WAN_FOLDER,
+    TINY_WAN_VACE_FOLDER,
+    ensure_tiny_wan,
+    ensure_tiny_wan_vace,
+)
 from genjobs.render.tokenizers import check_tokenizer
 
 logger = logging.getLogger(__name__)
 
 EMBEDDED_SOURCE = "embedded:tiny-wan"
 EMBEDDED_VACE_SOURCE = "embedded:tiny-wan-vace"
-TINY_FOLDER_NAME = "tiny-wan"
-TINY_VACE_FOLDER_NAME = "tiny-wan-vace"
 UMT5_MIN_TOKENS = 200
 """Real UMT5 has about 256k tokens and the embedded tiny one 240; a load that found no
 vocabulary files gives a handful."""
 SIZE_MULTIPLE = 16
+"""What the released model needs; a loaded model may need more (:func:`size_multiple`)."""
 TEMPORAL_FACTOR = 4
 GREY = 128
 KEEP, GENERATE = 0, 255
@@ -107,6 +111,12 @@ def make_scheduler(solver: str, shift: float, num_train_timesteps: int = 1000) -
         use_flow_sigmas=True,
         flow_shift=shift,
     )
+
+
+def size_multiple(pipe: Any) -> int:
+    """The multiple heights and widths must have for ``pipe``, which rounds others down
+    with only a warning: the VAE's spatial factor times the transformer's patch."""
+    return int(pipe.vae_scale_factor_spatial) * int(pipe.transformer.config.patch_size[1])
 
 
 def conditioning_inputs(
@@ -219,7 +229,7 @@ def load_wan_pipelines(spec: ModelSpec, model_dir: Path) -> WanPipelines:
     kind = source_kind(spec.source)
     location: str | Path
     if kind == "embedded":
-        location, source = ensure_tiny_wan(model_dir / TINY_FOLDER_NAME), EMBEDDED_SOURCE
+        location, source = ensure_tiny_wan(model_dir / TINY_WAN_FOLDER), EMBEDDED_SOURCE
     else:
         location = source = str(spec.source)
     kwargs: dict[str, Any] = {"dtype": {"default": dtype, "vae": torch.float32}}
@@ -262,7 +272,7 @@ def load_vace_transformer(spec: ModelSpec, model_dir: Path) -> VaceTransformer:
     kwargs: dict[str, Any] = {"dtype": dtype}
     location: str | Path
     if kind == "embedded":
-        location = ensure_tiny_wan_vace(model_dir / TINY_VACE_FOLDER_NAME)
+        location = ensure_tiny_wan_vace(model_dir / TINY_WAN_VACE_FOLDER)
         source = EMBEDDED_VACE_SOURCE
     else:
         location = source = str(spec.source)
@@ -349,13 +359,22 @@ class WanRenderer:
         from diffusers import WanVACEPipeline
 
         config = loaded.transformer.config
-        text_dim = entry.t2v.text_encoder.config.d_model
-        latent_channels = entry.t2v.vae.config.z_dim
-        if config.text_dim != text_dim or config.in_channels != latent_channels:
+        t2v = entry.t2v
+        latent_channels = t2v.vae.config.z_dim
+        # WanVACEPipeline folds the mask by 2 ** (VAE levels - 1), whatever the VAE's own factor.
+        fold = 2 ** len(t2v.vae.temperal_downsample)
+        needed = {
+            "text_dim": t2v.text_encoder.config.d_model,
+            "in_channels": latent_channels,
+            "patch_size": tuple(t2v.transformer.config.patch_size),
+            "vace_in_channels": 2 * latent_channels + fold**2,
+        }
+        found = {name: config[name] for name in needed}
+        found["patch_size"] = tuple(found["patch_size"])
+        if found != needed or fold != t2v.vae_scale_factor_spatial:
             raise ModelLoadError(
-                f"The VACE transformer {loaded.source} (text_dim {config.text_dim}, "
-                f"in_channels {config.in_channels}) does not fit WAN {entry.source} "
-                f"(text_dim {text_dim}, latent channels {latent_channels})"
+                f"The VACE transformer {loaded.source} ({found}) does not fit WAN "
+                f"{entry.source} ({needed}, VAE spatial factor {t2v.vae_scale_factor_spatial})"
             )
         logger.info("Built the WAN VACE pipeline from %s and %s.", entry.source, loaded.source)
         pipeline = _shared_view(WanVACEPipeline, entry.t2v, transformer=loaded.transformer)
@@ -389,6 +408,12 @@ class WanRenderer:
                 mode, references, num_frames, plan.width, plan.height
             )
         entry = self.pipelines()
+        multiple = size_multiple(entry.t2v)
+        if plan.width % multiple or plan.height % multiple:
+            raise InvalidPayload(
+                f"WAN sizes must be multiples of {multiple} for {entry.source}, "
+                f"got {plan.width}x{plan.height}"
+            )
         vace = self.vace_pipeline() if conditioning else None
         base = vace.pipeline if vace is not None else entry.t2v
         solver = plan.sample_solver or DEFAULT_SOLVER

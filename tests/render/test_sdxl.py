@@ -1,7 +1,8 @@
 """The SDXL renderer with the real tiny pipeline: sizes, seeds, modes, cache, errors.
 
 The tiny model has random weights, so pixels say nothing about the prompt; the tests assert on
-shapes, determinism, what changes the pixels and what does not, and on the reported facts.
+shapes, determinism, pinned pixel values per seed, what changes the pixels and what does not, and
+on the reported facts.
 """
 
 from __future__ import annotations
@@ -31,6 +32,7 @@ from genjobs.render.sdxl import (
 )
 from genjobs.render.tiny_sdxl import COMPLETE_MARKER, ensure_tiny_sdxl
 from genjobs.render.tokenizers import check_tokenizer, write_clip_tokenizer
+from tests.render.pinned import Pinned, assert_pinned
 
 EMBEDDED = ModelSpec(family="sdxl")
 
@@ -209,6 +211,77 @@ def test_a_negative_prompt_changes_the_image(
 
     assert output.details["negative_prompt_used"] is True
     assert mean_abs_diff(output.frames[0], txt2img_256) > 0.5
+
+
+# Pinned pixels of 256x256 renders at 2 steps: text-to-image of seeds 7 and 8, image-to-image
+# (strength 0.5 of 4 steps) and exact copy (one step) of the test card with seed 7.
+TXT2IMG_SEED_7 = Pinned(
+    sample=[
+        [142, 99, 138, 135, 101, 136, 135, 104, 135, 128, 123, 131],
+        [123, 119, 145, 117, 75, 127, 143, 108, 128, 144, 101, 144],
+        [109, 107, 119, 124, 111, 138, 134, 84, 143, 65, 84, 10],
+        [114, 114, 130, 147, 107, 93, 116, 124, 117, 129, 103, 150],
+    ],
+    means=[127.502, 110.025, 123.402],
+)
+TXT2IMG_SEED_8 = Pinned(
+    sample=[
+        [146, 94, 139, 136, 92, 139, 132, 114, 128, 135, 96, 138],
+        [119, 113, 130, 124, 114, 136, 114, 127, 114, 108, 59, 127],
+        [149, 105, 78, 123, 101, 142, 161, 96, 149, 127, 97, 140],
+        [141, 111, 136, 82, 106, 86, 152, 97, 161, 118, 101, 107],
+    ],
+    means=[127.529, 110.215, 123.502],
+)
+IMG2IMG_SEED_7 = Pinned(
+    sample=[
+        [143, 95, 137, 133, 105, 140, 133, 96, 136, 128, 121, 135],
+        [122, 111, 134, 122, 137, 144, 127, 97, 139, 120, 106, 130],
+        [127, 110, 139, 125, 96, 143, 129, 101, 147, 139, 97, 146],
+        [124, 114, 136, 77, 179, 0, 121, 112, 128, 137, 114, 135],
+    ],
+    means=[128.808, 110.301, 128.721],
+)
+EXACT_COPY_SEED_7 = Pinned(
+    sample=[
+        [137, 99, 135, 131, 107, 137, 132, 101, 133, 133, 102, 133],
+        [128, 111, 134, 128, 106, 139, 130, 104, 136, 125, 103, 137],
+        [128, 111, 135, 128, 104, 137, 129, 105, 139, 127, 105, 137],
+        [128, 110, 134, 63, 255, 0, 83, 101, 51, 126, 104, 138],
+    ],
+    means=[127.95, 109.303, 129.477],
+)
+REFERENCE_URL = "https://x/ref.png"
+PINNED_STRIDE = 64
+
+
+def test_txt2img_pixels_are_pinned_per_seed(renderer: SdxlRenderer) -> None:
+    seed_7 = renderer.render(make_plan(steps=2), {}).frames[0]
+    seed_8 = renderer.render(make_plan(steps=2, config={"seed": 8}), {}).frames[0]
+
+    assert_pinned(seed_7, TXT2IMG_SEED_7, PINNED_STRIDE)
+    assert_pinned(seed_8, TXT2IMG_SEED_8, PINNED_STRIDE)
+
+
+def test_img2img_and_exact_copy_pixels_are_pinned(renderer: SdxlRenderer) -> None:
+    modify = make_plan(
+        steps=4,
+        metadata={
+            "reference_mode": "modify",
+            "reference_image_url": REFERENCE_URL,
+            "denoise_strength": 0.5,
+        },
+    )
+    copy = make_plan(
+        steps=20, metadata={"exact_copy_mode": True, "reference_image_url": REFERENCE_URL}
+    )
+    assert (modify.denoising_steps, copy.denoising_steps) == (2, 1)
+
+    modified = renderer.render(modify, {"image": reference_image()}).frames[0]
+    copied = renderer.render(copy, {"image": reference_image()}).frames[0]
+
+    assert_pinned(modified, IMG2IMG_SEED_7, PINNED_STRIDE)
+    assert_pinned(copied, EXACT_COPY_SEED_7, PINNED_STRIDE)
 
 
 # Image to image

@@ -1,8 +1,9 @@
 """The WAN renderer with the real tiny pipelines: shapes, seeds, solvers, references, cache.
 
 The tiny models have random weights, so pixels say nothing about the prompt or how faithfully a
-reference is kept; the tests assert on shapes, determinism, what changes the pixels, the inputs
-that reach the VACE pipeline, and the reported facts. Sizes are small (48x64, 9 frames, 2 steps).
+reference is kept; the tests assert on shapes, determinism, pinned pixel values per seed, what
+changes the pixels, the inputs that reach the VACE pipeline, and the reported facts. Sizes are
+small (64x96, 9 frames, 2 steps); the tiny model needs multiples of 32.
 """
 
 from __future__ import annotations
@@ -31,18 +32,27 @@ from genjobs.jobs.plan import RenderPlan, plan_job
 from genjobs.render.base import ModelSpec, RenderOutput
 from genjobs.render.cache import PipelineCache
 from genjobs.render.sdxl import fit_reference
-from genjobs.render.tiny_wan import ensure_tiny_wan, ensure_tiny_wan_vace
+from genjobs.render.tiny_sdxl import COMPLETE_MARKER
+from genjobs.render.tiny_wan import (
+    SIZE_MULTIPLE,
+    TINY_WAN_FOLDER,
+    TRANSFORMER_CONFIG,
+    VACE_CONFIG,
+    config_digest,
+    ensure_tiny_wan,
+    ensure_tiny_wan_vace,
+)
 from genjobs.render.wan import (
     EMBEDDED_SOURCE,
     EMBEDDED_VACE_SOURCE,
-    TINY_FOLDER_NAME,
     WanRenderer,
     conditioning_inputs,
 )
+from tests.render.pinned import Pinned, assert_pinned
 
 T2V = ModelSpec(family="wan")
 VACE = ModelSpec(family="wan_vace")
-WIDTH, HEIGHT, FRAMES, STEPS = 48, 64, 9, 2
+WIDTH, HEIGHT, FRAMES, STEPS = 64, 96, 9, 2
 REFERENCE_URLS = {
     "single": {"image": "https://example.test/a.png"},
     "start": {"first_frame": "https://example.test/a.png"},
@@ -85,9 +95,10 @@ def make_plan(
 
 
 def card(seed: int, width: int = 120, height: int = 90) -> Image.Image:
-    """A reproducible random RGB test card (not the target size or aspect)."""
-    pixels = np.random.default_rng(seed).integers(0, 256, (height, width, 3), dtype=np.uint8)
-    return Image.fromarray(pixels, "RGB")
+    """A reproducible test card of random coloured blocks (not the target size or aspect): the
+    tiny VAE downsamples 32 times, so pixel noise would average out to the same grey."""
+    blocks = np.random.default_rng(seed).integers(0, 256, (3, 4, 3), dtype=np.uint8)
+    return Image.fromarray(blocks, "RGB").resize((width, height), Image.Resampling.NEAREST)
 
 
 def references_for(mode: str, image: Image.Image) -> dict[Any, Image.Image]:
@@ -116,7 +127,7 @@ def renderer(model_cache: Path, cache: PipelineCache) -> WanRenderer:
 
 @pytest.fixture(scope="module")
 def t2v_run(renderer: WanRenderer) -> tuple[RenderOutput, list[tuple[int, int]]]:
-    """Seed 3, dpm++ shift 5.0, 9 frames of 48x64, with the steps reported on the way."""
+    """Seed 3, dpm++ shift 5.0, 9 frames of 64x96, with the steps reported on the way."""
     steps: list[tuple[int, int]] = []
     output = renderer.render(
         make_plan(), {}, on_step=lambda done, total: steps.append((done, total))
@@ -167,6 +178,34 @@ def test_same_seed_repeats_and_another_seed_differs(
 
     assert np.array_equal(again, t2v_video)
     assert not np.array_equal(other, t2v_video)
+
+
+# Pixels of the text-to-video render of seed 3 and seed 4 (dpm++, shift 5.0, CFG 6.5).
+T2V_SEED_3 = Pinned(
+    sample=[
+        [126, 143, 85, 127, 123, 82, 107, 152, 100, 113, 141, 122, 107, 152, 100, 113, 141, 122],
+        [111, 199, 148, 171, 87, 87, 110, 225, 114, 154, 160, 133, 110, 225, 114, 155, 161, 128],
+        [107, 192, 168, 194, 115, 140, 101, 226, 113, 188, 176, 172, 101, 226, 113, 188, 175, 171],
+    ],
+    means=[124.649, 112.497, 158.004, 148.532, 149.227, 167.031, 166.342, 174.643, 174.384],
+)
+T2V_SEED_4 = Pinned(
+    sample=[
+        [126, 143, 85, 127, 123, 82, 107, 152, 100, 113, 141, 122, 107, 152, 100, 113, 141, 122],
+        [112, 196, 152, 171, 87, 87, 110, 225, 114, 155, 160, 131, 111, 223, 115, 148, 152, 130],
+        [115, 186, 160, 194, 115, 140, 101, 226, 114, 188, 176, 171, 101, 227, 114, 187, 175, 171],
+    ],
+    means=[124.625, 112.493, 157.665, 148.568, 149.3, 167.179, 166.621, 174.816, 174.814],
+)
+
+
+def test_text_to_video_pixels_are_pinned_per_seed(
+    renderer: WanRenderer, t2v_video: np.ndarray
+) -> None:
+    other = renderer.render(make_plan(seed=4), {}).frames[0]
+
+    assert_pinned(t2v_video, T2V_SEED_3)
+    assert_pinned(other, T2V_SEED_4)
 
 
 def test_seed_zero_is_used_as_a_seed(renderer: WanRenderer, t2v_video: np.ndarray) -> None:
@@ -221,6 +260,17 @@ def test_sizes_and_frame_counts_the_pipeline_would_bend_are_refused(
         renderer.render(make_plan(**updates), {})
 
 
+@pytest.mark.parametrize(("width", "height"), [(48, 96), (64, 80)])
+def test_sizes_the_loaded_model_would_round_down_are_refused(
+    renderer: WanRenderer, width: int, height: int
+) -> None:
+    # Multiples of 16, as the released model needs, but not of the tiny model's 32: diffusers
+    # would render a smaller video with only a warning.
+    assert SIZE_MULTIPLE == 32
+    with pytest.raises(InvalidPayload, match=f"multiples of 32 .*got {width}x{height}"):
+        renderer.render(make_plan(width=width, height=height), {})
+
+
 def test_a_start_frame_changes_the_video_and_depends_on_the_image(
     renderer: WanRenderer, t2v_video: np.ndarray
 ) -> None:
@@ -235,6 +285,34 @@ def test_a_start_frame_changes_the_video_and_depends_on_the_image(
     assert a.details["pipeline"] == "vace"
     assert a.details["vace_model"] == EMBEDDED_VACE_SOURCE
     assert a.details["reference_mode"] == "start"
+
+
+# Pixels of seed 3 with card(1) kept as the first frame, and with card(2) as reference image.
+VACE_START = Pinned(
+    sample=[
+        [126, 143, 85, 127, 123, 82, 107, 152, 100, 113, 141, 122, 107, 152, 100, 113, 141, 122],
+        [111, 194, 154, 177, 90, 91, 110, 225, 114, 155, 160, 132, 110, 225, 114, 150, 152, 126],
+        [111, 185, 156, 138, 70, 77, 101, 226, 113, 187, 176, 171, 101, 227, 114, 188, 175, 172],
+    ],
+    means=[124.614, 112.533, 157.724, 148.263, 149.332, 166.638, 165.13, 173.722, 173.565],
+)
+VACE_SINGLE = Pinned(
+    sample=[
+        [126, 144, 86, 127, 123, 82, 107, 152, 100, 113, 141, 122, 107, 152, 100, 113, 141, 122],
+        [113, 196, 151, 171, 87, 87, 110, 225, 114, 155, 160, 131, 110, 225, 114, 155, 159, 130],
+        [108, 185, 154, 194, 115, 140, 101, 226, 113, 187, 176, 171, 101, 226, 113, 187, 175, 171],
+    ],
+    means=[124.668, 112.419, 157.932, 148.505, 149.303, 167.203, 167.079, 175.329, 175.051],
+)
+
+
+def test_reference_frame_pixels_are_pinned(renderer: WanRenderer, t2v_video: np.ndarray) -> None:
+    start = renderer.render(make_plan(reference_mode="start"), {"first_frame": card(1)})
+    single = renderer.render(make_plan(reference_mode="single"), {"image": card(2)})
+
+    assert_pinned(start.frames[0], VACE_START)
+    assert_pinned(single.frames[0], VACE_SINGLE)
+    assert_pinned(t2v_video, T2V_SEED_3)
 
 
 @pytest.mark.parametrize("mode", ["single", "end", "both"])
@@ -300,6 +378,18 @@ def test_each_pipeline_is_loaded_once_and_vace_shares_the_text_stack(
     assert t2v.transformer is not vace.transformer
 
 
+def test_a_vace_transformer_with_another_patch_is_refused(
+    model_cache: Path, tmp_path: Path
+) -> None:
+    folder = tmp_path / "vace-patch-2"
+    WanVACETransformer3DModel(**{**VACE_CONFIG, "patch_size": (1, 2, 2)}).save_pretrained(folder)
+    vace = ModelSpec(family="wan_vace", source=str(folder))
+    renderer = WanRenderer(T2V, vace, model_cache, PipelineCache())
+
+    with pytest.raises(ModelLoadError, match=r"'patch_size': \(1, 2, 2\)"):
+        renderer.render(make_plan(reference_mode="start"), {"first_frame": card(1)})
+
+
 def test_references_without_a_vace_model_are_rejected_before_loading(model_cache: Path) -> None:
     cache = PipelineCache()
     renderer = WanRenderer(T2V, None, model_cache, cache)
@@ -325,7 +415,7 @@ def test_cancelling_from_the_step_callback_propagates(
 def test_a_saved_folder_loads_like_the_embedded_model(
     model_cache: Path, t2v_video: np.ndarray
 ) -> None:
-    folder = str(model_cache / TINY_FOLDER_NAME)
+    folder = str(model_cache / TINY_WAN_FOLDER)
     renderer = WanRenderer(
         ModelSpec(family="wan", source=folder), None, model_cache, PipelineCache()
     )
@@ -338,7 +428,7 @@ def test_a_saved_folder_loads_like_the_embedded_model(
 
 def test_a_folder_without_vocabulary_fails_to_load(model_cache: Path, tmp_path: Path) -> None:
     folder = tmp_path / "broken-wan"
-    shutil.copytree(ensure_tiny_wan(model_cache / TINY_FOLDER_NAME), folder)
+    shutil.copytree(ensure_tiny_wan(model_cache / TINY_WAN_FOLDER), folder)
     (folder / "tokenizer" / "tokenizer.json").unlink()
     renderer = WanRenderer(ModelSpec(family="wan", source=str(folder)), None, tmp_path)
 
@@ -347,11 +437,11 @@ def test_a_folder_without_vocabulary_fails_to_load(model_cache: Path, tmp_path: 
 
 
 def test_tiny_models_are_consistent_and_built_once(model_cache: Path, tmp_path: Path) -> None:
-    folder = ensure_tiny_wan(model_cache / TINY_FOLDER_NAME)
+    folder = ensure_tiny_wan(model_cache / TINY_WAN_FOLDER)
     weights = folder / "transformer" / "diffusion_pytorch_model.safetensors"
     built_at = weights.stat().st_mtime_ns
 
-    assert ensure_tiny_wan(model_cache / TINY_FOLDER_NAME) == folder
+    assert ensure_tiny_wan(model_cache / TINY_WAN_FOLDER) == folder
     assert weights.stat().st_mtime_ns == built_at
     rebuilt = ensure_tiny_wan(tmp_path / "again")
     again = rebuilt / "transformer" / "diffusion_pytorch_model.safetensors"
@@ -371,10 +461,38 @@ def test_tiny_models_are_consistent_and_built_once(model_cache: Path, tmp_path: 
 
     vace = WanVACETransformer3DModel.from_pretrained(ensure_tiny_wan_vace(tmp_path / "vace"))
     config = vace.config
-    assert (config.in_channels, config.vace_in_channels, tuple(config.patch_size)) == (
-        16,
-        96,
-        (1, 2, 2),
-    )
+    # The mask is folded into 32 x 32 channels per latent pixel: 2 x 16 latent channels + 1024.
+    assert (config.in_channels, config.vace_in_channels) == (16, 2 * 16 + 32 * 32)
     assert 0 in config.vace_layers and max(config.vace_layers) < config.num_layers
     assert config.text_dim == transformer.text_dim
+    assert tuple(config.patch_size) == tuple(transformer.patch_size) == (1, 1, 1)
+    assert pipe.vae_scale_factor_spatial == 32 and pipe.vae_scale_factor_temporal == 4
+
+
+def test_a_full_size_video_is_8190_tokens(model_cache: Path) -> None:
+    pipe = WanPipeline.from_pretrained(ensure_tiny_wan(model_cache / TINY_WAN_FOLDER))
+    latent_frames = (81 - 1) // pipe.vae_scale_factor_temporal + 1
+    t, h, w = pipe.transformer.config.patch_size
+    factor = pipe.vae_scale_factor_spatial
+
+    tokens = latent_frames // t * (832 // factor // h) * (480 // factor // w)
+
+    assert tokens == 21 * 26 * 15 == 8190
+
+
+def test_folder_names_follow_the_configs_and_an_older_model_is_not_loaded(
+    tmp_path: Path,
+) -> None:
+    coarser = {**TRANSFORMER_CONFIG, "patch_size": (1, 2, 2)}
+    assert config_digest(transformer=coarser) != config_digest(transformer=TRANSFORMER_CONFIG)
+    assert TINY_WAN_FOLDER.startswith("tiny-wan-") and TINY_WAN_FOLDER != "tiny-wan"
+    # A folder of the same name whose marker records other configs is rebuilt, not loaded.
+    folder = ensure_tiny_wan(tmp_path / TINY_WAN_FOLDER)
+    marker = folder / COMPLETE_MARKER
+    recorded = marker.read_text(encoding="utf-8")
+    marker.write_text(recorded.replace('"config": "', '"config": "older-'), encoding="utf-8")
+    (folder / "transformer" / "config.json").write_text("{}", encoding="utf-8")
+
+    assert ensure_tiny_wan(tmp_path / TINY_WAN_FOLDER) == folder
+    assert marker.read_text(encoding="utf-8") == recorded
+    WanPipeline.from_pretrained(folder)  # the half-broken older folder was replaced
