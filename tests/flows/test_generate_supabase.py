@@ -7,10 +7,12 @@ from __future__ import annotations
 import io
 import json
 import re
+import uuid
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from urllib.parse import parse_qs, urlsplit
 
+import av
 import httpx
 import jwt
 import pytest
@@ -231,3 +233,40 @@ async def test_undeliverable_callback_waits_in_the_outbox_and_is_redelivered_onc
     (payload,) = receiver.accepted(job["id"])
     assert payload["status"] == "completed" and json.loads(entry.body) == payload
     assert len(receiver.assets(job["id"])) == 1
+
+
+@pytest.mark.slow
+async def test_a_video_fast_job_on_the_embedded_default_completes_against_the_real_server(
+    supabase_runtime: Runtime, real_storage: RealStorage, receiver: CallbackReceiver
+) -> None:
+    """The embedded tiny WAN renders the contract's video (480x832, 81 frames, 16 fps, H.264)
+    and the real server stores it; the documented minimum of 10 steps keeps the test short."""
+    job = {
+        "id": str(uuid.uuid4()),
+        "user_id": USER_ID,
+        "type": "video_fast",
+        "prompt": "waves on a beach at dusk",
+        "config": {"seed": 11, "num_inference_steps": 10},
+        "metadata": {},
+    }
+    state = await generate_job(job, return_state=True)
+    assert state.is_completed(), state.message
+    prefix = f"{USER_ID}/{job['id']}"
+    assert job_objects(real_storage, job) == [f"{prefix}/0.mp4", f"{prefix}/0.thumb.webp"]
+    video, video_type = stored(real_storage, f"{prefix}/0.mp4")
+    thumb, thumb_type = stored(real_storage, f"{prefix}/0.thumb.webp")
+    assert (video_type, thumb_type) == ("video/mp4", "image/webp")
+    with av.open(io.BytesIO(video)) as container:
+        stream = container.streams.video[0]
+        frames = sum(1 for _ in container.decode(stream))
+        assert (stream.codec_context.name, stream.average_rate) == ("h264", 16)
+        assert (stream.codec_context.width, stream.codec_context.height) == (480, 832)
+    assert frames == 81
+    assert Image.open(io.BytesIO(thumb)).size == (147, 256)
+    (payload,) = receiver.accepted(job["id"])
+    assert payload["status"] == "completed"
+    (asset,) = payload["assets"]
+    meta = asset["metadata"]
+    assert (meta["seed"], meta["steps"], meta["frame_num"]) == (11, 10, 81)
+    assert (meta["file_size_bytes"], meta["mime_type"]) == (len(video), "video/mp4")
+    assert meta["duration_seconds"] == pytest.approx(5.0625)

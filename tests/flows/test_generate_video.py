@@ -1,7 +1,7 @@
 """A WAN video job through the whole flow: real H.264 encoding, PyAV read-back, thumbnail,
-upload and callback. The diffusion itself is the timed stand-in renderer here, because the tiny
-WAN pipeline needs minutes for 81 frames at 480x832 on this CPU (the real WAN renderer is covered
-at small sizes in tests/render/test_wan.py)."""
+upload and callback. The diffusion itself is the timed stand-in renderer here, which costs
+nothing; the embedded tiny WAN runs a whole video_fast job against the real storage server in
+tests/flows/test_generate_supabase.py, and at small sizes in tests/render/test_wan.py."""
 
 from __future__ import annotations
 
