@@ -363,7 +363,8 @@ class StorageProxy:
         times: int | None = None,
     ) -> Fault:
         """Holds the body of the next ``times`` matching requests (None: all) after
-        ``after_bytes`` bytes for ``seconds`` (None: until :meth:`clear_faults` or :meth:`stop`)."""
+        ``after_bytes`` bytes for ``seconds`` (None: until :meth:`release`, :meth:`clear_faults` or
+        :meth:`stop`)."""
         return self._add(Fault("stall", re.compile(pattern), after_bytes, seconds, remaining=times))
 
     def reset(self, pattern: str, *, after_bytes: int = 0, times: int | None = 1) -> Fault:
@@ -384,6 +385,11 @@ class StorageProxy:
         """Removes every fault and releases requests held by a stall."""
         with self._lock:
             self._faults.clear()
+        self.release()
+
+    def release(self) -> None:
+        """Releases the requests held by a stall now; the faults set stay as they are (a held
+        request that also matched :meth:`reset` is then reset)."""
         if self._loop is not None and self._release is not None:
             release = self._release
 
