@@ -12,7 +12,8 @@ Faults, set while it runs (tests use them to play a misbehaving gateway):
 * :meth:`StorageProxy.stall` holds a matching request's body after N bytes, for S seconds or
   until the fault is cleared or the proxy stops;
 * :meth:`StorageProxy.reset` drops the client's connection (TCP reset) after N body bytes;
-* :meth:`StorageProxy.fail` answers the next K matching requests with a 5xx of its own;
+* :meth:`StorageProxy.fail` answers the next K matching requests (or every Nth) with a status of
+  its own;
 * :meth:`StorageProxy.drop_answer` passes the next K matching requests on, reads the server's
   whole answer and resets the client's connection instead of passing it back (the request took
   effect, the client never learns it).
@@ -75,6 +76,8 @@ class Fault:
     status: int = 503
     remaining: int | None = None
     hits: int = 0
+    every: int = 1
+    matched: int = 0
 
     def matches(self, target: str) -> bool:
         return self.pattern.search(target) is not None
@@ -350,9 +353,13 @@ class StorageProxy:
 
     # -- faults --------------------------------------------------------------------------------
     def _add(self, fault: Fault) -> Fault:
+        if fault.every < 1:
+            raise ValueError(f"every must be at least 1, got {fault.every}")
         with self._lock:
             self._faults.append(fault)
         return fault
+
+    # Every fault takes ``every`` N: it meets only the 1st, (N+1)th, 2N+1th ... matching request.
 
     def stall(
         self,
@@ -361,29 +368,47 @@ class StorageProxy:
         after_bytes: int,
         seconds: float | None = None,
         times: int | None = None,
+        every: int = 1,
     ) -> Fault:
         """Holds the body of the next ``times`` matching requests (None: all) after
-        ``after_bytes`` bytes for ``seconds`` (None: until :meth:`clear_faults` or :meth:`stop`)."""
-        return self._add(Fault("stall", re.compile(pattern), after_bytes, seconds, remaining=times))
+        ``after_bytes`` bytes for ``seconds`` (None: until :meth:`release`, :meth:`clear_faults` or
+        :meth:`stop`)."""
+        return self._add(
+            Fault("stall", re.compile(pattern), after_bytes, seconds, remaining=times, every=every)
+        )
 
-    def reset(self, pattern: str, *, after_bytes: int = 0, times: int | None = 1) -> Fault:
+    def reset(
+        self, pattern: str, *, after_bytes: int = 0, times: int | None = 1, every: int = 1
+    ) -> Fault:
         """Resets the client connection of the next ``times`` matching requests (None: all)
         after ``after_bytes`` bytes of their body have gone upstream."""
-        return self._add(Fault("reset", re.compile(pattern), after_bytes, remaining=times))
+        return self._add(
+            Fault("reset", re.compile(pattern), after_bytes, remaining=times, every=every)
+        )
 
-    def fail(self, pattern: str, *, status: int = 503, times: int = 1) -> Fault:
-        """Answers the next ``times`` matching requests with ``status`` without passing them on."""
-        return self._add(Fault("fail", re.compile(pattern), status=status, remaining=times))
+    def fail(
+        self, pattern: str, *, status: int = 503, times: int | None = 1, every: int = 1
+    ) -> Fault:
+        """Answers the next ``times`` matching requests (None: all) with ``status`` without
+        passing them on."""
+        return self._add(
+            Fault("fail", re.compile(pattern), status=status, remaining=times, every=every)
+        )
 
-    def drop_answer(self, pattern: str, *, times: int = 1) -> Fault:
-        """Swallows the server's answer to the next ``times`` matching requests and resets the
-        client's connection."""
-        return self._add(Fault("drop_answer", re.compile(pattern), remaining=times))
+    def drop_answer(self, pattern: str, *, times: int | None = 1, every: int = 1) -> Fault:
+        """Swallows the server's answer to the next ``times`` matching requests (None: all) and
+        resets the client's connection."""
+        return self._add(Fault("drop_answer", re.compile(pattern), remaining=times, every=every))
 
     def clear_faults(self) -> None:
         """Removes every fault and releases requests held by a stall."""
         with self._lock:
             self._faults.clear()
+        self.release()
+
+    def release(self) -> None:
+        """Releases the requests held by a stall now; the faults set stay as they are (a held
+        request that also matched :meth:`reset` is then reset)."""
         if self._loop is not None and self._release is not None:
             release = self._release
 
@@ -402,6 +427,9 @@ class StorageProxy:
         with self._lock:
             for fault in self._faults:
                 if fault.kind != kind or not fault.matches(target):
+                    continue
+                fault.matched += 1
+                if (fault.matched - 1) % fault.every:
                     continue
                 if fault.remaining is not None:
                     if fault.remaining <= 0:

@@ -101,13 +101,15 @@ class RealStorage:
             ).fetchone()
         return dict(row) if row else None
 
-    def object_names(self, bucket: str) -> list[str]:
-        """Every object name in a bucket, from the database, sorted."""
+    def object_names(self, bucket: str, prefix: str = "") -> list[str]:
+        """Every object name in a bucket (starting with ``prefix``), from the database, sorted."""
         import psycopg
 
         with psycopg.connect(self.dsn) as conn:
             rows = conn.execute(
-                "select name from storage.objects where bucket_id = %s order by name", (bucket,)
+                "select name from storage.objects where bucket_id = %s"
+                " and starts_with(name, %s) order by name",
+                (bucket, prefix),
             ).fetchall()
         return [str(row[0]) for row in rows]
 

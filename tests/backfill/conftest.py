@@ -1,4 +1,5 @@
-"""Backfill and cleanup fixtures: the storage stand-in seeded with legacy objects in every layout.
+"""Backfill and cleanup fixtures: the real storage server seeded with legacy objects in every
+layout.
 
 The seed writes its own expectations (target path, outcome) next to each object, from the
 contract's layout table rather than from the parser under test.
@@ -6,31 +7,35 @@ contract's layout table rather than from the parser under test.
 
 from __future__ import annotations
 
-import hashlib
 import io
 import json
 import os
 import uuid
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
+from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
+from urllib.parse import quote
 
+import httpx
+import psycopg
 import pytest
 from PIL import Image
 from prefect.client.orchestration import get_client
 from prefect.client.schemas.filters import ArtifactFilter, ArtifactFilterFlowRunId
 from pydantic import SecretStr
 
-from devstack.storage_standin import StorageStandIn
+from devstack.storage_proxy import StorageProxy
+from devstack.storage_standin import CONTRACT_BUCKETS
 from genjobs.runtime import Runtime, set_runtime
 from genjobs.settings import Settings
 from genjobs.storage.local import LocalFolderStorage
 from genjobs.storage.supabase import SupabaseStorage
+from tests.real_storage import RealStorage
 
-JWT_SECRET = "backfill-tests-jwt-secret-0123456789abcdef"
 TARGET = "workspace-temp"
 SEED_START = datetime(2025, 8, 8, 9, 0, tzinfo=UTC)
 LEGACY_PRESENT = (
@@ -303,31 +308,186 @@ def legacy_seed() -> LegacySeed:
     return build_seed()
 
 
-@pytest.fixture(scope="module")
-def standin_server() -> Iterator[StorageStandIn]:
-    with StorageStandIn(JWT_SECRET, hang_seconds=5.0) as running:
-        yield running
+@dataclass(frozen=True)
+class Request:
+    """A request the test's proxy saw: method, path without ``/storage/v1`` and query, status."""
+
+    method: str
+    path: str
+    status: int
 
 
-def load_seed(standin: StorageStandIn, seed: LegacySeed) -> None:
-    """Fresh buckets (``videos`` missing) holding exactly the seed."""
-    standin.reset()
-    standin.create_contract_buckets([TARGET, "user-library", *LEGACY_PRESENT])
-    for obj in seed.objects:
-        standin.put_object(
-            obj.bucket, obj.path, obj.data, obj.content_type, created_at=obj.created_at
+@dataclass(frozen=True)
+class StoredObject:
+    data: bytes
+    content_type: str
+
+
+class SeededStorage:
+    """The real storage server seen by the flows through the test's own fault proxy.
+
+    The backfill and the cleanup work on fixed bucket names (the legacy buckets, ``user-library``
+    and ``workspace-temp``), so these tests own those buckets' contents on the session's
+    server: :meth:`reset` empties them, creates the legacy buckets with the contract's limits
+    and MIME lists and leaves ``videos`` missing. Reads and seeding go around the proxy, so
+    :attr:`requests` holds only what the flows sent.
+    """
+
+    def __init__(self, real: RealStorage, proxy: StorageProxy) -> None:
+        self.real = real
+        self.proxy = proxy
+        self.url = proxy.url
+        self._client = httpx.Client(headers=real.headers(), timeout=30)
+        self._mark = 0
+
+    def token(self) -> str:
+        return self.real.service_key
+
+    def close(self) -> None:
+        self._client.close()
+
+    # -- what the flows sent -----------------------------------------------------------------
+    @property
+    def requests(self) -> list[Request]:
+        seen = self.proxy.seen()[self._mark :]
+        return [
+            Request(s.method, s.path.split("?", 1)[0].removeprefix("/storage/v1"), s.status)
+            for s in seen
+        ]
+
+    def clear_requests(self) -> None:
+        self._mark = len(self.proxy.seen())
+
+    # -- buckets -----------------------------------------------------------------------------
+    def bucket_ids(self) -> list[str]:
+        with psycopg.connect(self.real.dsn) as conn:
+            rows = conn.execute(
+                "select id from storage.buckets where id = any(%s) order by id",
+                (list(MANAGED_BUCKETS),),
+            ).fetchall()
+        return [str(row[0]) for row in rows]
+
+    def create_contract_buckets(self, names: Iterable[str]) -> None:
+        """Creates the named buckets the contract lists (limits, MIME lists) where missing
+        (``workspace-temp`` comes with the project's migrations)."""
+        present = set(self.bucket_ids())
+        for name in names:
+            if name in present:
+                continue
+            spec = CONTRACT_BUCKETS[name]
+            body: dict[str, Any] = {"id": name, "name": name, "public": spec.public}
+            if spec.file_size_limit is not None:
+                body["file_size_limit"] = spec.file_size_limit
+            if spec.allowed_mime_types is not None:
+                body["allowed_mime_types"] = list(spec.allowed_mime_types)
+            response = self._client.post(f"{self.real.storage_url}/bucket", json=body)
+            if response.status_code != 200:
+                raise AssertionError(f"creating bucket {name} answered {response.text}")
+
+    def reset(self, buckets: Iterable[str] = (TARGET, "user-library", *LEGACY_PRESENT)) -> None:
+        """Empties every bucket these tests own, removes ``videos`` and creates ``buckets``."""
+        present = set(self.bucket_ids())
+        for bucket in present:
+            names = self.object_names(bucket)
+            for start in range(0, len(names), 500):
+                response = self._client.request(
+                    "DELETE",
+                    f"{self.real.storage_url}/object/{bucket}",
+                    json={"prefixes": names[start : start + 500]},
+                )
+                assert response.status_code == 200, response.text
+            assert self.object_names(bucket) == [], bucket
+        if "videos" in present:
+            response = self._client.delete(f"{self.real.storage_url}/bucket/videos")
+            assert response.status_code == 200, response.text
+        self.create_contract_buckets(buckets)
+        self.clear_requests()
+
+    # -- objects -----------------------------------------------------------------------------
+    def object_names(self, bucket: str) -> list[str]:
+        return self.real.object_names(bucket)
+
+    def put_object(
+        self,
+        bucket: str,
+        path: str,
+        data: bytes,
+        content_type: str,
+        created_at: datetime | None = None,
+    ) -> None:
+        """Stores (upserts) an object through the storage API; ``created_at`` backdates it."""
+        response = self._client.post(
+            f"{self.real.storage_url}/object/{bucket}/{quote(path)}",
+            content=data,
+            headers={"content-type": content_type, "x-upsert": "true"},
         )
-    for path, (data, content_type) in seed.preexisting.items():
-        standin.put_object(TARGET, path, data, content_type, created_at=SEED_START)
+        assert response.status_code == 200, (bucket, path, response.text)
+        if created_at is not None:
+            self.set_created_at(bucket, path, created_at)
+
+    def set_created_at(self, bucket: str, path: str, when: datetime) -> None:
+        """Backdates an object in the server's database (created_at and updated_at)."""
+        with psycopg.connect(self.real.dsn, autocommit=True) as conn:
+            done = conn.execute(
+                "update storage.objects set created_at = %s, updated_at = %s"
+                " where bucket_id = %s and name = %s",
+                (when, when, bucket, path),
+            )
+            assert done.rowcount == 1, (bucket, path)
+
+    def get_object(self, bucket: str, path: str) -> StoredObject | None:
+        """The object's bytes and content type as the server answers them, or None."""
+        response = self._client.get(
+            f"{self.real.storage_url}/object/authenticated/{bucket}/{quote(path)}"
+        )
+        if response.status_code != 200:
+            assert "not_found" in response.text or "not found" in response.text, response.text
+            return None
+        return StoredObject(response.content, response.headers["content-type"])
+
+    def get_objects(self, bucket: str, names: list[str]) -> dict[str, StoredObject]:
+        """Several objects at once; each must exist."""
+        with ThreadPoolExecutor(max_workers=8) as pool:
+            got = list(pool.map(lambda name: self.get_object(bucket, name), names))
+        found = dict(zip(names, got, strict=True))
+        missing = [name for name, obj in found.items() if obj is None]
+        assert not missing, missing
+        return {name: obj for name, obj in found.items() if obj is not None}
+
+
+MANAGED_BUCKETS = (TARGET, "user-library", *LEGACY_PRESENT, "videos")
 
 
 @pytest.fixture
-def standin(standin_server: StorageStandIn, legacy_seed: LegacySeed) -> StorageStandIn:
-    load_seed(standin_server, legacy_seed)
-    return standin_server
+def seeded_storage(real_storage: RealStorage, fault_proxy: StorageProxy) -> Iterator[SeededStorage]:
+    """The server with these tests' buckets emptied (``videos`` missing), flows behind a proxy."""
+    store = SeededStorage(real_storage, fault_proxy)
+    try:
+        store.reset()
+        yield store
+    finally:
+        store.close()
 
 
-def make_runtime(standin: StorageStandIn, home: Path, **settings: object) -> Runtime:
+def load_seed(store: SeededStorage, seed: LegacySeed) -> None:
+    """Objects exactly the seed's, with the seed's creation times."""
+    uploads = [(o.bucket, o.path, o.data, o.content_type, o.created_at) for o in seed.objects]
+    uploads += [
+        (TARGET, path, data, content_type, SEED_START)
+        for path, (data, content_type) in seed.preexisting.items()
+    ]
+    with ThreadPoolExecutor(max_workers=8) as pool:
+        list(pool.map(lambda upload: store.put_object(*upload), uploads))
+    store.clear_requests()
+
+
+@pytest.fixture
+def seeded(seeded_storage: SeededStorage, legacy_seed: LegacySeed) -> SeededStorage:
+    load_seed(seeded_storage, legacy_seed)
+    return seeded_storage
+
+
+def make_runtime(store: SeededStorage, home: Path, **settings: object) -> Runtime:
     values: dict[str, object] = {
         "home": home,
         "upload_retries": 8,
@@ -336,7 +496,7 @@ def make_runtime(standin: StorageStandIn, home: Path, **settings: object) -> Run
     values.update(settings)
     return Runtime(
         settings=Settings(**values),  # type: ignore[arg-type]
-        storage=SupabaseStorage.from_supabase(standin.url, SecretStr(standin.token()), timeout=5.0),
+        storage=SupabaseStorage.from_supabase(store.url, SecretStr(store.token()), timeout=30.0),
         callback_url=None,
         callback_secret=None,
         callback_bearer=None,
@@ -344,9 +504,9 @@ def make_runtime(standin: StorageStandIn, home: Path, **settings: object) -> Run
 
 
 @contextmanager
-def installed_runtime(standin: StorageStandIn, home: Path, **settings: object) -> Iterator[Runtime]:
+def installed_runtime(store: SeededStorage, home: Path, **settings: object) -> Iterator[Runtime]:
     """:func:`make_runtime`, installed for the flows while the block runs."""
-    runtime = make_runtime(standin, home, **settings)
+    runtime = make_runtime(store, home, **settings)
     set_runtime(runtime)
     try:
         yield runtime
@@ -374,21 +534,22 @@ def local_runtime(storage: LocalFolderStorage, home: Path) -> Iterator[Runtime]:
 
 
 @pytest.fixture
-def backfill_runtime(standin: StorageStandIn, tmp_path: Path) -> Iterator[Runtime]:
-    """The Supabase backend on the seeded stand-in, installed for the flows."""
-    with installed_runtime(standin, tmp_path) as runtime:
+def backfill_runtime(seeded: SeededStorage, tmp_path: Path) -> Iterator[Runtime]:
+    """The Supabase backend on the seeded server, installed for the flows."""
+    with installed_runtime(seeded, tmp_path) as runtime:
         yield runtime
 
 
-def snapshot(standin: StorageStandIn) -> dict[tuple[str, str], tuple[str, str]]:
-    """Every object of every bucket: ``(bucket, path) -> (sha256, content type)``."""
-    found = {}
-    for bucket in standin.bucket_ids():
-        for name in standin.object_names(bucket):
-            obj = standin.get_object(bucket, name)
-            assert obj is not None
-            found[(bucket, name)] = (hashlib.sha256(obj.data).hexdigest(), obj.content_type)
-    return found
+def snapshot(store: SeededStorage) -> dict[tuple[str, str], tuple[str, str]]:
+    """Every object of every bucket these tests own: ``(bucket, path) -> (md5, content type)``,
+    as the server recorded them (its ETag is the MD5 of the bytes)."""
+    with psycopg.connect(store.real.dsn) as conn:
+        rows = conn.execute(
+            "select bucket_id, name, metadata->>'eTag', metadata->>'mimetype'"
+            " from storage.objects where bucket_id = any(%s)",
+            (list(MANAGED_BUCKETS),),
+        ).fetchall()
+    return {(bucket, name): (str(etag), str(mime)) for bucket, name, etag, mime in rows}
 
 
 @contextmanager
@@ -432,9 +593,9 @@ def own_db() -> Iterator[str]:
 
 
 @pytest.fixture
-def db_backfill_runtime(standin: StorageStandIn, own_db: str, tmp_path: Path) -> Iterator[Runtime]:
+def db_backfill_runtime(seeded: SeededStorage, own_db: str, tmp_path: Path) -> Iterator[Runtime]:
     """:func:`backfill_runtime` with the test's own project database configured."""
-    with installed_runtime(standin, tmp_path, database_dsn=SecretStr(own_db)) as runtime:
+    with installed_runtime(seeded, tmp_path, database_dsn=SecretStr(own_db)) as runtime:
         yield runtime
 
 
@@ -469,13 +630,9 @@ def records(manifest: Path) -> list[dict[str, Any]]:
     return [json.loads(line) for line in text.splitlines(keepends=True) if line.endswith("\n")]
 
 
-def target_bucket_objects(standin: StorageStandIn) -> dict[str, tuple[bytes, str]]:
-    found = {}
-    for name in standin.object_names(TARGET):
-        obj = standin.get_object(TARGET, name)
-        assert obj is not None
-        found[name] = (obj.data, obj.content_type)
-    return found
+def target_bucket_objects(store: SeededStorage) -> dict[str, tuple[bytes, str]]:
+    objects = store.get_objects(TARGET, store.object_names(TARGET))
+    return {name: (obj.data, obj.content_type) for name, obj in objects.items()}
 
 
 async def final_state(flow_function: Any, **parameters: Any) -> Any:

@@ -1,6 +1,6 @@
-"""The backfill and rollback flows on a real Prefect API against the storage stand-in.
+"""The backfill and rollback flows on a real Prefect API against the real storage server.
 
-The stand-in holds about 190 mappable legacy objects in every layout plus every misfit the
+The server holds about 190 mappable legacy objects in every layout plus every misfit the
 contract names (root objects, non-UUID users, unknown extensions, folder entries, a missing
 bucket, duplicates, collisions, undecodable bytes, targets that already exist).
 """
@@ -21,7 +21,6 @@ import pytest
 from PIL import Image
 from pydantic import SecretStr
 
-from devstack.storage_standin import StorageStandIn
 from flows.backfill import BackfillRefused, backfill_legacy_buckets, rollback_backfill
 from genjobs.backfill.manifest import ManifestRecord, ManifestWriter, load_manifest
 from genjobs.runtime import Runtime, set_runtime
@@ -32,6 +31,7 @@ from tests.backfill.conftest import (
     TARGET,
     VIDEO_SIZE,
     LegacySeed,
+    SeededStorage,
     artifact_markdown,
     backfilled_rows,
     final_state,
@@ -60,22 +60,22 @@ def last_outcomes(manifest: Path) -> dict[str, str]:
     return found
 
 
-def legacy_snapshot(standin: StorageStandIn) -> dict[tuple[str, str], tuple[str, str]]:
-    return legacy_snapshot_of(snapshot(standin))
+def legacy_snapshot(seeded: SeededStorage) -> dict[tuple[str, str], tuple[str, str]]:
+    return legacy_snapshot_of(snapshot(seeded))
 
 
-def writes_to_storage(standin: StorageStandIn) -> list[str]:
+def writes_to_storage(seeded: SeededStorage) -> list[str]:
     """Requests that change storage (uploads, copies, removals); listings are reads."""
     return [
         f"{r.method} {r.path}"
-        for r in standin.requests
+        for r in seeded.requests
         if r.method in WRITE_METHODS and not r.path.startswith("/object/list/")
     ]
 
 
-def assert_backfilled(standin: StorageStandIn, seed: LegacySeed) -> None:
+def assert_backfilled(seeded: SeededStorage, seed: LegacySeed) -> None:
     """The target bucket holds exactly the pre-existing objects plus the expected copies."""
-    objects = target_bucket_objects(standin)
+    objects = target_bucket_objects(seeded)
     created = seed.created_targets()
     thumbnails = seed.created_thumbnails()
     assert set(objects) == set(seed.preexisting) | set(created) | thumbnails
@@ -100,17 +100,17 @@ def assert_backfilled(standin: StorageStandIn, seed: LegacySeed) -> None:
 
 
 async def test_dry_run_then_run_then_rerun_then_rollback(
-    standin: StorageStandIn, backfill_runtime: Runtime, legacy_seed: LegacySeed, tmp_path: Path
+    seeded: SeededStorage, backfill_runtime: Runtime, legacy_seed: LegacySeed, tmp_path: Path
 ) -> None:
     manifest = tmp_path / "manifest.jsonl"
-    before = snapshot(standin)
+    before = snapshot(seeded)
     seed = legacy_seed
 
     dry_state = await final_state(backfill_legacy_buckets, manifest_path=str(manifest))
     dry = await dry_state.result()
-    assert snapshot(standin) == before
+    assert snapshot(seeded) == before
     assert not manifest.exists()
-    assert writes_to_storage(standin) == []
+    assert writes_to_storage(seeded) == []
     assert dry.dry_run and dry.mapped == len(seed.mappable())
     assert dry.unmappable == len(seed.by_outcome("unmappable"))
     assert (dry.folder_entries, dry.collision_groups) == (1, 2)
@@ -120,13 +120,13 @@ async def test_dry_run_then_run_then_rerun_then_rollback(
     assert f"| {some_copy.key} | {some_copy.target} |" in plan
     assert "unknown_video_id" in plan and "no_user_folder" in plan
 
-    standin.clear_requests()
+    seeded.clear_requests()
     state = await final_state(
         backfill_legacy_buckets, dry_run=False, manifest_path=str(manifest), batch_size=40
     )
     summary = await state.result()
-    assert_backfilled(standin, seed)
-    assert legacy_snapshot(standin) == legacy_snapshot_of(before)
+    assert_backfilled(seeded, seed)
+    assert legacy_snapshot(seeded) == legacy_snapshot_of(before)
     copied = len(seed.by_outcome("copied"))
     assert summary.outcomes == {
         "copied": copied,
@@ -143,25 +143,25 @@ async def test_dry_run_then_run_then_rerun_then_rollback(
     report = await artifact_markdown(state, "backfill-report")
     assert "conflict" in report and "collision" in report
 
-    after = snapshot(standin)
-    standin.clear_requests()
+    after = snapshot(seeded)
+    seeded.clear_requests()
     second = await backfill_legacy_buckets(dry_run=False, manifest_path=str(manifest))
-    assert snapshot(standin) == after
-    assert writes_to_storage(standin) == []
+    assert snapshot(seeded) == after
+    assert writes_to_storage(seeded) == []
     assert second.created_objects == 0
     assert second.verified_earlier == copied + 1
     assert second.outcomes == {"conflict": 1, "collision": 2}
 
     planned = await rollback_backfill(str(manifest))
-    assert snapshot(standin) == after
+    assert snapshot(seeded) == after
     expected_removed = {f"{TARGET}/{p}" for p in seed.created_targets()} | {
         f"{TARGET}/{p}" for p in seed.created_thumbnails()
     }
     assert set(planned.removed) == expected_removed
     rolled = await rollback_backfill(str(manifest), dry_run=False)
     assert set(rolled.removed) == expected_removed
-    assert target_bucket_objects(standin) == seed.preexisting
-    assert legacy_snapshot(standin) == legacy_snapshot_of(before)
+    assert target_bucket_objects(seeded) == seed.preexisting
+    assert legacy_snapshot(seeded) == legacy_snapshot_of(before)
     again = await rollback_backfill(str(manifest), dry_run=False)
     assert again.removed == []
 
@@ -172,17 +172,17 @@ def legacy_snapshot_of(
     return {key: value for key, value in full.items() if key[0] != TARGET}
 
 
-async def wait_until_quiet(standin: StorageStandIn, quiet: float = 0.5) -> None:
-    """Wait until the stand-in has seen no request for ``quiet`` seconds."""
-    seen, since = len(standin.requests), time.monotonic()
+async def wait_until_quiet(seeded: SeededStorage, quiet: float = 0.5) -> None:
+    """Wait until the proxy has seen no request for ``quiet`` seconds."""
+    seen, since = len(seeded.requests), time.monotonic()
     while time.monotonic() - since < quiet:
         await asyncio.sleep(0.05)
-        if len(standin.requests) != seen:
-            seen, since = len(standin.requests), time.monotonic()
+        if len(seeded.requests) != seen:
+            seen, since = len(seeded.requests), time.monotonic()
 
 
 async def test_interrupted_run_resumes_without_duplicates(
-    standin: StorageStandIn, backfill_runtime: Runtime, legacy_seed: LegacySeed, tmp_path: Path
+    seeded: SeededStorage, backfill_runtime: Runtime, legacy_seed: LegacySeed, tmp_path: Path
 ) -> None:
     manifest = tmp_path / "manifest.jsonl"
     run = asyncio.create_task(
@@ -202,35 +202,33 @@ async def test_interrupted_run_resumes_without_duplicates(
     run.cancel()
     with pytest.raises(asyncio.CancelledError):
         await run
-    await wait_until_quiet(standin)
+    await wait_until_quiet(seeded)
     interrupted = records(manifest)
     done = {r["target_path"] for r in interrupted if r["outcome"] == "copied"}
     assert 50 <= len(done) < len(legacy_seed.created_targets())
 
-    standin.clear_requests()
+    seeded.clear_requests()
     summary = await backfill_legacy_buckets(dry_run=False, manifest_path=str(manifest))
-    assert_backfilled(standin, legacy_seed)
+    assert_backfilled(seeded, legacy_seed)
     assert summary.verified_earlier >= len(done)
-    uploaded = {w.removeprefix(f"POST /object/{TARGET}/") for w in writes_to_storage(standin)}
+    uploaded = {w.removeprefix(f"POST /object/{TARGET}/") for w in writes_to_storage(seeded)}
     assert not done & uploaded, "a copy verified before the interruption was made again"
 
     rolled = await rollback_backfill(str(manifest), dry_run=False)
-    assert target_bucket_objects(standin) == legacy_seed.preexisting
+    assert target_bucket_objects(seeded) == legacy_seed.preexisting
     assert len(rolled.removed) == len(legacy_seed.created_targets()) + len(
         legacy_seed.created_thumbnails()
     )
 
 
 async def test_faults_lose_nothing(
-    standin: StorageStandIn, backfill_runtime: Runtime, legacy_seed: LegacySeed, tmp_path: Path
+    seeded: SeededStorage, backfill_runtime: Runtime, legacy_seed: LegacySeed, tmp_path: Path
 ) -> None:
     manifest = tmp_path / "manifest.jsonl"
-    standin.set_fault_rate(0.02, seed=5, status=503)
-    standin.inject_fault(
-        "status", count=4, method="POST", path_prefix=f"/object/{TARGET}/", status=403
-    )
+    refusals = seeded.proxy.fail(f"^POST /storage/v1/object/{TARGET}/", status=403, times=4)
+    unavailable = seeded.proxy.fail("", status=503, times=None, every=50)
     first = await backfill_legacy_buckets(dry_run=False, manifest_path=str(manifest), batch_size=60)
-    assert sum(r.fault == "status" for r in standin.requests) > 10
+    assert unavailable.hits > 10 and refusals.hits == 4
     assert first.outcomes.get("failed", 0) == 0
     refused = first.outcomes.get("refused", 0)
     assert 1 <= refused <= 4
@@ -238,33 +236,33 @@ async def test_faults_lose_nothing(
     assert all(outcomes.get(o.key) for o in legacy_seed.mappable())
     expected = set(legacy_seed.preexisting) | set(legacy_seed.created_targets())
     expected |= legacy_seed.created_thumbnails()
-    assert set(target_bucket_objects(standin)) <= expected
+    assert set(target_bucket_objects(seeded)) <= expected
 
-    standin.clear_faults()
+    seeded.proxy.clear_faults()
     second = await backfill_legacy_buckets(dry_run=False, manifest_path=str(manifest))
     assert second.outcomes.get("refused", 0) == 0
-    assert_backfilled(standin, legacy_seed)
+    assert_backfilled(seeded, legacy_seed)
 
 
 async def test_delete_sources_needs_the_database(
-    standin: StorageStandIn, backfill_runtime: Runtime, tmp_path: Path
+    seeded: SeededStorage, backfill_runtime: Runtime, tmp_path: Path
 ) -> None:
     manifest = tmp_path / "manifest.jsonl"
-    before = snapshot(standin)
-    standin.clear_requests()
+    before = snapshot(seeded)
+    seeded.clear_requests()
     state = await final_state(
         backfill_legacy_buckets, dry_run=False, delete_sources=True, manifest_path=str(manifest)
     )
     assert state.is_failed()
     with pytest.raises(BackfillRefused, match="GENJOBS_DATABASE_DSN"):
         await state.result()
-    assert snapshot(standin) == before and writes_to_storage(standin) == []
+    assert snapshot(seeded) == before and writes_to_storage(seeded) == []
     assert not manifest.exists()
 
 
 @pytest.mark.postgres
 async def test_delete_sources_in_a_time_window(
-    standin: StorageStandIn,
+    seeded: SeededStorage,
     db_backfill_runtime: Runtime,
     own_db: str,
     legacy_seed: LegacySeed,
@@ -294,11 +292,11 @@ async def test_delete_sources_in_a_time_window(
     }
     assert summary.outside_window > 0 and summary.missing_buckets == ["videos"]
     for obj in legacy_seed.objects:
-        still_there = standin.get_object(obj.bucket, obj.path) is not None
+        still_there = seeded.get_object(obj.bucket, obj.path) is not None
         assert still_there == (obj not in moved), obj.key
         if obj in moved:
             assert obj.target is not None
-            target = standin.get_object(TARGET, obj.target)
+            target = seeded.get_object(TARGET, obj.target)
             assert target is not None and target.data == obj.data
 
     rolled = await rollback_backfill(str(manifest), dry_run=False)
@@ -306,29 +304,27 @@ async def test_delete_sources_in_a_time_window(
     assert len(rolled.kept) == 2 * len(moved)
     for obj in moved:
         assert obj.target is not None
-        assert standin.get_object(TARGET, obj.target) is not None
+        assert seeded.get_object(TARGET, obj.target) is not None
 
 
 async def test_a_bucket_that_fails_to_list_is_reported_and_skipped(
-    standin: StorageStandIn, backfill_runtime: Runtime, tmp_path: Path
+    seeded: SeededStorage, backfill_runtime: Runtime, tmp_path: Path
 ) -> None:
-    standin.inject_fault(
-        "status", count=1, method="POST", path_prefix="/object/list/image_high", status=403
-    )
+    seeded.proxy.fail("^POST /storage/v1/object/list/image_high", status=403, times=1)
     summary = await backfill_legacy_buckets(
         buckets=["image_high", "video_fast", "videos"], manifest_path=str(tmp_path / "m.jsonl")
     )
     assert set(summary.failed_buckets) == {"image_high"}
     assert "STORAGE_ACCESS_DENIED" in summary.failed_buckets["image_high"]
     assert summary.missing_buckets == ["videos"]
-    assert summary.mapped == 12 and summary.listed == len(standin.object_names("video_fast"))
+    assert summary.mapped == 12 and summary.listed == len(seeded.object_names("video_fast"))
 
 
 async def test_copies_within_one_bucket_run_on_the_server(
-    standin: StorageStandIn, backfill_runtime: Runtime, legacy_seed: LegacySeed, tmp_path: Path
+    seeded: SeededStorage, backfill_runtime: Runtime, legacy_seed: LegacySeed, tmp_path: Path
 ) -> None:
     bucket = "sdxl_image_high"
-    standin.clear_requests()
+    seeded.clear_requests()
     summary = await backfill_legacy_buckets(
         dry_run=False,
         buckets=[bucket],
@@ -338,13 +334,13 @@ async def test_copies_within_one_bucket_run_on_the_server(
     # Alone in its bucket, the colliding source is a plain copy.
     sources = [o for o in legacy_seed.objects if o.bucket == bucket and o.target is not None]
     assert summary.outcomes["copied"] == len(sources)
-    copies = [w for w in writes_to_storage(standin) if w == "POST /object/copy"]
-    uploads = [w for w in writes_to_storage(standin) if w.startswith(f"POST /object/{bucket}/")]
+    copies = [w for w in writes_to_storage(seeded) if w == "POST /object/copy"]
+    uploads = [w for w in writes_to_storage(seeded) if w.startswith(f"POST /object/{bucket}/")]
     assert len(copies) == len(sources)
     assert all(w.endswith(".thumb.webp") for w in uploads) and len(uploads) == len(sources)
     for obj in sources:
         assert obj.target is not None
-        copied = standin.get_object(bucket, obj.target)
+        copied = seeded.get_object(bucket, obj.target)
         assert copied is not None and (copied.data, copied.content_type) == (obj.data, "image/png")
 
 
@@ -370,7 +366,7 @@ async def test_local_folder_backend(tmp_path: Path) -> None:
 
 @pytest.mark.postgres
 async def test_video_ids_resolve_through_the_jobs_table(
-    standin: StorageStandIn, legacy_seed: LegacySeed, project_db: str, tmp_path: Path
+    seeded: SeededStorage, legacy_seed: LegacySeed, project_db: str, tmp_path: Path
 ) -> None:
     import psycopg
 
@@ -396,7 +392,7 @@ async def test_video_ids_resolve_through_the_jobs_table(
         ).fetchone()
         assert row is not None
         resolved[f"{root_video}.mp4"] = f"{seed_uuid('user', 1)}/{row[0]}/0.mp4"
-    runtime = make_runtime(standin, tmp_path, database_dsn=SecretStr(project_db))
+    runtime = make_runtime(seeded, tmp_path, database_dsn=SecretStr(project_db))
     set_runtime(runtime)
     try:
         summary = await backfill_legacy_buckets(
@@ -409,10 +405,10 @@ async def test_video_ids_resolve_through_the_jobs_table(
     assert summary.outcomes["copied"] == len(resolved) + 12
     for source_path, target_path in resolved.items():
         bucket = "video_high" if source_path.endswith(".mp4") else "image7b_fast_enhanced"
-        source = standin.get_object(bucket, source_path)
-        target = standin.get_object(TARGET, target_path)
+        source = seeded.get_object(bucket, source_path)
+        target = seeded.get_object(TARGET, target_path)
         assert source is not None and target is not None and target.data == source.data
-        assert standin.get_object(TARGET, target_path.rsplit(".", 1)[0] + ".thumb.webp")
+        assert seeded.get_object(TARGET, target_path.rsplit(".", 1)[0] + ".thumb.webp")
     assert summary.unmappable_by_reason["unknown_video_id"] == 10
 
 

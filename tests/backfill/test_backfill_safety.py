@@ -9,7 +9,6 @@ from pathlib import Path
 
 import pytest
 
-from devstack.storage_standin import StorageStandIn
 from flows.backfill import backfill_legacy_buckets, rollback_backfill
 from flows.cleanup import cleanup_workspace
 from genjobs.runtime import Runtime
@@ -17,6 +16,7 @@ from genjobs.storage.local import LocalFolderStorage
 from tests.backfill.conftest import (
     TARGET,
     LegacySeed,
+    SeededStorage,
     backfilled_rows,
     local_runtime,
     png_bytes,
@@ -38,7 +38,7 @@ def same_size_other_bytes(data: bytes) -> bytes:
 
 
 async def test_rerun_and_rollback_keep_a_changed_copy_as_a_conflict(
-    standin: StorageStandIn, backfill_runtime: Runtime, tmp_path: Path
+    seeded: SeededStorage, backfill_runtime: Runtime, tmp_path: Path
 ) -> None:
     manifest = tmp_path / "manifest.jsonl"
     first = await backfill_legacy_buckets(
@@ -48,11 +48,11 @@ async def test_rerun_and_rollback_keep_a_changed_copy_as_a_conflict(
     targets = copied_targets(manifest)
     resized, rewritten = targets[0], targets[1]
     changed = {
-        rewritten: same_size_other_bytes(target_bucket_objects(standin)[rewritten][0]),
+        rewritten: same_size_other_bytes(target_bucket_objects(seeded)[rewritten][0]),
         resized: png_bytes(70_001, (40, 30)),
     }
     for path, data in changed.items():
-        standin.put_object(TARGET, path, data, "image/png")
+        seeded.put_object(TARGET, path, data, "image/png")
 
     for _ in range(2):
         again = await backfill_legacy_buckets(
@@ -60,7 +60,7 @@ async def test_rerun_and_rollback_keep_a_changed_copy_as_a_conflict(
         )
         assert again.created_objects == 0
         assert again.outcomes.get("conflict", 0) == conflicts_before + 2
-        objects = target_bucket_objects(standin)
+        objects = target_bucket_objects(seeded)
         assert {path: objects[path][0] for path in changed} == changed
 
     planned = await rollback_backfill(str(manifest))
@@ -70,7 +70,7 @@ async def test_rerun_and_rollback_keep_a_changed_copy_as_a_conflict(
         assert f"{TARGET}/{path}" not in planned.removed
     rolled = await rollback_backfill(str(manifest), dry_run=False)
     assert set(rolled.removed) == set(planned.removed)
-    left = target_bucket_objects(standin)
+    left = target_bucket_objects(seeded)
     assert {path: left[path][0] for path in changed} == changed
     assert not set(targets[2:]) & set(left)
 
@@ -118,7 +118,7 @@ def insert_failed_job(conn: object, user: str, job: str) -> None:
 
 @pytest.mark.postgres
 async def test_backfill_then_cleanup_eight_days_later_keeps_one_copy_of_everything(
-    standin: StorageStandIn,
+    seeded: SeededStorage,
     db_backfill_runtime: Runtime,
     own_db: str,
     legacy_seed: LegacySeed,
@@ -138,7 +138,7 @@ async def test_backfill_then_cleanup_eight_days_later_keeps_one_copy_of_everythi
     # which would make them orphans; and one real orphan the cleanup should remove.
     user, job = seed_uuid("user", 3), seed_uuid("orphan")
     orphan = f"{user}/{job}/0.png"
-    standin.put_object(TARGET, orphan, png_bytes(80_001), "image/png")
+    seeded.put_object(TARGET, orphan, png_bytes(80_001), "image/png")
     with psycopg.connect(own_db, autocommit=True) as conn:
         insert_failed_job(conn, user, job)
         for obj in moved:
@@ -148,15 +148,15 @@ async def test_backfill_then_cleanup_eight_days_later_keeps_one_copy_of_everythi
 
     # Eight days later: every object of the target bucket was created eight days ago.
     eight_days_ago = datetime.now(UTC) - timedelta(days=8)
-    for name in standin.object_names(TARGET):
-        standin.set_created_at(TARGET, name, eight_days_ago)
+    for name in seeded.object_names(TARGET):
+        seeded.set_created_at(TARGET, name, eight_days_ago)
     cleaned = await cleanup_workspace(dry_run=False)
     assert [c.path for c in cleaned.candidates] == [orphan] and cleaned.removed == 1
     assert cleaned.kept["a recorded backfill copy"] >= len(moved)
 
-    objects = target_bucket_objects(standin)
+    objects = target_bucket_objects(seeded)
     for obj in legacy_seed.objects:
-        source = standin.get_object(obj.bucket, obj.path)
+        source = seeded.get_object(obj.bucket, obj.path)
         if obj.outcome in moved_outcomes:
             assert obj.target is not None
             assert source is None, obj.key

@@ -1,4 +1,4 @@
-"""The workspace cleanup flow on a real Prefect API against the storage stand-in (and, when a
+"""The workspace cleanup flow on a real Prefect API against the real storage server (and, when a
 PostgreSQL is configured, the migrated project database)."""
 
 from __future__ import annotations
@@ -14,12 +14,12 @@ import pytest
 from prefect.exceptions import ParameterBindError
 from pydantic import SecretStr
 
-from devstack.storage_standin import StorageStandIn
 from flows.cleanup import CleanupRefused, cleanup_workspace
 from genjobs.db.sql import DatabaseError
 from genjobs.runtime import Runtime
 from tests.backfill.conftest import (
     TARGET,
+    SeededStorage,
     artifact_markdown,
     final_state,
     installed_runtime,
@@ -41,20 +41,19 @@ def _uid() -> str:
 
 
 class Workspace:
-    """Objects seeded into the stand-in with chosen ages."""
+    """Objects seeded into the server with chosen ages."""
 
-    def __init__(self, standin: StorageStandIn):
-        self.standin = standin
+    def __init__(self, seeded: SeededStorage):
+        self.seeded = seeded
         self.expired: dict[str, int] = {}
         self.young: set[str] = set()
-        standin.reset()
-        standin.create_contract_buckets([TARGET, *OTHER_BUCKETS])
+        seeded.reset([TARGET, *OTHER_BUCKETS])
 
     def put(self, path: str, age_days: float, bucket: str = TARGET) -> str:
         data = png_bytes(len(self.expired) + len(self.young) + 1, (8 + int(age_days), 8))
         content_type = "image/webp" if path.endswith(".webp") else "image/png"
-        self.standin.put_object(bucket, path, data, content_type)
-        self.standin.set_created_at(bucket, path, ago(age_days))
+        self.seeded.put_object(bucket, path, data, content_type)
+        self.seeded.set_created_at(bucket, path, ago(age_days))
         if bucket == TARGET:
             if age_days > 7:
                 self.expired[path] = len(data)
@@ -70,40 +69,40 @@ class Workspace:
 
 
 @pytest.fixture
-def workspace(standin_server: StorageStandIn) -> Workspace:
-    return Workspace(standin_server)
+def workspace(seeded_storage: SeededStorage) -> Workspace:
+    return Workspace(seeded_storage)
 
 
 @pytest.fixture
-def cleanup_runtime(standin_server: StorageStandIn, tmp_path: Path) -> Iterator[Runtime]:
-    with installed_runtime(standin_server, tmp_path) as runtime:
+def cleanup_runtime(seeded_storage: SeededStorage, tmp_path: Path) -> Iterator[Runtime]:
+    with installed_runtime(seeded_storage, tmp_path) as runtime:
         yield runtime
 
 
-def deletes(standin: StorageStandIn) -> list[str]:
-    return [r.path for r in standin.requests if r.method == "DELETE"]
+def deletes(seeded: SeededStorage) -> list[str]:
+    return [r.path for r in seeded.requests if r.method == "DELETE"]
 
 
 async def test_cleanup_without_a_database_removes_nothing(
     workspace: Workspace, cleanup_runtime: Runtime
 ) -> None:
-    standin = workspace.standin
+    seeded = workspace.seeded
     user = _uid()
     old, old_thumb = workspace.asset(user, 9)
     workspace.asset(user, 1)
     workspace.put(f"{user}/{_uid()}_1754550000.png", 400)
-    before = snapshot(standin)
-    standin.clear_requests()
+    before = snapshot(seeded)
+    seeded.clear_requests()
 
     state = await final_state(cleanup_workspace, dry_run=False)
     assert state.is_failed()
     with pytest.raises(CleanupRefused, match="GENJOBS_DATABASE_DSN"):
         await state.result()
-    assert snapshot(standin) == before and deletes(standin) == []
+    assert snapshot(seeded) == before and deletes(seeded) == []
 
     dry_state = await final_state(cleanup_workspace)
     dry = await dry_state.result()
-    assert snapshot(standin) == before and deletes(standin) == []
+    assert snapshot(seeded) == before and deletes(seeded) == []
     assert not dry.database and not dry.decided
     assert dry.note is not None and "nothing can be decided" in dry.note
     assert sorted(c.path for c in dry.candidates) == sorted([old, old_thumb])
@@ -116,11 +115,11 @@ async def test_cleanup_without_a_database_removes_nothing(
 
 
 async def test_cleanup_takes_no_bucket(workspace: Workspace, cleanup_runtime: Runtime) -> None:
-    standin = workspace.standin
+    seeded = workspace.seeded
     library = workspace.put(f"{_uid()}/{_uid()}.png", 30, bucket="user-library")
     with pytest.raises(ParameterBindError, match="bucket"):
         await cleanup_workspace(dry_run=False, bucket="user-library")  # type: ignore[call-arg]
-    assert standin.object_names("user-library") == [library]
+    assert seeded.object_names("user-library") == [library]
 
 
 @pytest.mark.parametrize(
@@ -131,12 +130,12 @@ async def test_cleanup_refuses_bad_parameters(
     workspace: Workspace, cleanup_runtime: Runtime, parameters: dict[str, Any], named: str
 ) -> None:
     workspace.asset(_uid(), 9)
-    before = snapshot(workspace.standin)
+    before = snapshot(workspace.seeded)
     state = await final_state(cleanup_workspace, dry_run=False, **parameters)
     assert state.is_failed()
     with pytest.raises(ValueError, match=named):
         await state.result()
-    assert snapshot(workspace.standin) == before
+    assert snapshot(workspace.seeded) == before
 
 
 def insert_asset(
@@ -189,10 +188,8 @@ def signed(path: str) -> str:
 
 
 @pytest.fixture
-def db_runtime(
-    standin_server: StorageStandIn, project_db: str, tmp_path: Path
-) -> Iterator[Runtime]:
-    with installed_runtime(standin_server, tmp_path, database_dsn=SecretStr(project_db)) as runtime:
+def db_runtime(seeded_storage: SeededStorage, project_db: str, tmp_path: Path) -> Iterator[Runtime]:
+    with installed_runtime(seeded_storage, tmp_path, database_dsn=SecretStr(project_db)) as runtime:
         yield runtime
 
 
@@ -202,7 +199,7 @@ async def test_cleanup_removes_only_expired_assets_and_orphans_of_failed_jobs(
 ) -> None:
     import psycopg
 
-    standin = workspace.standin
+    seeded = workspace.seeded
     user, stranger = _uid(), _uid()
     now = datetime.now(UTC)
     gone, gone_thumb = workspace.asset(user, 9)
@@ -251,12 +248,12 @@ async def test_cleanup_removes_only_expired_assets_and_orphans_of_failed_jobs(
             (f"{user}/job_x.png", TARGET, backfilled, backfilled_thumb, "0" * 64),
         )
     going = {gone, gone_thumb, failed, failed_thumb, cancelled, cancelled_thumb, reference_thumb}
-    before = snapshot(standin)
-    standin.clear_requests()
+    before = snapshot(seeded)
+    seeded.clear_requests()
 
     dry_state = await final_state(cleanup_workspace)
     dry = await dry_state.result()
-    assert snapshot(standin) == before and deletes(standin) == []
+    assert snapshot(seeded) == before and deletes(seeded) == []
     assert dry.database and dry.decided and dry.note is None
     assert {c.path for c in dry.candidates} == going
     reasons = {c.path: c.reason for c in dry.candidates}
@@ -286,7 +283,7 @@ async def test_cleanup_removes_only_expired_assets_and_orphans_of_failed_jobs(
     summary = await cleanup_workspace(dry_run=False, batch_size=1)
     assert summary.removed == len(going) and summary.rows_deleted == 1
     assert summary.bytes_freed == sum(workspace.expired[p] for p in going)
-    remaining = set(standin.object_names(TARGET))
+    remaining = set(seeded.object_names(TARGET))
     assert remaining == (set(workspace.expired) | workspace.young) - going
     assert {timestamped, flat, scene, chat, reference, backfilled, mismatched, jobless} <= remaining
     assert asset_paths(project_db) == {live, young, row_only, scene, chat, mismatched}
@@ -298,10 +295,10 @@ async def test_cleanup_with_a_missing_table_removes_nothing(
 ) -> None:
     import psycopg
 
-    standin = workspace.standin
+    seeded = workspace.seeded
     user = _uid()
     failed, _ = workspace.asset(user, 9)
-    before = snapshot(standin)
+    before = snapshot(seeded)
     with psycopg.connect(project_db, autocommit=True) as conn:
         insert_job(conn, failed.split("/")[1], user, "failed")
         conn.execute("alter table public.conversations rename to conversations_gone")
@@ -313,4 +310,4 @@ async def test_cleanup_with_a_missing_table_removes_nothing(
     assert state.is_failed()
     with pytest.raises(DatabaseError, match=r"public\.conversations"):
         await state.result()
-    assert snapshot(standin) == before
+    assert snapshot(seeded) == before

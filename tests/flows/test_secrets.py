@@ -1,10 +1,10 @@
 """Secrets never reach logs, artifacts, parameters or results: run jobs with recognisable
-secrets against the stand-in and scan everything Prefect recorded, and Python's log records."""
+secrets against the real storage server and scan everything Prefect recorded, and Python's log
+records."""
 
 from __future__ import annotations
 
 import logging
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -19,22 +19,14 @@ from prefect.client.schemas.filters import (
 )
 from prefect.logging.handlers import APILogHandler
 
-from devstack.storage_standin import StorageStandIn
 from flows.generate import generate_job
 from genjobs.devserver.receiver import CallbackReceiver
 from genjobs.runtime import build_runtime, set_runtime
 from tests.conftest import make_settings
 from tests.flows.helpers import sdxl_job
+from tests.real_storage import RealStorage
 
 pytestmark = pytest.mark.usefixtures("prefect_api")
-JWT_SECRET = "secrets-tests-jwt-secret-0123456789abcdef012"
-
-
-@pytest.fixture
-def standin() -> Iterator[StorageStandIn]:
-    with StorageStandIn(JWT_SECRET) as running:
-        running.create_contract_buckets(["workspace-temp"])
-        yield running
 
 
 async def recorded_text(flow_run_id: object) -> str:
@@ -63,23 +55,30 @@ async def test_secrets_stay_out_of_logs_artifacts_parameters_and_results(
     model_cache: Path,
     receiver: CallbackReceiver,
     callback_secret: str,
-    standin: StorageStandIn,
+    real_storage: RealStorage,
+    real_bucket: str,
     caplog: pytest.LogCaptureFixture,
 ) -> None:
-    service_key = standin.token()
-    settings = make_settings(
-        tmp_path,
-        model_cache,
-        receiver,
-        callback_secret,
-        supabase_url=standin.url,
-        supabase_service_key=service_key,
-    )
-    set_runtime(build_runtime(settings))
+    service_key = real_storage.service_key
+    jpeg_only = real_storage.create_bucket(allowed_mime_types=("image/jpeg",))
+
+    def install(bucket: str) -> None:
+        settings = make_settings(
+            tmp_path,
+            model_cache,
+            receiver,
+            callback_secret,
+            supabase_url=real_storage.url,
+            supabase_service_key=service_key,
+            bucket=bucket,
+        )
+        set_runtime(build_runtime(settings))
+
     caplog.set_level(logging.DEBUG)
     try:
+        install(real_bucket)
         completed = await generate_job(sdxl_job(num_images=1), return_state=True)
-        standin.create_bucket("workspace-temp", allowed_mime_types=["image/jpeg"])
+        install(jpeg_only)  # refuses the PNG originals: a run that fails in storage
         failed = await generate_job(sdxl_job(num_images=1), return_state=True)
     finally:
         set_runtime(None)
@@ -87,7 +86,7 @@ async def test_secrets_stay_out_of_logs_artifacts_parameters_and_results(
     secrets = {
         "service key": service_key,
         "callback secret": callback_secret,
-        "jwt secret": JWT_SECRET,
+        "jwt secret": real_storage.jwt_secret,
     }
     texts = {
         "completed run": await recorded_text(completed.state_details.flow_run_id),

@@ -1,6 +1,7 @@
 """Storage failing under a job: every run still ends with exactly one failed callback naming the
 storage error, and its undo removes only what it can prove it stored. The real ``storage3``
-client speaks HTTP to the local Supabase Storage stand-in; a real Prefect API; the receiver."""
+client speaks HTTP to the real storage server (v1.70.6 on loopback) through a ``/storage/v1``
+proxy of the test's own that plays the failing gateway; a real Prefect API; the receiver."""
 
 from __future__ import annotations
 
@@ -13,40 +14,34 @@ from typing import Any
 
 import pytest
 
-from devstack.storage_standin import FaultKind, StorageStandIn, make_jwt
+from devstack.storage_proxy import StorageProxy
+from devstack.tokens import role_key
 from flows.generate import generate_job
 from genjobs.devserver.receiver import CallbackReceiver
 from genjobs.runtime import Runtime, build_runtime, set_runtime
 from tests.conftest import make_settings
 from tests.flows.helpers import USER_ID, sdxl_job, task_run_counts
+from tests.real_storage import WORKSPACE_BUCKET, RealStorage
 
 pytestmark = pytest.mark.usefixtures("prefect_api")
-JWT_SECRET = "storage-failure-tests-jwt-secret-0123456789"
-BUCKET = "workspace-temp"
-
-
-@pytest.fixture(scope="module")
-def standin() -> Iterator[StorageStandIn]:
-    with StorageStandIn(JWT_SECRET) as running:
-        yield running
+BUCKET = WORKSPACE_BUCKET
 
 
 @pytest.fixture
 def install(
-    standin: StorageStandIn,
+    real_storage: RealStorage,
+    fault_proxy: StorageProxy,
     tmp_path: Path,
     model_cache: Path,
     receiver: CallbackReceiver,
     callback_secret: str,
 ) -> Iterator[Callable[..., Runtime]]:
-    """Installs a runtime on the stand-in (with one empty bucket); overrides tune settings."""
-    standin.reset()
-    standin.create_bucket(BUCKET)
+    """Installs a runtime on the real server through the fault proxy; overrides tune settings."""
 
     def runtime_with(**overrides: Any) -> Runtime:
         values = {
-            "supabase_url": standin.url,
-            "supabase_service_key": standin.token(),
+            "supabase_url": fault_proxy.url,
+            "supabase_service_key": real_storage.service_key,
             "storage_timeout_seconds": 60.0,
             **overrides,
         }
@@ -75,6 +70,11 @@ def one_failed_callback(receiver: CallbackReceiver, job: dict[str, Any], code: s
     return str(payload["error_message"])
 
 
+def job_objects(real: RealStorage, job: dict[str, Any]) -> list[str]:
+    """The names the server holds under the job's folder (the bucket is shared), sorted."""
+    return real.object_names(BUCKET, prefix=f"{USER_ID}/{job['id']}/")
+
+
 @pytest.mark.parametrize(
     ("storage", "code", "renders"),
     [
@@ -85,7 +85,7 @@ def one_failed_callback(receiver: CallbackReceiver, job: dict[str, Any], code: s
 )
 async def test_storage_refusing_every_request_ends_the_run_with_one_failed_callback(
     install: Callable[..., Runtime],
-    standin: StorageStandIn,
+    real_storage: RealStorage,
     receiver: CallbackReceiver,
     tmp_path: Path,
     storage: str,
@@ -94,7 +94,9 @@ async def test_storage_refusing_every_request_ends_the_run_with_one_failed_callb
 ) -> None:
     overrides = {
         "unreachable": {"supabase_url": closed_port_url()},
-        "wrong service key": {"supabase_service_key": make_jwt("another-projects-secret-012345")},
+        "wrong service key": {
+            "supabase_service_key": role_key("service_role", "another-projects-secret-0123456789")
+        },
         "missing bucket": {"bucket": "no-such-bucket"},
     }[storage]
     install(**overrides)
@@ -107,7 +109,8 @@ async def test_storage_refusing_every_request_ends_the_run_with_one_failed_callb
     assert message in str(state.message)  # the run fails with its own error, not the undo's
     counts = await task_run_counts(state.state_details.flow_run_id)
     assert counts["check"] == 1 and counts["render"] == renders
-    assert standin.object_names(BUCKET) == []
+    assert job_objects(real_storage, job) == []
+    assert real_storage.object_names("no-such-bucket") == []
     assert not list(tmp_path.glob("uploads/*"))  # no journal outlives the run
 
 
@@ -116,7 +119,8 @@ async def test_storage_refusing_every_request_ends_the_run_with_one_failed_callb
 )
 async def test_storage_failing_after_the_check_keeps_what_the_undo_cannot_check(
     install: Callable[..., Runtime],
-    standin: StorageStandIn,
+    real_storage: RealStorage,
+    fault_proxy: StorageProxy,
     receiver: CallbackReceiver,
     tmp_path: Path,
     fault: str,
@@ -125,52 +129,65 @@ async def test_storage_failing_after_the_check_keeps_what_the_undo_cannot_check(
     install()
     job = sdxl_job(num_images=3)
     prefix = f"{USER_ID}/{job['id']}"
-    kind: FaultKind = "status" if fault == "403" else "drop"
     # Asset 1 cannot be stored; then no object can be read or removed any more.
-    standin.inject_fault(
-        kind, count=50, status=403, method="POST", path_prefix=f"/object/{BUCKET}/{prefix}/1.png"
+    patterns = (
+        f"^POST /storage/v1/object/{BUCKET}/{prefix}/1\\.png",
+        "^GET /storage/v1/object/",
+        "^DELETE /storage/v1/object/",
     )
-    standin.inject_fault(kind, count=50, status=403, method="GET", path_prefix="/object/")
-    standin.inject_fault(kind, count=50, status=403, method="DELETE", path_prefix="/object/")
+    for pattern in patterns:
+        if fault == "403":
+            fault_proxy.fail(pattern, status=403, times=50)
+        else:
+            fault_proxy.reset(pattern, times=None)
 
     state = await generate_job(job, return_state=True)
 
     assert state.is_failed()
     message = one_failed_callback(receiver, job, code)
     assert f"{prefix}/1.png" in message  # the upload's error, not the undo's
-    assert standin.object_names(BUCKET) == [
+    assert job_objects(real_storage, job) == [
         f"{prefix}/{i}.{ext}" for i in (0, 2) for ext in ("png", "thumb.webp")
     ]
-    assert not [r for r in standin.requests if r.method == "DELETE" and r.fault is None]
+    # No removal reached the server: each DELETE was the proxy's refusal or reset.
+    deletes = [seen.status for seen in fault_proxy.seen() if seen.method == "DELETE"]
+    assert set(deletes) <= {403 if fault == "403" else 0}
     assert not list(tmp_path.glob("uploads/*"))
 
 
 async def test_a_run_failing_in_its_upload_removes_exactly_what_it_stored_with_its_bytes(
-    install: Callable[..., Runtime], standin: StorageStandIn, receiver: CallbackReceiver
+    install: Callable[..., Runtime],
+    real_storage: RealStorage,
+    fault_proxy: StorageProxy,
+    receiver: CallbackReceiver,
 ) -> None:
     install()
     job = sdxl_job(num_images=3)
     prefix = f"{USER_ID}/{job['id']}"
-    upload_of_2 = f"/object/{BUCKET}/{prefix}/2.png"
-    # Asset 2's first upload is held (then dropped), its retry refused for good; while it is
+    upload_of_2 = f"^POST /storage/v1/object/{BUCKET}/{prefix}/2\\.png"
+    # Asset 2's first upload is held (then reset), its retry refused for good; while it is
     # held, another writer replaces asset 0 and adds an object of its own to the folder.
-    standin.inject_fault("hang", method="POST", path_prefix=upload_of_2, hang_seconds=120)
-    standin.inject_fault("status", count=10, status=403, method="POST", path_prefix=upload_of_2)
+    held = fault_proxy.stall(upload_of_2, after_bytes=100, times=1)
+    fault_proxy.reset(upload_of_2, after_bytes=100, times=1)
     stored_first = {f"{prefix}/{i}.{ext}" for i in (0, 1) for ext in ("png", "thumb.webp")}
 
     async def other_writer() -> None:
         deadline = time.monotonic() + 120
-        while standin.pending_faults == 11 or not stored_first <= set(standin.object_names(BUCKET)):
+        while held.hits == 0 or not stored_first <= set(
+            await asyncio.to_thread(job_objects, real_storage, job)
+        ):
             assert time.monotonic() < deadline, "the uploads never reached the held request"
-            await asyncio.sleep(0.02)
-        standin.put_object(BUCKET, f"{prefix}/0.png", b"rewritten by another writer", "image/png")
-        standin.put_object(BUCKET, f"{prefix}/mine.png", b"another writer's", "image/png")
-        standin.release_hangs()
+            await asyncio.sleep(0.05)
+        fault_proxy.fail(upload_of_2, status=403, times=10)
+        with real_storage.backend() as other:
+            other.put(BUCKET, f"{prefix}/0.png", b"rewritten by another writer", "image/png")
+            other.put(BUCKET, f"{prefix}/mine.png", b"another writer's", "image/png")
+        fault_proxy.release()
 
     state, _ = await asyncio.gather(generate_job(job, return_state=True), other_writer())
 
     assert state.is_failed()
     one_failed_callback(receiver, job, "STORAGE_ACCESS_DENIED")
-    assert standin.object_names(BUCKET) == [f"{prefix}/0.png", f"{prefix}/mine.png"]
-    kept = standin.get_object(BUCKET, f"{prefix}/0.png")
-    assert kept is not None and kept.data == b"rewritten by another writer"
+    assert job_objects(real_storage, job) == [f"{prefix}/0.png", f"{prefix}/mine.png"]
+    with real_storage.backend() as reader:
+        assert reader.get(BUCKET, f"{prefix}/0.png") == b"rewritten by another writer"

@@ -1,4 +1,5 @@
-"""Helpers for fault-injection tests: Supabase settings on the stand-in, run inspection, checks."""
+"""Helpers for fault-injection tests: Supabase settings on the real storage server behind a fault
+proxy, run inspection, checks."""
 
 from __future__ import annotations
 
@@ -12,20 +13,22 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
+import httpx
 from PIL import Image
 from prefect.client.orchestration import get_client
 from prefect.client.schemas.filters import FlowRunFilter, FlowRunFilterId
 
-from devstack.storage_standin import LoggedRequest, StorageStandIn
+from devstack.storage_proxy import Seen, StorageProxy
 from genjobs.devserver.receiver import CallbackReceiver
 from genjobs.settings import Settings
 from tests.conftest import make_settings
+from tests.real_storage import RealStorage
 
 BUCKET = "workspace-temp"
 STORAGE_TIMEOUT_SECONDS = 0.5
 """Short, so a hung request costs the test half a second."""
 HANG_SECONDS = 1.0
-"""How long the stand-in holds a hung request before dropping it (past the timeout)."""
+"""How long the proxy holds a hung request before resetting it (past the timeout)."""
 
 
 def supabase_settings(
@@ -33,13 +36,14 @@ def supabase_settings(
     model_cache: Path,
     receiver: CallbackReceiver,
     secret: str,
-    standin: StorageStandIn,
+    real: RealStorage,
+    proxy: StorageProxy,
     **overrides: object,
 ) -> Settings:
-    """Settings for SupabaseStorage on the stand-in with short timeouts and quick retries."""
+    """Settings for SupabaseStorage through the proxy with short timeouts and quick retries."""
     values: dict[str, object] = {
-        "supabase_url": standin.url,
-        "supabase_service_key": standin.token(),
+        "supabase_url": proxy.url,
+        "supabase_service_key": real.service_key,
         "storage_timeout_seconds": STORAGE_TIMEOUT_SECONDS,
         "upload_retries": 10,
         "upload_retry_base_seconds": 0.05,
@@ -63,11 +67,15 @@ async def task_runs(flow_run_id: uuid.UUID) -> dict[str, list[int]]:
     return dict(found)
 
 
-def uploads(standin: StorageStandIn, path: str) -> list[LoggedRequest]:
-    """Every upload request the stand-in saw for ``path``, in order."""
-    return [
-        r for r in standin.requests if r.method == "POST" and r.path == f"/object/{BUCKET}/{path}"
-    ]
+def uploads(proxy: StorageProxy, path: str) -> list[Seen]:
+    """Every upload request the proxy saw for ``path``, in order (status 0: no answer)."""
+    target = f"/storage/v1/object/{BUCKET}/{path}"
+    return [seen for seen in proxy.seen() if seen.method == "POST" and seen.path == target]
+
+
+def job_objects(real: RealStorage, user_id: str, job_id: str) -> list[str]:
+    """What the server holds under the job's folder (the bucket is shared), sorted."""
+    return real.object_names(BUCKET, prefix=f"{user_id}/{job_id}/")
 
 
 def contract_paths(user_id: str, job_id: str, count: int) -> list[str]:
@@ -77,20 +85,29 @@ def contract_paths(user_id: str, job_id: str, count: int) -> list[str]:
     )
 
 
-def check_stored_assets(standin: StorageStandIn, payload: dict[str, Any]) -> None:
+def check_stored_assets(real: RealStorage, payload: dict[str, Any]) -> None:
     """Each asset of a completed payload is stored once, whole, at its contract path."""
     for index, asset in enumerate(payload["assets"]):
         meta = asset["metadata"]
         assert meta["asset_index"] == index
-        original = standin.get_object(BUCKET, asset["url"])
-        thumb = standin.get_object(BUCKET, asset["thumbnail_url"])
-        assert original is not None and thumb is not None, asset["url"]
-        assert original.size == meta["file_size_bytes"] == len(original.data)
-        assert (original.content_type, thumb.content_type) == ("image/png", "image/webp")
-        with Image.open(io.BytesIO(original.data)) as image:
+        original, thumb = (
+            httpx.get(
+                f"{real.storage_url}/object/authenticated/{BUCKET}/{path}",
+                headers=real.headers(),
+                timeout=30,
+            )
+            for path in (asset["url"], asset["thumbnail_url"])
+        )
+        assert (original.status_code, thumb.status_code) == (200, 200), asset["url"]
+        row = real.object_row(BUCKET, asset["url"])
+        assert row is not None
+        assert row["metadata"]["size"] == meta["file_size_bytes"] == len(original.content)
+        content_types = (original.headers["content-type"], thumb.headers["content-type"])
+        assert content_types == ("image/png", "image/webp")
+        with Image.open(io.BytesIO(original.content)) as image:
             image.load()  # every chunk CRC and the whole zlib stream check out
             assert image.format == "PNG" and image.size == (meta["width"], meta["height"])
-        with Image.open(io.BytesIO(thumb.data)) as small:
+        with Image.open(io.BytesIO(thumb.content)) as small:
             small.load()
             assert small.format == "WEBP"
 

@@ -2,24 +2,25 @@
 dropping connections, and the callback receiver down for a while.
 
 The tiny real SDXL pipeline renders (256x256, 10 steps, one or three images); the official
-``storage3`` client talks HTTP to the storage stand-in (``workspace-temp`` with the contract's
-MIME list); the callback goes over HTTP to the local receiver. The fault rate is
-``GENJOBS_STRESS_FAULT_RATE`` (default 0.25) of the upload requests, seeded, plus one certain
-fault on one image.
+``storage3`` client talks HTTP to the real storage server (``workspace-temp`` with the
+contract's MIME list) through a ``/storage/v1`` proxy of the test's own that injects the faults;
+the callback goes over HTTP to the local receiver. Faults meet one upload request in
+``GENJOBS_STRESS_FAULT_EVERY`` (default 4) of a job's uploads, plus one certain fault on one
+image.
 """
 
 from __future__ import annotations
 
 import json
 import os
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import httpx
 import pytest
 from pydantic import SecretStr
 
-from devstack.storage_standin import FaultKind, StorageStandIn
+from devstack.storage_proxy import Fault, StorageProxy
 from flows.generate import generate_job
 from flows.outbox import redeliver_callbacks
 from genjobs.callback.outbox import Outbox
@@ -28,11 +29,13 @@ from genjobs.devserver.receiver import CallbackReceiver
 from genjobs.runtime import Runtime, build_runtime, set_runtime
 from genjobs.storage.supabase import SupabaseStorage
 from tests.flows.helpers import USER_ID, sdxl_job
+from tests.real_storage import RealStorage
 from tests.stress.faults import (
     BUCKET,
     HANG_SECONDS,
     check_stored_assets,
     contract_paths,
+    job_objects,
     receiver_down_until_refused,
     supabase_settings,
     task_runs,
@@ -40,23 +43,25 @@ from tests.stress.faults import (
 )
 
 pytestmark = pytest.mark.usefixtures("prefect_api")
-JWT_SECRET = "stress-tests-jwt-secret-0123456789abcdef0123"
-FAULT_RATE = float(os.environ.get("GENJOBS_STRESS_FAULT_RATE", "0.25"))
+FAULT_EVERY = int(os.environ.get("GENJOBS_STRESS_FAULT_EVERY", "4"))
+BODY_BYTES = 100
+"""Where a fault meets an upload's body: after its first bytes went to the server."""
 
 
-@pytest.fixture(scope="module")
-def standin_server() -> Iterator[StorageStandIn]:
-    with StorageStandIn(JWT_SECRET, hang_seconds=HANG_SECONDS) as running:
-        yield running
-
-
-@pytest.fixture
-def standin(standin_server: StorageStandIn) -> Iterator[StorageStandIn]:
-    standin_server.reset()
-    standin_server.create_contract_buckets([BUCKET])
-    yield standin_server
-    standin_server.clear_faults()
-    standin_server.release_hangs()
+def inject(proxy: StorageProxy, kind: str, pattern: str, **how: int | None) -> list[Fault]:
+    """The faults of one kind: ``status`` (503), ``hang`` (held past the client's timeout, then
+    reset), ``drop`` (reset mid-body) or ``drop_after`` (the server stores it, the answer is
+    lost). ``how``: ``times`` and ``every`` as the proxy takes them."""
+    actions: dict[str, Callable[[], list[Fault]]] = {
+        "status": lambda: [proxy.fail(pattern, status=503, **how)],
+        "hang": lambda: [
+            proxy.stall(pattern, after_bytes=BODY_BYTES, seconds=HANG_SECONDS, **how),
+            proxy.reset(pattern, after_bytes=BODY_BYTES, **how),
+        ],
+        "drop": lambda: [proxy.reset(pattern, after_bytes=BODY_BYTES, **how)],
+        "drop_after": lambda: [proxy.drop_answer(pattern, **how)],
+    }
+    return actions[kind]()
 
 
 @pytest.fixture
@@ -65,10 +70,13 @@ def faulty_runtime(
     model_cache: Path,
     receiver: CallbackReceiver,
     callback_secret: str,
-    standin: StorageStandIn,
+    real_storage: RealStorage,
+    fault_proxy: StorageProxy,
 ) -> Iterator[Runtime]:
     runtime = build_runtime(
-        supabase_settings(tmp_path, model_cache, receiver, callback_secret, standin)
+        supabase_settings(
+            tmp_path, model_cache, receiver, callback_secret, real_storage, fault_proxy
+        )
     )
     assert isinstance(runtime.storage, SupabaseStorage)
     set_runtime(runtime)
@@ -81,41 +89,50 @@ def faulty_runtime(
     ("kind", "images"), [("status", 3), ("hang", 1), ("drop", 1), ("drop_after", 3)]
 )
 async def test_upload_faults_and_a_down_receiver_lose_nothing_and_repeat_nothing(
-    kind: FaultKind,
+    kind: str,
     images: int,
     faulty_runtime: Runtime,
-    standin: StorageStandIn,
+    real_storage: RealStorage,
+    fault_proxy: StorageProxy,
     receiver: CallbackReceiver,
     callback_secret: str,
 ) -> None:
     job = sdxl_job(num_images=images)
     prefix = f"{USER_ID}/{job['id']}"
-    uploads_prefix = f"/object/{BUCKET}/{prefix}/"
     certain = f"{prefix}/{images // 2}.png"  # the one upload that certainly meets the fault
-    standin.inject_fault(kind, method="POST", path_prefix=f"/object/{BUCKET}/{certain}")
-    standin.set_fault_rate(FAULT_RATE, seed=7, kind=kind, method="POST", path_prefix=uploads_prefix)
+    upload_of_certain = f"^POST /storage/v1/object/{BUCKET}/{certain}$"
+    certain_faults = inject(fault_proxy, kind, upload_of_certain, times=1)
+    # The certain fault's path takes its one fault; the others meet one upload in FAULT_EVERY.
+    others = f"^POST /storage/v1/object/{BUCKET}/{prefix}/(?!{images // 2}\\.png$)"
+    inject(fault_proxy, kind, others, times=None, every=FAULT_EVERY)
 
     with receiver_down_until_refused(receiver, refusals=2):
         state = await generate_job(job, return_state=True)
 
     assert state.is_completed(), state.message
-    standin.clear_faults()
+    fault_proxy.clear_faults()
     # Nothing lost, nothing stored twice: exactly the contract objects, each one whole.
-    assert standin.object_names(BUCKET) == contract_paths(USER_ID, job["id"], images)
+    assert job_objects(real_storage, USER_ID, job["id"]) == contract_paths(
+        USER_ID, job["id"], images
+    )
     (payload,) = receiver.accepted(job["id"])
     assert payload["status"] == "completed"
     assert [a["url"] for a in payload["assets"]] == [f"{prefix}/{i}.png" for i in range(images)]
     assert [a["thumbnail_url"] for a in payload["assets"]] == [
         f"{prefix}/{i}.thumb.webp" for i in range(images)
     ]
-    check_stored_assets(standin, payload)
+    check_stored_assets(real_storage, payload)
     assert len(receiver.assets(job["id"])) == images
-    # The faults happened, and every path ended with one successful upload.
-    faulted = uploads(standin, certain)
-    assert faulted[0].fault == kind and faulted[-1].status == 200, faulted
-    assert sum(r.fault == kind for r in standin.requests) >= 1
+    # The fault met the certain upload, which was sent again and stored. (The proxy logs a
+    # request when it ends: a held one after its retry, a dropped answer with the server's
+    # status, which the client never saw.)
+    assert [fault.hits for fault in certain_faults] == [1] * len(certain_faults)
+    faulted = [seen.status for seen in uploads(fault_proxy, certain)]
+    assert len(faulted) >= 2 and 200 in faulted, faulted
+    if kind == "status":
+        assert faulted[0] == 503 and faulted[-1] == 200, faulted
     for path in contract_paths(USER_ID, job["id"], images):
-        assert uploads(standin, path)[-1].status == 200, path
+        assert 200 in [seen.status for seen in uploads(fault_proxy, path)], path
     # Rendered once; only the uploads were attempted again.
     assert state.state_details.flow_run_id is not None
     attempts = await task_runs(state.state_details.flow_run_id)
@@ -138,20 +155,26 @@ async def test_upload_faults_and_a_down_receiver_lose_nothing_and_repeat_nothing
 
 
 async def test_a_refused_upload_removes_every_partial_upload_even_one_still_in_flight(
-    faulty_runtime: Runtime, standin: StorageStandIn, receiver: CallbackReceiver
+    faulty_runtime: Runtime,
+    real_storage: RealStorage,
+    fault_proxy: StorageProxy,
+    receiver: CallbackReceiver,
 ) -> None:
     """One upload is refused for good while another is still on its way (a slow answer that
     then stores the object): the job fails only after every upload has settled, so the
     clean-up leaves no orphaned object behind, and a job that failed stores nothing again."""
     job = sdxl_job(num_images=3)
     prefix = f"{USER_ID}/{job['id']}"
-    standin.inject_fault("status", status=415, path_prefix=f"/object/{BUCKET}/{prefix}/2.png")
-    standin.inject_fault("slow", hang_seconds=0.4, path_prefix=f"/object/{BUCKET}/{prefix}/0.png")
+    fault_proxy.fail(f"/object/{BUCKET}/{prefix}/2\\.png$", status=415)
+    slow = fault_proxy.stall(
+        f"/object/{BUCKET}/{prefix}/0\\.png$", after_bytes=BODY_BYTES, seconds=0.4, times=1
+    )
     state = await generate_job(job, return_state=True)
     assert state.is_failed()
-    assert [(r.status, r.fault) for r in uploads(standin, f"{prefix}/0.png")] == [(200, "slow")]
-    assert [r.status for r in uploads(standin, f"{prefix}/2.png")] == [415]
-    assert standin.object_names(BUCKET) == []
+    assert [r.status for r in uploads(fault_proxy, f"{prefix}/0.png")] == [200]
+    assert slow.hits == 1
+    assert [r.status for r in uploads(fault_proxy, f"{prefix}/2.png")] == [415]
+    assert job_objects(real_storage, USER_ID, job["id"]) == []
     (payload,) = receiver.accepted(job["id"])
     assert payload["status"] == "failed" and payload["assets"] == []
     assert payload["metadata"]["error_code"] == "INVALID_MIME_TYPE"
@@ -165,27 +188,30 @@ async def test_undeliverable_callback_waits_in_the_outbox_and_is_delivered_once_
     model_cache: Path,
     receiver: CallbackReceiver,
     callback_secret: str,
-    standin: StorageStandIn,
+    real_storage: RealStorage,
+    fault_proxy: StorageProxy,
 ) -> None:
     settings = supabase_settings(
         tmp_path,
         model_cache,
         receiver,
         callback_secret,
-        standin,
+        real_storage,
+        fault_proxy,
         callback_retry_window_seconds=0.5,
         callback_retry_base_seconds=0.1,
     )
     runtime = build_runtime(settings)
     set_runtime(runtime)
     job = sdxl_job(num_images=1)
-    standin.set_fault_rate(FAULT_RATE, seed=11, method="POST", path_prefix=f"/object/{BUCKET}/")
+    fault_proxy.fail(f"^POST /storage/v1/object/{BUCKET}/", times=None, every=FAULT_EVERY)
     try:
         receiver.down_for(3600)
         state = await generate_job(job, return_state=True)
         # The assets are stored; only the callback is missing, and it waits in the outbox.
         assert state.is_failed()
-        assert standin.object_names(BUCKET) == contract_paths(USER_ID, job["id"], 1)
+        stored = job_objects(real_storage, USER_ID, job["id"])
+        assert stored == contract_paths(USER_ID, job["id"], 1)
         (entry,) = Outbox(settings.outbox_dir).entries()
         assert (entry.job_id, entry.status) == (job["id"], "completed")
         assert receiver.accepted(job["id"]) == []
@@ -202,5 +228,5 @@ async def test_undeliverable_callback_waits_in_the_outbox_and_is_delivered_once_
     assert len(receiver.requests) == refused + 1
     (payload,) = receiver.accepted(job["id"])
     assert payload["status"] == "completed" and json.loads(entry.body) == payload
-    check_stored_assets(standin, payload)
+    check_stored_assets(real_storage, payload)
     assert len(receiver.assets(job["id"])) == 1
