@@ -197,6 +197,13 @@ def build_parser() -> argparse.ArgumentParser:
     worker.add_argument("args", nargs=argparse.REMAINDER, help="--device cuda:N, --families ...")
     worker.set_defaults(handler=_delegate("genjobs.gpu_worker"))
 
+    warm = sub.add_parser(
+        "warm-runner",
+        help="fork generation flow runs from one warm process per host (see docs/deployment.md)",
+    )
+    warm.add_argument("args", nargs=argparse.REMAINDER, help="--socket PATH, --preload MODULE")
+    warm.set_defaults(handler=_delegate("genjobs.warm_runner"))
+
     standin = sub.add_parser("storage-standin", help="serve the local Supabase Storage stand-in")
     standin.add_argument("args", nargs=argparse.REMAINDER, help="--port, --jwt-secret, --bucket")
     standin.set_defaults(handler=_delegate("genjobs.devserver.storage_standin"))
