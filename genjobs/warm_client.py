@@ -85,13 +85,12 @@ def _exit_like(kind: str, number: int) -> int:
     return number
 
 
-def run(environ: Mapping[str, str], cwd: str) -> int:
+def run(environ: Mapping[str, str], cwd: str, relay: _Relay) -> int:
     """Have the warm runner run this flow run; return the exit code to exit with.
 
     Raises:
         OSError: No warm runner took the request (nothing was started).
     """
-    relay = _Relay()
     for signum in RELAYED_SIGNALS:
         signal.signal(signum, relay)
     conn = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
@@ -122,16 +121,19 @@ def run(environ: Mapping[str, str], cwd: str) -> int:
 
 def main() -> int:
     environ = dict(os.environ)
+    relay = _Relay()
     try:
-        return run(environ, os.getcwd())
+        return run(environ, os.getcwd(), relay)
     except OSError as exc:
+        for signum in RELAYED_SIGNALS:
+            signal.signal(signum, signal.SIG_DFL)
+        if relay.pending:  # stopped before anything started: start nothing
+            return 128 + relay.pending[0]
         sys.stderr.write(
             f"No warm runner answered at {socket_path(environ)} ({exc}); running the flow run "
             "in a new Python process instead.\n"
         )
         sys.stderr.flush()
-        for signum in RELAYED_SIGNALS:
-            signal.signal(signum, signal.SIG_DFL)
         os.execv(sys.executable, [sys.executable, "-m", "prefect.engine"])
     return 1  # not reached: execv replaces this process
 

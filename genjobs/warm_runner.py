@@ -381,7 +381,7 @@ def run_flow_run(run: ForkedRun) -> int:
     Prefect's settings and logging were set up from the runner's environment at import; they
     are set up again from the run's (the API URL, the logging level, ...).
     """
-    from prefect.context import refresh_global_settings_context
+    from prefect.context import SyncClientContext, refresh_global_settings_context
     from prefect.logging.configuration import setup_logging
 
     _reset_logging()
@@ -392,7 +392,10 @@ def run_flow_run(run: ForkedRun) -> int:
         # runpy warns that prefect.engine was imported before it runs as __main__: expected.
         warnings.filterwarnings("ignore", "'prefect.engine' found in sys.modules", RuntimeWarning)
         try:
-            runpy.run_module("prefect.engine", run_name="__main__", alter_sys=True)
+            # One sync API client for the engine's synchronous calls (reading the flow run,
+            # result-storage look-ups): each new client reads the CA bundle again.
+            with SyncClientContext.get_or_create():
+                runpy.run_module("prefect.engine", run_name="__main__", alter_sys=True)
         except SystemExit as exc:
             return _exit_code(exc.code)
     return 0
