@@ -82,7 +82,8 @@ def closed_loop(
                 running.discard(run["id"])
                 ended[run["id"]] = time.time()
                 if run["state"]["type"] != "COMPLETED":
-                    print(f"  warning: {run['name']} ended {run['state']['type']}")
+                    print(f"  warning: {run['name']} ({deployment}) ended "
+                          f"{run['state']['type']}: {run['state'].get('message')}")  # fmt: skip
         time.sleep(0.05)
     return triggered, ended, job_ids
 

@@ -332,6 +332,18 @@ def test_a_job_runs_in_a_process_forked_by_the_warm_runner(
     assert {r["state"]["type"] for r in recorded} == {"COMPLETED"}
     (payload,) = receiver.accepted(job["id"])
     assert payload["status"] == "completed" and len(receiver.assets(job["id"])) == 3
+    artifacts = {a["key"] for a in stack.artifacts_of(run["id"])}
+    assert f"assets-{job['id']}" in artifacts
+    wait_until(  # the run's logs reached the API (shipped in batches, drained at exit)
+        lambda: any(
+            f"Job {job['id']} completed with 3 asset(s)" in entry["message"]
+            for entry in stack.request(
+                "POST", "/logs/filter", json={"logs": {"flow_run_id": {"any_": [run["id"]]}}}
+            ).json()
+        ),
+        15,
+        "the run's completion log in the API",
+    )
 
 
 def test_a_killed_flow_process_ends_crashed_with_one_failed_callback_and_spares_the_rest(
