@@ -7,6 +7,7 @@ real ``python -m genjobs.warm_client`` talks to it as a process worker's flow-ru
 
 from __future__ import annotations
 
+import contextlib
 import os
 import signal
 import subprocess
@@ -24,6 +25,9 @@ import os, signal, sys, time
 from pathlib import Path
 from genjobs.warm_runner import WarmRunner
 
+if "--with-a-thread" in sys.argv:  # as if an import had started one
+    import threading
+    threading.Thread(target=time.sleep, args=(600,), daemon=True).start()
 run = WarmRunner(Path(sys.argv[1]), preload=()).serve()
 if run is None:
     sys.exit(0)
@@ -53,21 +57,28 @@ def _wait_for(condition: object, what: str, timeout: float = 30.0) -> None:
         time.sleep(0.05)
 
 
+@contextlib.contextmanager
+def _started_runner(folder: Path, *options: str) -> Iterator[tuple[subprocess.Popen[bytes], Path]]:
+    script = folder / "runner.py"
+    script.write_text(CHILD_SCRIPT)
+    sock = folder / "runner.sock"
+    with (folder / "runner.log").open("wb") as log:
+        process = subprocess.Popen(
+            [sys.executable, str(script), str(sock), *options], env=_env(), stdout=log, stderr=log
+        )
+        _wait_for(sock.exists, "the runner's socket")
+        time.sleep(0.1)  # bind() made the file; listen() follows at once
+        try:
+            yield process, sock
+        finally:
+            process.send_signal(signal.SIGTERM)
+            process.wait(timeout=30)
+
+
 @pytest.fixture
 def runner(tmp_path: Path) -> Iterator[tuple[subprocess.Popen[bytes], Path]]:
-    script = tmp_path / "runner.py"
-    script.write_text(CHILD_SCRIPT)
-    sock = tmp_path / "runner.sock"
-    log = (tmp_path / "runner.log").open("wb")
-    process = subprocess.Popen(
-        [sys.executable, str(script), str(sock)], env=_env(), stdout=log, stderr=log
-    )
-    _wait_for(sock.exists, "the runner's socket")
-    time.sleep(0.1)  # bind() made the file; listen() follows at once
-    yield process, sock
-    process.send_signal(signal.SIGTERM)
-    process.wait(timeout=30)
-    log.close()
+    with _started_runner(tmp_path) as started:
+        yield started
 
 
 def _client(sock: Path, cwd: Path, **env: str) -> subprocess.Popen[bytes]:
@@ -153,6 +164,21 @@ def test_without_a_runner_the_client_runs_the_engine_in_a_new_process(tmp_path: 
     assert client.returncode == 1
     assert "No warm runner answered" in err.decode()
     assert "Invalid flow run id" in err.decode()  # python -m prefect.engine ran
+
+
+@pytest.mark.slow
+def test_a_runner_with_a_thread_refuses_to_fork_and_the_client_runs_the_engine_itself(
+    tmp_path: Path,
+) -> None:
+    with _started_runner(tmp_path, "--with-a-thread") as (_, sock):
+        client = _client(
+            sock, tmp_path, REPORT=str(tmp_path / "report"), PREFECT__FLOW_RUN_ID="not-a-uuid"
+        )
+        _, err = client.communicate(timeout=120)
+    assert "the warm runner has threads running, so it cannot fork safely" in err.decode()
+    assert "Invalid flow run id" in err.decode()  # python -m prefect.engine ran instead
+    assert client.returncode == 1
+    assert not (tmp_path / "report").exists()  # nothing was forked
 
 
 @pytest.mark.slow
