@@ -137,13 +137,18 @@ class WarmRunner:
                 else:
                     raise RuntimeError(f"A warm runner already listens at {self.socket_path}")
         listener = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        # Bound under a staging name and renamed once listening: a client never finds a
+        # socket that refuses it (and so never starts a new interpreter for nothing).
+        staging = self.socket_path.with_name(f".{self.socket_path.name}.{os.getpid()}")
+        staging.unlink(missing_ok=True)
         old_umask = os.umask(0o177)  # the socket is created 0600: only this user connects
         try:
-            listener.bind(str(self.socket_path))
+            listener.bind(str(staging))
         finally:
             os.umask(old_umask)
         listener.listen(128)
         listener.setblocking(False)
+        staging.rename(self.socket_path)
         return listener
 
     # -- serve -----------------------------------------------------------------------------

@@ -213,11 +213,12 @@ class LocalStack:
         return self.spawn(f"worker-{pool}", args, self.env(**variables))
 
     def start_warm_runner(self, name: str = "warm-runner", timeout: float = 120.0) -> Process:
-        """``python -m genjobs.warm_runner`` at the default socket; returns once it listens."""
+        """``python -m genjobs.warm_runner`` at the default socket; returns once it listens
+        (the socket appears only then)."""
         runner = self.spawn(name, [sys.executable, "-m", "genjobs.warm_runner"], self.env())
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
-            if "forks flow runs from" in runner.output():
+            if self.warm_socket.exists():
                 return runner
             if runner.popen.poll() is not None:
                 raise RuntimeError(f"the warm runner exited:\n{runner.output()[-3000:]}")

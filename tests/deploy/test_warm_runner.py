@@ -66,8 +66,7 @@ def _started_runner(folder: Path, *options: str) -> Iterator[tuple[subprocess.Po
         process = subprocess.Popen(
             [sys.executable, str(script), str(sock), *options], env=_env(), stdout=log, stderr=log
         )
-        _wait_for(sock.exists, "the runner's socket")
-        time.sleep(0.1)  # bind() made the file; listen() follows at once
+        _wait_for(sock.exists, "the runner's socket")  # it appears once listening
         try:
             yield process, sock
         finally:
