@@ -3,8 +3,8 @@
     python benchmarks/deployed_path.py [--backlog 20] [--load-jobs 10] [--overhead-jobs 8]
 
 It starts the deployment as shipped on this machine (tests/deploy/stack.py: a real
-``prefect server start``, the pools, the blocks, ``prefect deploy`` from prefect.yaml, a process
-worker on gpu-pool and two GPU workers on the CPU) with the timed renderer
+``prefect server start``, the pools, the blocks, ``prefect deploy`` from prefect.yaml, the warm
+runner, a process worker on gpu-pool and two GPU workers on the CPU) with the timed renderer
 (benchmarks/timed_renderer.py), whose "GPU" time is a sleep per diffusion step, so a render's
 length is known and does not fight the rest for this machine's CPU. Storage is the Supabase
 stand-in over HTTP, callbacks go to the local receiver. Then it prints:
@@ -12,8 +12,8 @@ stand-in over HTTP, callbacks go to the local receiver. Then it prints:
 1. model loads over ``--load-jobs`` jobs through the deployed path (target: one per worker);
 2. GPU duty cycle, pipeline seconds over wall seconds, for a backlog of ``--backlog`` jobs whose
    render dominates (target >= 0.95; the predecessor ran at 0.62), on one GPU worker: on a
-   two-core machine the flow processes (a new Python process per job, about 3-4 CPU seconds)
-   cannot feed two;
+   two-core machine the flow processes (forked from the warm runner; without it, new Python
+   processes of about 3-4 CPU seconds each) cannot feed two;
 3. orchestration overhead per job against the same library functions called plainly:
    in-process (the flow in this process against this server, local storage, new API clients
    per job; the 0.15 s target is measured on the embedded default by run_all.py, with held
@@ -62,8 +62,9 @@ def job(steps: int, resolution: str = "512x512") -> dict[str, Any]:
 
 
 # -- the same work, called plainly ---------------------------------------------------------
-async def plain_job(raw: dict[str, Any], runtime: Any) -> float:
-    """Validate, render, encode, upload and call back with the library functions alone."""
+async def plain_job(raw: dict[str, Any], runtime: Any, renderer: Any = None) -> float:
+    """Validate, render, encode, upload and call back with the library functions alone
+    (``renderer``: a renderer class, by default the timed renderer)."""
     import httpx
     import numpy as np
 
@@ -82,7 +83,7 @@ async def plain_job(raw: dict[str, Any], runtime: Any) -> float:
     settings, storage = runtime.settings, runtime.storage
     plan = plan_job(parse_job(raw))
     classify_references(plan)
-    output = TimedRenderer(plan.family, settings).render(plan, {}, None)
+    output = (renderer or TimedRenderer)(plan.family, settings).render(plan, {}, None)
     folder = scratch_dir(settings.work_dir, plan.job_id)
     (folder / "render").mkdir(parents=True, exist_ok=True)
     files = []
@@ -122,6 +123,27 @@ async def plain_job(raw: dict[str, Any], runtime: Any) -> float:
         await sender.deliver(serialise(payload))
     shutil.rmtree(folder, ignore_errors=True)
     return time.perf_counter() - started
+
+
+def plain_runtime(
+    home: Path, standin: Any, receiver: Any, secret: str, renderer_class: str | None = None
+) -> Any:
+    """The runtime of the plain calls: the storage stand-in and the receiver, no blocks."""
+    from pydantic import SecretStr
+
+    from genjobs.runtime import build_runtime
+    from genjobs.settings import Settings
+
+    return build_runtime(
+        Settings(
+            home=home,
+            supabase_url=standin.url,
+            supabase_service_key=SecretStr(standin.token()),
+            callback_url=receiver.url,
+            job_callback_secret=SecretStr(secret),
+            renderer_class=renderer_class,
+        )
+    )
 
 
 # -- measurements through the deployed path ------------------------------------------------
@@ -198,6 +220,7 @@ def main() -> int:
         stack.create_pools("gpu-pool")
         stack.save_blocks(blocks_script(standin.url, standin.token(), receiver.url, SECRET))
         stack.deploy("sdxl")
+        stack.start_warm_runner()
         stack.start_process_worker("gpu-pool", limit=args.process_limit)
         stack.start_gpu_worker("gpu-0", families="sdxl")
         second_gpu = stack.start_gpu_worker("gpu-1", families="sdxl")
@@ -276,15 +299,7 @@ def main() -> int:
         from genjobs.settings import Settings
 
         steps = 10
-        standin_runtime = build_runtime(
-            Settings(
-                home=root / "plain-standin",
-                supabase_url=standin.url,
-                supabase_service_key=SecretStr(standin.token()),
-                callback_url=receiver.url,
-                job_callback_secret=SecretStr(SECRET),
-            )
-        )
+        standin_runtime = plain_runtime(root / "plain-standin", standin, receiver, SECRET)
         local_runtime = build_runtime(
             Settings(
                 home=root / "in-process",
@@ -334,7 +349,7 @@ def main() -> int:
         targets = {
             "in-process overhead": "new clients per job; the target is run_all.py's",
             "deployed overhead, in the run": "target <= 0.5 s",
-            "deployed overhead, end to end": "adds the worker's 1 s poll and a new flow process",
+            "deployed overhead, end to end": "adds the worker's 1 s poll and a forked flow process",
         }
         for name, values in rows.items():
             note = f"  ({targets[name]})" if name in targets else ""

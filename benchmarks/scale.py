@@ -1,11 +1,12 @@
 """Scale run: many jobs through the deployed path with a renderer that costs nothing.
 
-    python benchmarks/scale.py [--jobs 1000] [--in-flight 8] [--process-limit 6]
+    python benchmarks/scale.py [--jobs 1000] [--in-flight 8] [--process-limit 16]
+                               [--path warm|process] [--query-seconds 0.25]
                                [--gpu-workers 1] [--max-minutes 60] [--database-url URL]
 
 It starts the deployment as shipped (tests/deploy/stack.py: a real ``prefect server start`` on
-loopback, the pools, the blocks, ``prefect deploy`` from prefect.yaml, a process worker on
-gpu-pool and GPU workers on the CPU device) with the fast renderer
+loopback, the pools, the blocks, ``prefect deploy`` from prefect.yaml, the warm runner, a process
+worker on gpu-pool and GPU workers on the CPU device) with the fast renderer
 (benchmarks/fast_renderer.py). Storage is the Supabase Storage stand-in over HTTP, callbacks go
 to the local receiver. Jobs are triggered as queue-job would (REST ``create_flow_run``, the job
 id as idempotency key), keeping ``--in-flight`` jobs triggered and not yet finished (a closed
@@ -14,16 +15,18 @@ loop, so latency measures the path and not an ever-growing backlog). Triggering 
 
 Then every job is checked end to end and the run prints: runs per minute sustained (between
 10 % and 90 % of the completions), job latency p50/p99 (trigger to flow run Completed), the
-resident memory of the server (with its child processes), the process worker and the GPU
-workers at the start and the end, and what was lost or duplicated: flow runs per job (and a
-second trigger of a sample of finished jobs with the same idempotency key), renders per job
-(``genjobs.render.finished`` events), accepted terminal callbacks per job, asset rows per job,
-and stored objects per job. Nothing is asserted: it prints what it measured.
+orchestration CPU seconds per job (the process worker and the warm runner, with their flow-run
+processes), the resident memory of the server (with its child processes), the process worker,
+the warm runner and the GPU workers at the start and the end, and what was lost or duplicated:
+flow runs per job (and a second trigger of a sample of finished jobs with the same idempotency
+key), renders per job (``genjobs.render.finished`` events), accepted terminal callbacks per job,
+asset rows per job, and stored objects per job. Nothing is asserted: it prints what it measured.
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import os
 import random
 import shutil
@@ -33,6 +36,7 @@ import tempfile
 import time
 import uuid
 from collections import Counter
+from collections.abc import Iterator
 from datetime import datetime
 from pathlib import Path
 from typing import Any
@@ -78,6 +82,57 @@ def tree_rss_mib(pid: int) -> float:
         except psutil.Error:
             continue
     return total / 2**20
+
+
+@contextlib.contextmanager
+def fast_sdxl_stack(
+    root: Path, database_url: str | None, secret: str = SECRET
+) -> Iterator[tuple[Any, Any, Any]]:
+    """The callback receiver, the storage stand-in, and a stack with gpu-pool, the blocks and
+    the sdxl deployment on the fast renderer: ``(stack, receiver, standin)``, no workers yet."""
+    from devstack.storage_standin import StorageStandIn
+    from genjobs.devserver.receiver import CallbackReceiver
+    from tests.deploy.stack import blocks_script, local_stack
+
+    with (
+        CallbackReceiver(secret, root / "receiver.sqlite") as receiver,
+        StorageStandIn(JWT_SECRET) as standin,
+        local_stack(
+            root / "stack", database_url=database_url, GENJOBS_RENDERER_CLASS=FAST
+        ) as stack,
+    ):
+        standin.create_contract_buckets(["workspace-temp"])
+        stack.create_pools("gpu-pool")
+        stack.save_blocks(blocks_script(standin.url, standin.token(), receiver.url, secret))
+        stack.deploy("sdxl")
+        yield stack, receiver, standin
+
+
+def rss_mib(pid: int) -> float:
+    """Resident memory of one process, MiB (0 when it is gone)."""
+    import psutil
+
+    try:
+        return float(psutil.Process(pid).memory_info().rss) / 2**20
+    except psutil.Error:
+        return 0.0
+
+
+def tree_cpu_seconds(pid: int) -> float:
+    """CPU seconds of a process, its reaped children and its living descendants."""
+    import psutil
+
+    try:
+        root = psutil.Process(pid)
+        total = sum(root.cpu_times()[:4])  # user, system, children_user, children_system
+        for child in root.children(recursive=True):
+            try:
+                total += sum(child.cpu_times()[:2])
+            except psutil.Error:
+                continue
+    except psutil.Error:
+        return 0.0
+    return float(total)
 
 
 def percentile(values: list[float], q: float) -> float:
@@ -126,7 +181,14 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--jobs", type=int, default=1000)
     parser.add_argument("--in-flight", type=int, default=8, help="jobs triggered, not finished")
-    parser.add_argument("--process-limit", type=int, default=6, help="flow processes at once")
+    parser.add_argument("--process-limit", type=int, default=16, help="flow processes at once")
+    parser.add_argument(
+        "--path",
+        choices=["warm", "process"],
+        default="warm",
+        help="warm: flow runs forked by the warm runner (as shipped); process: new processes",
+    )
+    parser.add_argument("--query-seconds", type=float, default=0.25, help="worker poll")
     parser.add_argument("--gpu-workers", type=int, default=1)
     parser.add_argument("--max-minutes", type=float, default=60.0)
     parser.add_argument(
@@ -138,39 +200,35 @@ def main() -> int:
     for name in [n for n in os.environ if n.startswith("GENJOBS_")]:
         del os.environ[name]
 
-    from devstack.storage_standin import StorageStandIn
-    from genjobs.devserver.receiver import CallbackReceiver
-    from tests.deploy.stack import blocks_script, local_stack
-
     root = Path(tempfile.mkdtemp(prefix="genjobs-scale-"))
     clock = time.monotonic()
-    with (
-        CallbackReceiver(SECRET, root / "receiver.sqlite") as receiver,
-        StorageStandIn(JWT_SECRET) as standin,
-        local_stack(
-            root / "stack", database_url=args.database_url, GENJOBS_RENDERER_CLASS=FAST
-        ) as stack,
-    ):
-        standin.create_contract_buckets(["workspace-temp"])
-        stack.create_pools("gpu-pool")
-        stack.save_blocks(blocks_script(standin.url, standin.token(), receiver.url, SECRET))
-        stack.deploy("sdxl")
-        worker = stack.start_process_worker("gpu-pool", limit=args.process_limit)
+    with fast_sdxl_stack(root, args.database_url) as (stack, receiver, standin):
+        runner = stack.start_warm_runner()
+        worker = stack.start_process_worker(
+            "gpu-pool", limit=args.process_limit, query_seconds=args.query_seconds
+        )
         gpus = [
             stack.start_gpu_worker(f"gpu-{i}", families="sdxl") for i in range(args.gpu_workers)
         ]
         stack.wait_for_task_workers(len(gpus))
         deployment = stack.deployment_id("generate-job", "sdxl")
+        if args.path == "process":
+            deployment = stack.copy_deployment(
+                "generate-job", "sdxl", "sdxl-process", without_job_variables=["command"]
+            )
         server = next(p for p in stack.processes if p.name == "server")
         memory_start = {
             "server": tree_rss_mib(server.popen.pid),
-            "process worker": tree_rss_mib(worker.popen.pid),
+            "process worker": rss_mib(worker.popen.pid),
+            "warm runner": rss_mib(runner.popen.pid),
             **{g.name: tree_rss_mib(g.popen.pid) for g in gpus},
         }
+        cpu_start = tree_cpu_seconds(worker.popen.pid) + tree_cpu_seconds(runner.popen.pid)
         database = "PostgreSQL" if args.database_url else "SQLite"
         print(f"Stack ready in {time.monotonic() - clock:.0f} s: server on {database}, process "
-              f"worker (limit {args.process_limit}), {len(gpus)} GPU worker(s), fast renderer; "
-              f"{os.cpu_count()} CPUs.")  # fmt: skip
+              f"worker (limit {args.process_limit}, poll {args.query_seconds} s, flow runs "
+              f"{'forked by the warm runner' if args.path == 'warm' else 'as new processes'}), "
+              f"{len(gpus)} GPU worker(s), fast renderer; {os.cpu_count()} CPUs.")  # fmt: skip
         print(f"Triggering up to {args.jobs} jobs, {args.in_flight} in flight, for at most "
               f"{args.max_minutes:.0f} min.")  # fmt: skip
 
@@ -180,9 +238,13 @@ def main() -> int:
         wall = time.monotonic() - started
         memory_end = {
             "server": tree_rss_mib(server.popen.pid),
-            "process worker": tree_rss_mib(worker.popen.pid),
+            "process worker": rss_mib(worker.popen.pid),
+            "warm runner": rss_mib(runner.popen.pid),
             **{g.name: tree_rss_mib(g.popen.pid) for g in gpus},
         }
+        cpu_per_job = (
+            tree_cpu_seconds(worker.popen.pid) + tree_cpu_seconds(runner.popen.pid) - cpu_start
+        ) / max(len(jobs), 1)
 
         # -- what the API holds ---------------------------------------------------------------
         time.sleep(3)  # let the batched task-run and event writes land
@@ -241,7 +303,9 @@ def main() -> int:
     )
     for message, count in failures.most_common(3):
         print(f"  {count} run(s) ended: {message}")
-    print("Resident memory, MiB (start -> end):")
+    print(f"Orchestration CPU per job (process worker and warm runner, with the flow-run "
+          f"processes): {cpu_per_job:.2f} s")  # fmt: skip
+    print("Resident memory, MiB (start -> end; the server with its children):")
     for name in memory_start:
         print(f"  {name:15s} {memory_start[name]:8.0f} -> {memory_end[name]:8.0f}")
 

@@ -299,20 +299,15 @@ def _cleanup(args: argparse.Namespace) -> int:
     return 0
 
 
-def _delegate(module_name: str) -> Any:
-    """A handler that passes the remaining arguments to ``module_name.main``."""
+def _warm_runner(args: argparse.Namespace) -> int:
+    from genjobs.warm_runner import serve_from_arguments
 
-    def handler(args: argparse.Namespace) -> int:
-        import importlib
-
-        module = importlib.import_module(module_name)
-        return int(module.main(args.args) or 0)
-
-    return handler
+    return serve_from_arguments(args)
 
 
 def build_parser() -> argparse.ArgumentParser:
     from genjobs.gpu_worker import add_worker_arguments
+    from genjobs.warm_runner import add_runner_arguments
 
     verbose = argparse.ArgumentParser(add_help=False)
     verbose.add_argument(
@@ -390,6 +385,14 @@ def build_parser() -> argparse.ArgumentParser:
             "--dry-run", action="store_true", help="required: report only, write nothing"
         )
         maintenance.set_defaults(handler=handler)
+
+    warm = sub.add_parser(
+        "warm-runner",
+        help="fork generation flow runs from one warm process per host (see docs/deployment.md)",
+        description="Import Prefect and the flows once, then fork one process per flow run.",
+    )
+    add_runner_arguments(warm)
+    warm.set_defaults(handler=_warm_runner)
 
     receiver = sub.add_parser("receiver", help="serve the local job-callback receiver")
     receiver.add_argument("--port", type=int, default=54321, help="default 54321")

@@ -26,6 +26,10 @@ import httpx
 from genjobs.prefect_tuning import batch_event_writes
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
+BLOCK_ENV = {  # as prefect.yaml's job_variables name them
+    "GENJOBS_SUPABASE_BLOCK": "genjobs-supabase",
+    "GENJOBS_CALLBACK_BLOCK": "genjobs-callback",
+}
 FINAL_STATES = {"COMPLETED", "FAILED", "CANCELLED", "CRASHED"}
 _DROPPED_PREFIXES = ("PREFECT_", "GENJOBS_")
 _DROPPED_NAMES = {"SUPABASE_URL", "SUPABASE_SERVICE_KEY", "JOB_CALLBACK_SECRET"}
@@ -113,6 +117,8 @@ class LocalStack:
             PYTHONPATH=os.pathsep.join(
                 filter(None, [str(REPO_ROOT), os.environ.get("PYTHONPATH")])
             ),
+            # `python` (the warm path's flow-run command) is this interpreter, as in a venv.
+            PATH=os.pathsep.join([str(Path(sys.executable).parent), os.environ.get("PATH", "")]),
             HF_HUB_OFFLINE="1",
             TOKENIZERS_PARALLELISM="false",
         )
@@ -193,12 +199,35 @@ class LocalStack:
         self.prefect("deploy", *args, timeout=240)
 
     # -- workers ----------------------------------------------------------------------------
-    def start_process_worker(self, pool: str, limit: int | None = None, **env: str) -> Process:
+    def start_process_worker(
+        self, pool: str, limit: int | None = None, query_seconds: float = 1.0, **env: str
+    ) -> Process:
+        """``prefect worker start`` on ``pool``, with the block names the generation flows'
+        crash and cancellation hooks need: the worker runs those hooks in its own process when
+        the flow-run command is the warm client."""
         args = [sys.executable, "-m", "prefect", "worker", "start", "--pool", pool]
         args += ["--type", "process", "--name", f"{pool}-worker"]
         if limit is not None:
             args += ["--limit", str(limit)]
-        return self.spawn(f"worker-{pool}", args, self.env(PREFECT_WORKER_QUERY_SECONDS="1", **env))
+        variables = {**BLOCK_ENV, "PREFECT_WORKER_QUERY_SECONDS": str(query_seconds), **env}
+        return self.spawn(f"worker-{pool}", args, self.env(**variables))
+
+    def start_warm_runner(self, name: str = "warm-runner", timeout: float = 120.0) -> Process:
+        """``genjobs warm-runner`` at the default socket; returns once it listens
+        (the socket appears only then)."""
+        runner = self.spawn(name, [sys.executable, "-m", "genjobs.cli", "warm-runner"], self.env())
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if self.warm_socket.exists():
+                return runner
+            if runner.popen.poll() is not None:
+                raise RuntimeError(f"the warm runner exited:\n{runner.output()[-3000:]}")
+            time.sleep(0.2)
+        raise TimeoutError(f"the warm runner did not listen within {timeout} s")
+
+    @property
+    def warm_socket(self) -> Path:
+        return self.genjobs_home.absolute() / "warm-runner.sock"
 
     def start_gpu_worker(
         self, name: str, device: str = "cpu", families: str = "sdxl,wan", **env: str
@@ -228,6 +257,33 @@ class LocalStack:
     # -- runs -------------------------------------------------------------------------------
     def deployment_id(self, flow_name: str, deployment: str) -> str:
         answer = self.request("GET", f"/deployments/name/{flow_name}/{deployment}")
+        answer.raise_for_status()
+        return str(answer.json()["id"])
+
+    def copy_deployment(
+        self, flow_name: str, deployment: str, new_name: str, without_job_variables: Sequence[str]
+    ) -> str:
+        """A second deployment of the same flow, pool and pull steps, less some job variables
+        (``command``: the same jobs through the plain process worker); returns its id."""
+        source = self.request("GET", f"/deployments/name/{flow_name}/{deployment}").json()
+        body = {
+            key: source[key]
+            for key in (
+                "flow_id",
+                "work_pool_name",
+                "entrypoint",
+                "path",
+                "pull_steps",
+                "parameter_openapi_schema",
+                "enforce_parameter_schema",
+                "tags",
+            )
+        }
+        job_variables = dict(source.get("job_variables") or {})
+        for name in without_job_variables:
+            job_variables.pop(name, None)
+        body.update(name=new_name, job_variables=job_variables, work_queue_name=new_name)
+        answer = self.request("POST", "/deployments/", json=body)
         answer.raise_for_status()
         return str(answer.json()["id"])
 

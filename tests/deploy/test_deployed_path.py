@@ -1,6 +1,7 @@
 """The deployment as shipped: a real ``prefect server start`` on loopback, the pools, the three
-blocks, ``prefect deploy`` from prefect.yaml, a process worker on gpu-pool and GPU workers (on the
-CPU), each its own subprocess. Jobs come in through the REST API as queue-job sends them.
+blocks, ``prefect deploy`` from prefect.yaml, the warm runner, a process worker on gpu-pool whose
+flow runs it forks, and GPU workers (on the CPU), each its own subprocess. Jobs come in through
+the REST API as queue-job sends them.
 
 The blocks point at this test's local stand-ins: the Supabase Storage stand-in (real HTTP, the
 real storage3 client) and the local callback receiver. Two GPU workers render SDXL with the tiny
@@ -10,6 +11,9 @@ embedded model; a third serves WAN with the timed renderer, slow enough to be ca
 from __future__ import annotations
 
 import io
+import os
+import re
+import signal
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -61,7 +65,8 @@ def stack(
                 blocks_script(standin.url, standin.token(), receiver.url, SECRET, device="cpu")
             )
             running.deploy("sdxl", "wan")
-            running.start_process_worker("gpu-pool")
+            running.start_warm_runner()
+            running.start_process_worker("gpu-pool", query_seconds=0.25)
             running.start_gpu_worker(
                 "gpu-wan",
                 families="wan",
@@ -114,6 +119,18 @@ def recorded_task_runs(stack: LocalStack, flow_run_id: str, step: str) -> list[d
 def settled_renders(stack: LocalStack, flow_run_id: str) -> list[dict[str, Any]]:
     runs = recorded_task_runs(stack, flow_run_id, "render")
     return [t for t in runs if t["name"].startswith("render")]
+
+
+def wait_for_first_step(stack: LocalStack, job_id: str) -> None:
+    """Until the job's render has made its first step (its genjobs.render.step event)."""
+    wait_until(
+        lambda: any(
+            e["resource"]["prefect.resource.id"] == f"genjobs.job.{job_id}"
+            for e in stack.events("genjobs.render.step")
+        ),
+        90,
+        "the first render step",
+    )
 
 
 def finished_renders(stack: LocalStack, job_ids: set[str]) -> dict[str, list[dict[str, Any]]]:
@@ -243,14 +260,7 @@ def test_cancelling_a_run_stops_its_render_removes_its_uploads_and_reports_cance
     partial = thumbnail_path(USER_ID, job["id"], 0)  # as if an upload had begun
     standin.put_object(BUCKET, partial, b"RIFF partial", "image/webp")
     run = stack.trigger(deployment, job)
-    wait_until(
-        lambda: any(
-            e["resource"]["prefect.resource.id"] == f"genjobs.job.{job['id']}"
-            for e in stack.events("genjobs.render.step")
-        ),
-        90,
-        "the first render step",
-    )
+    wait_for_first_step(stack, job["id"])
     cancelled_at = time.monotonic()
     stack.request(
         "POST",
@@ -280,5 +290,93 @@ def test_cancelling_a_run_stops_its_render_removes_its_uploads_and_reports_cance
     (payload,) = wait_until(lambda: receiver.accepted(job["id"]), 30, "the failed callback")
     assert payload["status"] == "failed" and payload["metadata"]["error_code"] == "CANCELLED"
     assert standin.get_object(BUCKET, partial) is None
+    pid = forked_processes(stack)[run["id"]]  # the SIGTERM reached the forked process
+    ending = wait_until(lambda: process_endings(stack).get(pid), 15, "the forked process's end")
+    assert ending in ("exit 0", f"signal {int(signal.SIGTERM)}"), ending
     time.sleep(1.0)  # nothing else arrives later
     assert len(receiver.accepted(job["id"])) == 1
+
+
+def forked_processes(stack: LocalStack) -> dict[str, int]:
+    """Flow run id -> the process the warm runner forked for it, from the runner's log."""
+    runner = next(p for p in stack.processes if p.name == "warm-runner")
+    found = re.findall(r"Forked process (\d+) for flow run ([0-9a-f-]+)\.", runner.output())
+    return {run_id: int(pid) for pid, run_id in found}
+
+
+def process_endings(stack: LocalStack) -> dict[int, str]:
+    """Forked process -> how it ended (``exit 0``, ``signal 9``), from the runner's log."""
+    runner = next(p for p in stack.processes if p.name == "warm-runner")
+    return {
+        int(pid): how
+        for pid, how in re.findall(r"Process (\d+) ended \(([^)]*)\)", runner.output())
+    }
+
+
+def test_a_job_runs_in_a_process_forked_by_the_warm_runner(
+    stack: LocalStack, receiver: CallbackReceiver
+) -> None:
+    deployment = stack.deployment_id("generate-job", "sdxl")
+    job = sdxl_job(num_images=3)
+    run = stack.trigger(deployment, job)
+    (done,) = stack.wait_for_flow_runs([run["id"]], timeout=120)
+    assert done["state"]["type"] == "COMPLETED", stack.logs()
+
+    pid = forked_processes(stack)[run["id"]]
+    assert wait_until(lambda: process_endings(stack).get(pid), 15, "the process end") == "exit 0"
+    worker = next(p for p in stack.processes if p.name == "worker-gpu-pool")
+    assert "No warm runner answered" not in worker.output()
+    recorded = recorded_task_runs(stack, run["id"], "callback")
+    steps = sorted(r["name"].split("-")[0] for r in recorded)
+    assert steps == ["callback", "encode", "metadata", "render", "upload", "validate"]
+    assert {r["state"]["type"] for r in recorded} == {"COMPLETED"}
+    (payload,) = receiver.accepted(job["id"])
+    assert payload["status"] == "completed" and len(receiver.assets(job["id"])) == 3
+    artifacts = {a["key"] for a in stack.artifacts_of(run["id"])}
+    assert f"assets-{job['id']}" in artifacts
+    wait_until(  # the run's logs reached the API (shipped in batches, drained at exit)
+        lambda: any(
+            f"Job {job['id']} completed with 3 asset(s)" in entry["message"]
+            for entry in stack.request(
+                "POST", "/logs/filter", json={"logs": {"flow_run_id": {"any_": [run["id"]]}}}
+            ).json()
+        ),
+        15,
+        "the run's completion log in the API",
+    )
+
+
+def test_a_killed_flow_process_ends_crashed_with_one_failed_callback_and_spares_the_rest(
+    stack: LocalStack, receiver: CallbackReceiver
+) -> None:
+    wan = stack.deployment_id("generate-job", "wan")
+    sdxl = stack.deployment_id("generate-job", "sdxl")
+    doomed = {
+        **sdxl_job(),
+        "type": "video_fast",
+        "config": {"num_inference_steps": 20},  # 20 steps x 0.4 s on the timed renderer
+        "metadata": {},
+    }
+    neighbour = sdxl_job(num_images=1)
+    doomed_run = stack.trigger(wan, doomed)
+    neighbour_run = stack.trigger(sdxl, neighbour)
+    wait_for_first_step(stack, doomed["id"])
+    pid = forked_processes(stack)[doomed_run["id"]]
+    os.kill(pid, signal.SIGKILL)  # as the OOM killer would
+
+    crashed, spared = stack.wait_for_flow_runs([doomed_run["id"], neighbour_run["id"]], 120)
+    assert crashed["state"]["type"] == "CRASHED", stack.logs()
+    assert spared["state"]["type"] == "COMPLETED", stack.logs()
+    assert process_endings(stack)[pid] == "signal 9"
+    (payload,) = wait_until(lambda: receiver.accepted(doomed["id"]), 60, "the failed callback")
+    assert payload["status"] == "failed"
+    assert payload["metadata"]["error_code"] == "WORKER_CRASHED"
+    assert [p["status"] for p in receiver.accepted(neighbour["id"])] == ["completed"]
+
+    runner = next(p for p in stack.processes if p.name == "warm-runner")
+    assert runner.popen.poll() is None  # the runner goes on, and forks the next job
+    after = sdxl_job(num_images=1)
+    (done,) = stack.wait_for_flow_runs([stack.trigger(sdxl, after)["id"]], timeout=120)
+    assert done["state"]["type"] == "COMPLETED"
+    time.sleep(1.0)  # nothing else arrives later
+    assert len(receiver.accepted(doomed["id"])) == 1

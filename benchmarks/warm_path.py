@@ -1,0 +1,204 @@
+"""Warm runner against the plain process worker, side by side in one run.
+
+    python benchmarks/warm_path.py [--jobs 40] [--in-flight 8] [--query-seconds 0.25]
+
+It starts the deployment as shipped (tests/deploy/stack.py: a real ``prefect server start``, the
+pool, the blocks, ``prefect deploy`` from prefect.yaml, the warm runner, one process worker on
+gpu-pool and one GPU worker on the CPU) with the renderer that costs nothing
+(benchmarks/fast_renderer.py), and a copy of the sdxl deployment without the ``command`` job
+variable, whose flow runs the same worker starts as new Python processes (the plain process
+worker). Jobs go in through the REST API with ``--in-flight`` of them triggered and not yet
+finished (a closed loop), alternating between the two paths in rounds so that both see the same
+machine load. Then, per path:
+
+- overhead: trigger to Completed minus the same work called plainly (validate, render, encode,
+  upload, callback with the library functions, one at a time), median and p99;
+- trigger to render start (the GPU worker's ``pipeline_started``), median and p99;
+- flow runs per minute over the path's rounds;
+- orchestration CPU per job: CPU seconds of the process worker and of the warm runner, their
+  children included (the flow-run processes), over the path's jobs;
+- resident memory of the process worker and of the warm runner before and after.
+
+Nothing is asserted: it prints what it measured.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import os
+import shutil
+import statistics
+import sys
+import tempfile
+import time
+import uuid
+from collections import defaultdict
+from pathlib import Path
+from typing import Any
+
+REPO_ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO_ROOT))
+
+SECRET = "warm-path-callback-secret"
+USER_ID = "3f1b6a52-8c0d-4d8e-9b9a-2f4c7e1d0a11"
+FAST = "benchmarks.fast_renderer:FastRenderer"
+PATHS = ("warm runner", "process worker")
+
+
+def job() -> dict[str, Any]:
+    return {
+        "id": str(uuid.uuid4()),
+        "user_id": USER_ID,
+        "type": "sdxl_image_fast",
+        "prompt": "a lighthouse at dusk",
+        "config": {"num_images": 1, "num_inference_steps": 10, "resolution": "512x512"},
+        "metadata": {"aspect_ratio": "1:1"},
+    }
+
+
+def closed_loop(
+    stack: Any, deployment: str, count: int, in_flight: int
+) -> tuple[dict[str, float], dict[str, float], dict[str, str]]:
+    """Keep ``in_flight`` jobs running until ``count`` finished: trigger and end times by flow
+    run id (epoch seconds), and job ids by flow run id."""
+    from tests.deploy.stack import FINAL_STATES
+
+    triggered: dict[str, float] = {}
+    ended: dict[str, float] = {}
+    job_ids: dict[str, str] = {}
+    running: set[str] = set()
+    while len(ended) < count:
+        while len(running) < in_flight and len(triggered) < count:
+            payload = job()
+            at = time.time()
+            run = stack.trigger(deployment, payload)
+            triggered[run["id"]] = at
+            job_ids[run["id"]] = payload["id"]
+            running.add(run["id"])
+        body = {"flow_runs": {"id": {"any_": sorted(running)}}, "limit": 200}
+        for run in stack.request("POST", "/flow_runs/filter", json=body).json():
+            if run["state"]["type"] in FINAL_STATES:
+                running.discard(run["id"])
+                ended[run["id"]] = time.time()
+                if run["state"]["type"] != "COMPLETED":
+                    print(f"  warning: {run['name']} ({deployment}) ended "
+                          f"{run['state']['type']}: {run['state'].get('message')}")  # fmt: skip
+        time.sleep(0.05)
+    return triggered, ended, job_ids
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--jobs", type=int, default=40, help="per path")
+    parser.add_argument("--in-flight", type=int, default=8)
+    parser.add_argument("--rounds", type=int, default=2, help="alternations of the two paths")
+    parser.add_argument("--query-seconds", type=float, default=0.25, help="worker poll")
+    parser.add_argument("--process-limit", type=int, default=16, help="worker --limit")
+    parser.add_argument("--plain-jobs", type=int, default=8, help="plain calls to subtract")
+    parser.add_argument("--database-url", help="Prefect server database (default SQLite)")
+    args = parser.parse_args()
+    os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
+    os.environ["PREFECT_LOGGING_LEVEL"] = "WARNING"
+    for name in [n for n in os.environ if n.startswith("GENJOBS_")]:
+        del os.environ[name]
+
+    from benchmarks.deployed_path import plain_job, plain_runtime
+    from benchmarks.fast_renderer import FastRenderer
+    from benchmarks.scale import fast_sdxl_stack, percentile, rss_mib, tree_cpu_seconds
+
+    root = Path(tempfile.mkdtemp(prefix="genjobs-warm-"))
+    clock = time.monotonic()
+    with fast_sdxl_stack(root, args.database_url, SECRET) as (stack, receiver, standin):
+        deployments = {
+            "warm runner": stack.deployment_id("generate-job", "sdxl"),
+            "process worker": stack.copy_deployment(
+                "generate-job", "sdxl", "sdxl-process", without_job_variables=["command"]
+            ),
+        }
+        runner = stack.start_warm_runner()
+        worker = stack.start_process_worker(
+            "gpu-pool", limit=args.process_limit, query_seconds=args.query_seconds
+        )
+        stack.start_gpu_worker("gpu-0", families="sdxl")
+        stack.wait_for_task_workers(1)
+        load = ", ".join(f"{v:.1f}" for v in os.getloadavg())
+        print(f"Stack ready in {time.monotonic() - clock:.0f} s; {os.cpu_count()} CPUs, load "
+              f"average {load}; worker poll {args.query_seconds} s, limit "
+              f"{args.process_limit}; fast renderer.")  # fmt: skip
+
+        # the same work called plainly, one at a time, against the same stand-ins
+        runtime = plain_runtime(root / "plain", standin, receiver, SECRET, FAST)
+        plain = [
+            asyncio.run(plain_job(job(), runtime, FastRenderer)) for _ in range(args.plain_jobs + 1)
+        ][1:]
+        plain_s = statistics.median(plain)
+        print(f"Plain calls: median {plain_s:.3f} s over {len(plain)}.")
+
+        # warm up both paths (first imports, first clients), then alternate rounds
+        for name in PATHS:
+            closed_loop(stack, deployments[name], 2, 2)
+        latency: dict[str, list[float]] = defaultdict(list)
+        wall: dict[str, float] = defaultdict(float)
+        cpu: dict[str, float] = defaultdict(float)
+        jobs_done: dict[str, int] = defaultdict(int)
+        memory: dict[str, list[tuple[float, float]]] = defaultdict(list)
+        path_of: dict[str, str] = {}  # job id -> path
+        triggered_at: dict[str, float] = {}  # job id -> epoch seconds
+        per_round = max(1, args.jobs // args.rounds)
+        for _ in range(args.rounds):
+            for name in PATHS:
+                memory[name].append((rss_mib(worker.popen.pid), rss_mib(runner.popen.pid)))
+                cpu_before = tree_cpu_seconds(worker.popen.pid) + tree_cpu_seconds(runner.popen.pid)
+                started = time.monotonic()
+                triggered, ended, job_ids = closed_loop(
+                    stack, deployments[name], per_round, args.in_flight
+                )
+                wall[name] += time.monotonic() - started
+                cpu_after = tree_cpu_seconds(worker.popen.pid) + tree_cpu_seconds(runner.popen.pid)
+                cpu[name] += cpu_after - cpu_before
+                jobs_done[name] += len(ended)
+                memory[name].append((rss_mib(worker.popen.pid), rss_mib(runner.popen.pid)))
+                for run_id, at in triggered.items():
+                    latency[name].append(ended[run_id] - at - plain_s)
+                    path_of[job_ids[run_id]] = name
+                    triggered_at[job_ids[run_id]] = at
+
+        # trigger -> render start, from the GPU worker's events
+        time.sleep(6)  # the server persists events every 5 s
+        to_render: dict[str, list[float]] = defaultdict(list)
+        for event in stack.events("genjobs.render.finished"):
+            job_id = event["resource"]["prefect.resource.id"].removeprefix("genjobs.job.")
+            if job_id in path_of:
+                to_render[path_of[job_id]].append(
+                    event["payload"]["pipeline_started"] - triggered_at[job_id]
+                )
+
+    print()
+    print(
+        f"{args.jobs} jobs per path in {args.rounds} rounds, {args.in_flight} in flight, seconds:"
+    )
+    header = f"{'':38s}" + "".join(f"{name:>18s}" for name in PATHS)
+    print(header)
+
+    def row(label: str, values: dict[str, float], fmt: str = "{:18.3f}") -> None:
+        print(f"{label:38s}" + "".join(fmt.format(values[name]) for name in PATHS))
+
+    row("overhead, trigger to Completed, median", {n: statistics.median(latency[n]) for n in PATHS})
+    row("overhead, p99", {n: percentile(latency[n], 0.99) for n in PATHS})
+    row("trigger to render start, median", {n: statistics.median(to_render[n]) for n in PATHS})
+    row("trigger to render start, p99", {n: percentile(to_render[n], 0.99) for n in PATHS})
+    row("flow runs per minute", {n: 60 * jobs_done[n] / wall[n] for n in PATHS}, "{:18.1f}")
+    row("orchestration CPU s per job", {n: cpu[n] / max(jobs_done[n], 1) for n in PATHS})
+    print("Resident memory, MiB, first -> last measurement of each path:")
+    for name in PATHS:
+        first, last = memory[name][0], memory[name][-1]
+        print(f"  {name}: process worker {first[0]:.0f} -> {last[0]:.0f}, warm runner "
+              f"{first[1]:.0f} -> {last[1]:.0f}")  # fmt: skip
+    print(f"\nTotal {time.monotonic() - clock:.0f} s.")
+    shutil.rmtree(root, ignore_errors=True)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
