@@ -160,3 +160,16 @@ async def test_a_render_whose_worker_was_killed_is_submitted_again_and_completes
     ], by_state
     assert "its worker sent no heartbeat for 3 s" in (by_state[0][2] or "")
     assert [p["status"] for p in receiver.accepted(job["id"])] == ["completed"]
+
+
+async def test_a_gpu_worker_stops_on_sigterm_with_status_zero(
+    tmp_path: Path, model_cache: Path, workers: list[WorkerProcess]
+) -> None:
+    env = worker_env(tmp_path / "home", model_cache)
+    workers.append(WorkerProcess("stopped", env, tmp_path))
+    await asyncio.wait_for(subscribed_task_workers(1, workers), 120)
+
+    workers[0].popen.send_signal(signal.SIGTERM)
+
+    assert workers[0].popen.wait(timeout=30) == 0, workers[0].output()
+    assert "GPU worker stopped by SIGTERM." in workers[0].output()
