@@ -40,6 +40,7 @@ from genjobs.runtime import Runtime, aget_runtime, current_settings, get_runtime
 from genjobs.storage.provenance import JournalUnreadable, UploadJournal
 from tasks.callback import deliver_callback
 from tasks.encode import encode_assets
+from tasks.hook_context import hook_run_context
 from tasks.metadata import assemble_metadata, publish_asset_artifacts
 from tasks.render import FlowRunCancelled
 from tasks.render_dispatch import start_render
@@ -140,11 +141,24 @@ async def _on_abnormal_end(flow: Flow[..., Any], flow_run: FlowRun, state: State
     delivered = await _callback_delivered(flow_run)
     if delivered:
         return  # the run already reported (completed, or failed): undo nothing, send nothing
+    if delivered is None:  # the API cannot be read: no task runs, no run context to enter
+        await _report_abnormal_end(flow_run, job, error, api_answered=False)
+        return
+    # A worker runs the hook in its own process: the undo and callback task runs and the log
+    # lines belong to the flow run only inside its context.
+    async with hook_run_context(flow, flow_run):
+        await _report_abnormal_end(flow_run, job, error, api_answered=True)
+
+
+async def _report_abnormal_end(
+    flow_run: FlowRun, job: Any, error: JobError, *, api_answered: bool
+) -> None:
+    """The hook's report: remove the scratch folder, undo by the journal (where the API
+    answered), send the failed callback."""
     plan = _plan_or_none(job)
     settings = get_runtime().settings
     if plan is not None:
         shutil.rmtree(scratch_dir(settings.work_dir, plan.job_id), ignore_errors=True)
-    api_answered = delivered is not None
     journal = _journal_to_undo(settings.home, flow_run.id, can_tell=api_answered)
     job_id = plan.job_id if plan else raw_job_id(job)
     await _report_failure(job_id, error, journal, orchestrated=api_answered)

@@ -24,10 +24,12 @@ import logging
 import time
 from collections.abc import Sequence
 from typing import Any
+from uuid import UUID
 
 import anyio
 from prefect.client.schemas.objects import TaskRun
 from prefect.client.subscriptions import Subscription
+from prefect.events import emit_event
 from prefect.settings import get_current_settings
 from prefect.task_worker import StopTaskWorker, TaskWorker
 
@@ -38,8 +40,11 @@ from genjobs.render.cache import PIPELINES
 from genjobs.render.registry import renderer_for
 from genjobs.runtime import Runtime, build_runtime, set_runtime
 from tasks.render import GPU_RENDER_TASKS, worker_label
+from tasks.render_dispatch import HEARTBEAT_EVENT, heartbeat_resource
 
-logger = logging.getLogger(__name__)
+# Named, not __name__: run as ``python -m genjobs.gpu_worker`` this module is ``__main__``, and
+# its lines would miss the "genjobs" handler serve_from_arguments sets up.
+logger = logging.getLogger("genjobs.gpu_worker")
 
 ALL_FAMILIES: tuple[Family, ...] = ("sdxl", "wan")
 SUBSCRIPTION_PATH = "/task_runs/subscriptions/scheduled"
@@ -50,9 +55,12 @@ class GpuTaskWorker(TaskWorker):
     a run taken from the queue only when this GPU is idle or about to be (``prefetch_seconds``
     before the current render ends), so at most two runs are held: one rendering, one set up."""
 
-    def __init__(self, *tasks: Any, prefetch_seconds: float = 2.0) -> None:
+    def __init__(
+        self, *tasks: Any, prefetch_seconds: float = 2.0, heartbeat_seconds: float = 10.0
+    ) -> None:
         super().__init__(*tasks, limit=2)
         self.prefetch_seconds = prefetch_seconds
+        self.heartbeat_seconds = heartbeat_seconds
 
     def _may_take(self) -> bool:
         free = self._limiter is None or self._limiter.available_tokens >= 1
@@ -79,10 +87,20 @@ class GpuTaskWorker(TaskWorker):
                 GPU.release(task_run.id)
 
     async def _run_then_release(self, task_run: TaskRun) -> None:
-        try:
-            await self._safe_submit_scheduled_task_run(task_run)
-        finally:
-            GPU.release(task_run.id)  # also when the run never reached the GPU
+        async with anyio.create_task_group() as heartbeat:
+            heartbeat.start_soon(self._beat, task_run.id)
+            try:
+                await self._safe_submit_scheduled_task_run(task_run)
+            finally:
+                heartbeat.cancel_scope.cancel()
+                GPU.release(task_run.id)  # also when the run never reached the GPU
+
+    async def _beat(self, task_run_id: UUID) -> None:
+        """Tell the flow that this render is alive while this process holds it: a flow whose
+        render's heartbeats stop submits it again (tasks/render_dispatch.py)."""
+        while True:
+            emit_event(event=HEARTBEAT_EVENT, resource=heartbeat_resource(task_run_id))
+            await anyio.sleep(self.heartbeat_seconds)
 
     async def _receive_one(self, base_url: str) -> TaskRun:
         """Subscribe, take one run (acknowledged), and disconnect before the next arrives."""
@@ -150,6 +168,7 @@ async def aserve_gpu_worker(
     worker = GpuTaskWorker(
         *(GPU_RENDER_TASKS[f] for f in families),
         prefetch_seconds=runtime.settings.gpu_prefetch_seconds,
+        heartbeat_seconds=runtime.settings.render_heartbeat_seconds,
     )
     logger.info(
         "GPU worker %s serves %s renders, one at a time.",
@@ -185,6 +204,10 @@ def serve_gpu_worker(
         asyncio.run(aserve_gpu_worker(device, families=families, warm=warm, timeout=timeout))
     except KeyboardInterrupt:
         logger.info("GPU worker interrupted.")
+    except StopTaskWorker:
+        # Prefect's SIGTERM handler raises this out of the event loop at once: a render this
+        # process held stops with it, and its flow submits it again (render_stall_seconds).
+        logger.info("GPU worker stopped by SIGTERM.")
 
 
 def add_worker_arguments(parser: argparse.ArgumentParser) -> None:

@@ -145,6 +145,18 @@ class Settings(BaseSettings):
         description="How long a started render may run before it is presumed stuck and "
         "submitted again.",
     )
+    render_stall_seconds: float = Field(
+        default=120.0,
+        gt=0,
+        description="How long a started render's GPU worker may send no heartbeat before the "
+        "render is presumed lost (its worker died) and submitted again.",
+    )
+    render_heartbeat_seconds: float = Field(
+        default=10.0,
+        gt=0,
+        description="How often a GPU worker tells the flows that the renders it holds are "
+        "alive; keep it well under render_stall_seconds.",
+    )
     render_poll_seconds: float = Field(
         default=5.0, gt=0, description="How often a flow checks on a dispatched render."
     )

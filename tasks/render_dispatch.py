@@ -8,7 +8,10 @@ never handed out again, so the flow watches its render:
 - not started within ``render_queue_timeout_seconds`` (or still waiting after the API was
   unreachable, as across a server restart, which empties the queue): presumed lost;
 - running for more than ``render_run_timeout_seconds``: presumed stuck (a crashed worker leaves
-  its task run Running for ever).
+  its task run Running for ever);
+- running while its GPU worker has sent no heartbeat (:data:`HEARTBEAT_EVENT`, every
+  ``render_heartbeat_seconds`` while it holds the render) for ``render_stall_seconds``:
+  presumed lost with its worker (killed, its host gone).
 
 Either way the old task run is marked Cancelled with the name ``Superseded`` and the same plan is
 submitted again, at most ``render_resubmits`` times. A superseded render that still runs or later
@@ -22,6 +25,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
+from datetime import UTC, datetime, timedelta
 from typing import Any
 from uuid import UUID
 
@@ -32,8 +36,15 @@ import prefect.task_worker  # noqa: F401
 from prefect import Task, get_run_logger
 from prefect.client.orchestration import get_client
 from prefect.client.schemas.objects import StateType
+from prefect.events.filters import (
+    EventFilter,
+    EventNameFilter,
+    EventOccurredFilter,
+    EventResourceFilter,
+)
 from prefect.states import Cancelled, State
 from prefect.task_runs import TaskRunWaiter
+from prefect.types import DateTime
 from prefect.utilities.engine import emit_task_run_state_change_event
 
 from genjobs.assets import RenderedBatch
@@ -46,6 +57,8 @@ from tasks.render import GPU_RENDER_TASKS, SUPERSEDED, render_assets
 logger = logging.getLogger(__name__)
 
 _NOT_STARTED = {StateType.SCHEDULED, StateType.PENDING}
+HEARTBEAT_EVENT = "genjobs.render.heartbeat"
+"""The event a GPU worker emits every ``render_heartbeat_seconds`` for each render it holds."""
 _API_TROUBLE = (httpx.HTTPError, OSError)
 
 
@@ -54,6 +67,11 @@ class RenderTimeout(JobError):
 
     code = "RENDER_TIMEOUT"
     retryable = True
+
+
+def heartbeat_resource(task_run_id: UUID) -> dict[str, str]:
+    """The resource of a render's heartbeat events: the render's task run."""
+    return {"prefect.resource.id": f"genjobs.render.{task_run_id}"}
 
 
 def render_tags(plan: RenderPlan) -> list[str]:
@@ -114,6 +132,22 @@ class QueuedRender:
                 self.task_run_id, Cancelled(name=SUPERSEDED, message=message), force=True
             )
 
+    async def _stalled(self, *, ever_taken: bool) -> bool:
+        """Whether the render's worker has sent no heartbeat for ``render_stall_seconds``;
+        with ``ever_taken``, only where a worker sent one before (it took the render).
+        ``False`` when the API cannot tell: a render is not given up on an unanswered question.
+        """
+        assert self.task_run_id is not None
+        try:
+            last = await _last_heartbeat(self.task_run_id)
+        except _API_TROUBLE as exc:
+            logger.warning("The heartbeats of render %s cannot be read: %s", self.task_run_id, exc)
+            return False
+        if last is None:
+            return not ever_taken
+        silent = (datetime.now(UTC) - last).total_seconds()
+        return silent > self.settings.render_stall_seconds
+
     async def result(self) -> RenderedBatch:
         """Wait for the render; submit it again when lost or stuck.
 
@@ -127,6 +161,7 @@ class QueuedRender:
         resubmits = 0
         running_since: float | None = None
         api_trouble = False
+        stalled = f"its worker sent no heartbeat for {settings.render_stall_seconds:.0f} s"
         while True:
             try:
                 state = await TaskRunWaiter.wait_for_task_run(
@@ -154,10 +189,18 @@ class QueuedRender:
                     reason = "the API was unreachable while it waited (a restart empties the queue)"
                 elif now - self.submitted > settings.render_queue_timeout_seconds:
                     reason = f"it waited {now - self.submitted:.0f} s without starting"
+                elif now - self.submitted > settings.render_stall_seconds and (
+                    await self._stalled(ever_taken=True)
+                ):  # a worker took it, then died before it started
+                    reason = stalled
             elif state.type == StateType.RUNNING:
                 running_since = running_since or now
                 if now - running_since > settings.render_run_timeout_seconds:
                     reason = f"it ran for {now - running_since:.0f} s without finishing"
+                elif now - running_since > settings.render_stall_seconds and (
+                    await self._stalled(ever_taken=False)
+                ):
+                    reason = stalled
             api_trouble = False
             if reason is None:
                 continue
@@ -203,3 +246,15 @@ async def _read_state(task_run_id: UUID) -> State[Any] | None:
     async with get_client() as client:
         run = await client.read_task_run(task_run_id)
     return run.state
+
+
+async def _last_heartbeat(task_run_id: UUID) -> datetime | None:
+    """When the render's worker last sent a heartbeat (its clock); ``None`` if never."""
+    beats = EventFilter(
+        occurred=EventOccurredFilter(until=DateTime.now(UTC) + timedelta(days=1)),
+        event=EventNameFilter(name=[HEARTBEAT_EVENT]),
+        resource=EventResourceFilter(id=[heartbeat_resource(task_run_id)["prefect.resource.id"]]),
+    )  # newest first
+    async with get_client() as client:
+        page = await client.read_events(filter=beats, limit=1)
+    return page.events[0].occurred if page.events else None
