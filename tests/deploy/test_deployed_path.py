@@ -19,19 +19,19 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+import httpx
 import pytest
 from PIL import Image
 
-from devstack.storage_standin import StorageStandIn
 from genjobs.devserver.receiver import CallbackReceiver
 from genjobs.storage.base import asset_path, thumbnail_path
 from tests.deploy.stack import LocalStack, blocks_script, local_stack
 from tests.flows.helpers import USER_ID, sdxl_job
+from tests.real_storage import RealStorage
 
 pytestmark = pytest.mark.slow
 BUCKET = "workspace-temp"
 SECRET = "deploy-tests-callback-secret"
-JWT_SECRET = "deploy-tests-jwt-secret-0123456789abcdef0123"
 
 
 @pytest.fixture(scope="module")
@@ -40,11 +40,12 @@ def receiver() -> Iterator[CallbackReceiver]:
         yield running
 
 
-@pytest.fixture(scope="module")
-def standin() -> Iterator[StorageStandIn]:
-    with StorageStandIn(JWT_SECRET) as running:
-        running.create_contract_buckets([BUCKET])
-        yield running
+def stored_object(real: RealStorage, path: str) -> bytes | None:
+    """The bytes the real server holds at ``path`` in the bucket, or None."""
+    answer = httpx.get(
+        f"{real.storage_url}/object/authenticated/{BUCKET}/{path}", headers=real.headers()
+    )
+    return answer.content if answer.status_code == 200 else None
 
 
 @pytest.fixture(scope="module")
@@ -52,7 +53,7 @@ def stack(
     tmp_path_factory: pytest.TempPathFactory,
     model_cache: Path,
     receiver: CallbackReceiver,
-    standin: StorageStandIn,
+    real_storage: RealStorage,
 ) -> Iterator[LocalStack]:
     root = tmp_path_factory.mktemp("stack")
     # Progress artifacts from the first step on: the tiny renders take less than a second.
@@ -62,7 +63,9 @@ def stack(
         try:
             running.create_pools("gpu-pool")
             running.save_blocks(
-                blocks_script(standin.url, standin.token(), receiver.url, SECRET, device="cpu")
+                blocks_script(
+                    real_storage.url, real_storage.service_key, receiver.url, SECRET, device="cpu"
+                )
             )
             running.deploy("sdxl", "wan")
             running.start_warm_runner()
@@ -144,7 +147,7 @@ def finished_renders(stack: LocalStack, job_ids: set[str]) -> dict[str, list[dic
 
 
 def test_a_job_triggered_twice_with_one_key_runs_once_and_lands_everywhere(
-    stack: LocalStack, receiver: CallbackReceiver, standin: StorageStandIn
+    stack: LocalStack, receiver: CallbackReceiver, real_storage: RealStorage
 ) -> None:
     deployment = stack.deployment_id("generate-job", "sdxl")
     job = sdxl_job(num_images=3)
@@ -159,12 +162,13 @@ def test_a_job_triggered_twice_with_one_key_runs_once_and_lands_everywhere(
     assert [r["asset_index"] for r in rows] == [0, 1, 2]
     for index, row in enumerate(rows):
         path = asset_path(USER_ID, job["id"], index, "png")
-        stored = standin.get_object(BUCKET, path)
+        stored = stored_object(real_storage, path)
         assert stored is not None and row["temp_storage_path"] == path
-        image = Image.open(io.BytesIO(stored.data))
+        image = Image.open(io.BytesIO(stored))
         assert image.format == "PNG" and image.size == (256, 256)
-        assert row["asset_metadata"]["file_size_bytes"] == len(stored.data)
-        assert standin.get_object(BUCKET, thumbnail_path(USER_ID, job["id"], index)) is not None
+        assert row["asset_metadata"]["file_size_bytes"] == len(stored)
+        thumbnail = stored_object(real_storage, thumbnail_path(USER_ID, job["id"], index))
+        assert thumbnail is not None
 
     (render,) = settled_renders(stack, first["id"])
     assert render["state"]["type"] == "COMPLETED" and render["run_count"] == 1
@@ -192,9 +196,11 @@ def test_the_ui_form_is_typed_and_an_off_form_payload_still_gets_a_failed_callba
     answer = stack.request("GET", f"/deployments/{deployment}")
     assert answer.json()["enforce_parameter_schema"] is False
     form = answer.json()["parameter_openapi_schema"]["properties"]["job"]
-    assert form["properties"]["user_id"] == {"format": "uuid", "title": "User Id", "type": "string"}
+    user_id = form["properties"]["user_id"]
+    assert (user_id["format"], user_id["type"]) == ("uuid", "string")
     assert "sdxl_image_fast" in form["properties"]["type"]["enum"]
-    assert form["properties"]["config"]["properties"]["num_images"]["type"] == "integer"
+    num_images = form["properties"]["config"]["properties"]["num_images"]
+    assert (num_images["type"], num_images["enum"]) == ("integer", [1, 3, 6])
     assert "job" in answer.json()["parameter_openapi_schema"]["required"]
 
     job = sdxl_job(num_images=1)
@@ -248,7 +254,7 @@ def test_two_gpu_workers_share_a_backlog_and_render_each_job_once(
 
 
 def test_cancelling_a_run_stops_its_render_removes_its_uploads_and_reports_cancelled(
-    stack: LocalStack, receiver: CallbackReceiver, standin: StorageStandIn
+    stack: LocalStack, receiver: CallbackReceiver, real_storage: RealStorage
 ) -> None:
     deployment = stack.deployment_id("generate-job", "wan")
     job = {
@@ -257,8 +263,6 @@ def test_cancelling_a_run_stops_its_render_removes_its_uploads_and_reports_cance
         "config": {"num_inference_steps": 40},  # 40 steps x 0.4 s on the timed renderer
         "metadata": {},
     }
-    partial = thumbnail_path(USER_ID, job["id"], 0)  # as if an upload had begun
-    standin.put_object(BUCKET, partial, b"RIFF partial", "image/webp")
     run = stack.trigger(deployment, job)
     wait_for_first_step(stack, job["id"])
     cancelled_at = time.monotonic()
@@ -289,7 +293,9 @@ def test_cancelling_a_run_stops_its_render_removes_its_uploads_and_reports_cance
     assert 1 <= max(steps) < 30, steps  # stopped at a step, long before the last
     (payload,) = wait_until(lambda: receiver.accepted(job["id"]), 30, "the failed callback")
     assert payload["status"] == "failed" and payload["metadata"]["error_code"] == "CANCELLED"
-    assert standin.get_object(BUCKET, partial) is None
+    # Cancelled during its render, the run stored nothing, so nothing is there and nothing was
+    # removed (the hook removes only what the run's upload journal names).
+    assert real_storage.object_names(BUCKET, f"{USER_ID}/{job['id']}/") == []
     pid = forked_processes(stack)[run["id"]]  # the SIGTERM reached the forked process
     ending = wait_until(lambda: process_endings(stack).get(pid), 15, "the forked process's end")
     assert ending in ("exit 0", f"signal {int(signal.SIGTERM)}"), ending
@@ -328,7 +334,7 @@ def test_a_job_runs_in_a_process_forked_by_the_warm_runner(
     assert "No warm runner answered" not in worker.output()
     recorded = recorded_task_runs(stack, run["id"], "callback")
     steps = sorted(r["name"].split("-")[0] for r in recorded)
-    assert steps == ["callback", "encode", "metadata", "render", "upload", "validate"]
+    assert steps == ["callback", "check", "encode", "metadata", "render", "upload", "validate"]
     assert {r["state"]["type"] for r in recorded} == {"COMPLETED"}
     (payload,) = receiver.accepted(job["id"])
     assert payload["status"] == "completed" and len(receiver.assets(job["id"])) == 3

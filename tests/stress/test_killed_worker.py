@@ -17,11 +17,12 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import signal
 import subprocess
 import sys
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -31,7 +32,7 @@ import pytest
 from prefect.client.orchestration import get_client
 from prefect.client.schemas.filters import FlowRunFilter, FlowRunFilterName
 
-from devstack.storage_standin import StorageStandIn
+from devstack.storage_proxy import Fault, StorageProxy
 from flows.generate import generate_job
 from genjobs.callback.outbox import Outbox
 from genjobs.devserver.receiver import CallbackReceiver
@@ -42,10 +43,10 @@ from genjobs.render.tiny_sdxl import ensure_tiny_sdxl
 from genjobs.runtime import build_runtime, set_runtime
 from genjobs.settings import Settings
 from tests.flows.helpers import USER_ID, sdxl_job
+from tests.real_storage import RealStorage
 from tests.stress.faults import BUCKET, check_stored_assets, contract_paths, supabase_settings
 
 pytestmark = [pytest.mark.usefixtures("prefect_api"), pytest.mark.slow]
-JWT_SECRET = "killed-worker-jwt-secret-0123456789abcdef0123"
 REPO_ROOT = Path(__file__).resolve().parents[2]
 CHILD = (
     "import asyncio, json, sys\n"
@@ -64,14 +65,6 @@ class Scenario:
     reached: Callable[[], bool]
     process: subprocess.Popen[bytes] | None = None
     killed_after: float | None = None
-
-
-@pytest.fixture
-def standin() -> Iterator[StorageStandIn]:
-    with StorageStandIn(JWT_SECRET, hang_seconds=60.0) as running:
-        running.create_contract_buckets([BUCKET])
-        yield running
-        running.release_hangs()
 
 
 def child_env(settings: Settings) -> dict[str, str]:
@@ -98,9 +91,9 @@ def child_env(settings: Settings) -> dict[str, str]:
     return env
 
 
-def hung(standin: StorageStandIn, path: str) -> Callable[[], bool]:
-    route = f"/object/{BUCKET}/{path}"
-    return lambda: any(r.path == route and r.fault == "hang" for r in standin.requests)
+def held(fault: Fault) -> Callable[[], bool]:
+    """True once the proxy holds an upload the fault matched."""
+    return lambda: fault.hits > 0
 
 
 def refused_callback(receiver: CallbackReceiver, job_id: str) -> Callable[[], bool]:
@@ -155,10 +148,13 @@ async def test_jobs_killed_before_storing_finish_when_rerun_and_jobs_with_object
     model_cache: Path,
     receiver: CallbackReceiver,
     callback_secret: str,
-    standin: StorageStandIn,
+    real_storage: RealStorage,
+    fault_proxy: StorageProxy,
 ) -> None:
     ensure_tiny_sdxl(model_cache / TINY_FOLDER_NAME)  # built once here, loaded by the workers
-    settings = supabase_settings(tmp_path, model_cache, receiver, callback_secret, standin)
+    settings = supabase_settings(
+        tmp_path, model_cache, receiver, callback_secret, real_storage, fault_proxy
+    )
     after_render, mid_upload, before_callback = (sdxl_job(num_images=1) for _ in range(3))
     paths = {
         name: f"{USER_ID}/{job['id']}/0{suffix}"
@@ -167,11 +163,15 @@ async def test_jobs_killed_before_storing_finish_when_rerun_and_jobs_with_object
             ("mid_upload", mid_upload, ".thumb.webp"),
         )
     }
-    for path in paths.values():
-        standin.inject_fault("hang", method="POST", path_prefix=f"/object/{BUCKET}/{path}")
+    stalls = {
+        name: fault_proxy.stall(
+            f"^POST /storage/v1/object/{BUCKET}/{re.escape(path)}$", after_bytes=0
+        )
+        for name, path in paths.items()
+    }
     scenarios = [
-        Scenario("after_render", after_render, hung(standin, paths["after_render"])),
-        Scenario("mid_upload", mid_upload, hung(standin, paths["mid_upload"])),
+        Scenario("after_render", after_render, held(stalls["after_render"])),
+        Scenario("mid_upload", mid_upload, held(stalls["mid_upload"])),
         Scenario(
             "before_callback",
             before_callback,
@@ -180,13 +180,15 @@ async def test_jobs_killed_before_storing_finish_when_rerun_and_jobs_with_object
     ]
     receiver.down_for(3600)
     run_and_kill(scenarios, child_env(settings), tmp_path)
-    standin.release_hangs()
+    # The gateway drops the held uploads of the killed workers (their bodies never arrive); the
+    # healthy worker below reaches the server directly.
+    fault_proxy.stop()
+    settings = settings.model_copy(update={"supabase_url": real_storage.url})
     receiver.down_for(0)
 
     # What the kills left behind: nothing, a lone original, or everything but the callback.
     def stored(job: dict[str, Any]) -> list[str]:
-        prefix = f"{USER_ID}/{job['id']}/"
-        return [name for name in standin.object_names(BUCKET) if name.startswith(prefix)]
+        return real_storage.object_names(BUCKET, f"{USER_ID}/{job['id']}/")
 
     assert stored(after_render) == []
     assert stored(mid_upload) == [f"{USER_ID}/{mid_upload['id']}/0.png"]
@@ -215,7 +217,7 @@ async def test_jobs_killed_before_storing_finish_when_rerun_and_jobs_with_object
     assert stored(after_render) == contract_paths(USER_ID, job_id, 1)
     (payload,) = receiver.accepted(job_id)
     assert payload["status"] == "completed"
-    check_stored_assets(standin, payload)
+    check_stored_assets(real_storage, payload)
     # The rerun drew the same seed (a function of the job id).
     assert payload["assets"][0]["metadata"]["seed"] == plan_job(parse_job(after_render)).seeds[0]
     assert len(receiver.assets(job_id)) == 1
