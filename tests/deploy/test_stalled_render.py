@@ -108,6 +108,40 @@ async def subscribed_task_workers(count: int, procs: list[WorkerProcess]) -> Non
             await asyncio.sleep(0.2)
 
 
+async def sigterm_handled(worker: WorkerProcess) -> None:
+    """Until the worker process catches SIGTERM (bit 15 of ``SigCgt`` in /proc/PID/status)."""
+    status = Path(f"/proc/{worker.popen.pid}/status")
+    while True:
+        assert worker.popen.poll() is None, worker.output()
+        caught = next(
+            line.split()[1] for line in status.read_text().splitlines() if line.startswith("SigCgt")
+        )
+        if int(caught, 16) & (1 << (signal.SIGTERM - 1)):
+            return
+        await asyncio.sleep(0.1)
+
+
+async def settled_renders(flow_run_id: Any, count: int) -> list[tuple[str, str, str | None]]:
+    """(state type, name, message) of the flow run's render task runs, sorted, once ``count``
+    of them are in a final state (the server records task runs in batches)."""
+    deadline = time.monotonic() + 30
+    while True:
+        async with get_client() as client:
+            renders = [
+                r
+                for r in await client.read_task_runs()
+                if r.flow_run_id == flow_run_id and r.name.startswith("render")
+            ]
+        found = sorted(
+            (r.state.type.value, r.state.name, r.state.message)
+            for r in renders
+            if r.state and r.state.is_final()
+        )
+        if len(found) >= count or time.monotonic() > deadline:
+            return found
+        await asyncio.sleep(0.2)
+
+
 async def test_a_render_whose_worker_was_killed_is_submitted_again_and_completes(
     tmp_path: Path,
     model_cache: Path,
@@ -145,15 +179,7 @@ async def test_a_render_whose_worker_was_killed_is_submitted_again_and_completes
     assert state.is_completed(), state.message
     (other,) = [w for w in workers if w is not holder]
     assert other.received_a_render(), other.output()
-    async with get_client() as client:
-        renders = [
-            r
-            for r in await client.read_task_runs()
-            if r.flow_run_id == state.state_details.flow_run_id and r.name.startswith("render")
-        ]
-    by_state = sorted(
-        (r.state.type.value, r.state.name, r.state.message) for r in renders if r.state
-    )
+    by_state = await settled_renders(state.state_details.flow_run_id, 2)
     assert [(kind, name) for kind, name, _ in by_state] == [
         ("CANCELLED", SUPERSEDED),
         ("COMPLETED", "Completed"),
@@ -167,7 +193,9 @@ async def test_a_gpu_worker_stops_on_sigterm_with_status_zero(
 ) -> None:
     env = worker_env(tmp_path / "home", model_cache)
     workers.append(WorkerProcess("stopped", env, tmp_path))
-    await asyncio.wait_for(subscribed_task_workers(1, workers), 120)
+    # The task worker installs its SIGTERM handler as it starts; other tests' workers may still
+    # be listed by the API, so wait on this process's own signal disposition.
+    await asyncio.wait_for(sigterm_handled(workers[0]), 120)
 
     workers[0].popen.send_signal(signal.SIGTERM)
 
