@@ -206,11 +206,17 @@ async def test_a_run_whose_blocks_do_not_load_withdraws_its_queued_render(
         set_runtime(None)
 
     assert state.is_failed() and "no-such-endpoint" in (state.message or "")
-    async with get_client() as client:
-        (queued,) = [
-            r
-            for r in await client.read_task_runs()
-            if r.flow_run_id == state.state_details.flow_run_id and r.name.startswith("render")
-        ]
+    deadline = time.monotonic() + 30  # the server records task runs in batches
+    while True:
+        async with get_client() as client:
+            renders = [
+                r
+                for r in await client.read_task_runs()
+                if r.flow_run_id == state.state_details.flow_run_id and r.name.startswith("render")
+            ]
+        if any(r.state and r.state.is_final() for r in renders) or time.monotonic() > deadline:
+            break
+        await asyncio.sleep(0.2)
+    (queued,) = renders
     assert queued.state is not None and queued.state.name == SUPERSEDED
     assert queued.state.message == "The run's blocks did not load"
