@@ -29,15 +29,19 @@ import argparse
 import io
 import logging
 import os
+import sys
 import time
 import uuid
 from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
+from pathlib import Path
 
 import httpx
 import numpy as np
 from PIL import Image
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # devstack is not installed
 
 from devstack.storage_standin import StorageStandIn
 from genjobs.backfill.legacy_paths import LegacyObject, parse_legacy_path
