@@ -8,6 +8,7 @@ from __future__ import annotations
 import asyncio
 import socket
 import time
+from collections import Counter
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
@@ -20,7 +21,7 @@ from flows.generate import generate_job
 from genjobs.devserver.receiver import CallbackReceiver
 from genjobs.runtime import Runtime, build_runtime, set_runtime
 from tests.conftest import make_settings
-from tests.flows.helpers import USER_ID, sdxl_job, task_run_counts
+from tests.flows.helpers import USER_ID, sdxl_job, settled_task_runs
 from tests.real_storage import WORKSPACE_BUCKET, RealStorage
 
 pytestmark = pytest.mark.usefixtures("prefect_api")
@@ -107,7 +108,9 @@ async def test_storage_refusing_every_request_ends_the_run_with_one_failed_callb
     assert state.is_failed()
     message = one_failed_callback(receiver, job, code)
     assert message in str(state.message)  # the run fails with its own error, not the undo's
-    counts = await task_run_counts(state.state_details.flow_run_id)
+    # Task run states reach the API as events: wait for the failed callback's task run.
+    runs = await settled_task_runs(state.state_details.flow_run_id, "callback")
+    counts = Counter(run.name.split("-")[0] for run in runs)
     assert counts["check"] == 1 and counts["render"] == renders
     assert job_objects(real_storage, job) == []
     assert real_storage.object_names("no-such-bucket") == []
