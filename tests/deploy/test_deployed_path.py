@@ -229,7 +229,21 @@ def test_two_gpu_workers_share_a_backlog_and_render_each_job_once(
 ) -> None:
     deployment = stack.deployment_id("generate-job", "sdxl")
     jobs = [sdxl_job(num_images=3, resolution="384x384") for _ in range(4)]
-    runs = [stack.trigger(deployment, job) for job in jobs]
+    # A real backlog: both SDXL workers are paused (SIGSTOP) while the four renders queue, so
+    # the tiny renders cannot all be served one after the other by whichever worker is first.
+    # Each paused worker's open subscription is sent at most one run it has not acknowledged.
+    sdxl_workers = [p for p in stack.processes if p.name in ("gpu-0", "gpu-1")]
+    assert len(sdxl_workers) == 2
+    for worker in sdxl_workers:
+        os.kill(worker.popen.pid, signal.SIGSTOP)
+    try:
+        runs = [stack.trigger(deployment, job) for job in jobs]
+        wait_until(
+            lambda: all(renders_of(stack, r["id"]) for r in runs), 120, "four queued renders"
+        )
+    finally:
+        for worker in sdxl_workers:
+            os.kill(worker.popen.pid, signal.SIGCONT)
     done = stack.wait_for_flow_runs([r["id"] for r in runs], timeout=240)
     assert {r["state"]["type"] for r in done} == {"COMPLETED"}, stack.logs()
 
