@@ -1,4 +1,5 @@
-"""Prefect blocks: connection facts and secrets, each with ``get_client()`` where it has one."""
+"""Prefect blocks: connection facts, secrets and model sources, each laid over the settings
+with ``apply_to`` (blocks/connections.py builds the connections from the result)."""
 
 from blocks.job_callback import JobCallbackEndpoint
 from blocks.model_registry import ModelRegistry

@@ -5,6 +5,8 @@ from __future__ import annotations
 from prefect.blocks.core import Block
 from pydantic import Field, SecretStr
 
+from genjobs.settings import Settings
+
 
 class JobCallbackEndpoint(Block):
     """Where callbacks go and how they are signed."""
@@ -25,3 +27,10 @@ class JobCallbackEndpoint(Block):
     bearer: SecretStr | None = Field(
         default=None, description="Bearer token for the functions gateway (service-role JWT)."
     )
+
+    def apply_to(self, settings: Settings) -> Settings:
+        """``settings`` with this endpoint's URL, secret and (when set) bearer in force."""
+        update: dict[str, object] = {"callback_url": self.url, "job_callback_secret": self.secret}
+        if self.bearer is not None:
+            update["callback_bearer"] = self.bearer
+        return settings.model_copy(update=update)

@@ -7,6 +7,8 @@ from typing import Literal
 from prefect.blocks.core import Block
 from pydantic import Field
 
+from genjobs.settings import Settings
+
 
 class ModelRegistry(Block):
     """Per family: a folder, a single-file checkpoint or a hub id; none means the embedded model."""
@@ -37,3 +39,19 @@ class ModelRegistry(Block):
     )
     device: str = Field(default="auto", description="'auto', 'cpu', 'cuda' or 'cuda:N'.")
     torch_compile: bool = Field(default=False, description="Compile the denoiser on CUDA.")
+
+    def apply_to(self, settings: Settings) -> Settings:
+        """``settings`` with this registry's sources, scheduler, dtype, device and compile flag."""
+        return settings.model_copy(update=self.model_dump(include=MODEL_FIELDS))
+
+
+MODEL_FIELDS = {
+    "sdxl_source",
+    "sdxl_scheduler",
+    "wan_source",
+    "wan_vace_source",
+    "dtype",
+    "device",
+    "torch_compile",
+}
+"""What a ModelRegistry block sets."""

@@ -2,13 +2,10 @@
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any
-
 from prefect.blocks.core import Block
 from pydantic import Field, SecretStr
 
-if TYPE_CHECKING:
-    from genjobs.storage.supabase import SupabaseStorage
+from genjobs.settings import Settings
 
 
 class SupabaseConnection(Block):
@@ -30,16 +27,13 @@ class SupabaseConnection(Block):
     bucket: str = Field(default="workspace-temp", description="Bucket for generated assets.")
     timeout_seconds: float = Field(default=60.0, description="Timeout of one storage request.")
 
-    def get_client(self) -> Any:
-        """The official ``supabase`` client for this project."""
-        from supabase import create_client
-
-        return create_client(self.url, self.service_key.get_secret_value())
-
-    def get_storage(self) -> SupabaseStorage:
-        """The project's storage backend (errors translated into StorageError)."""
-        from genjobs.storage.supabase import SupabaseStorage
-
-        return SupabaseStorage.from_supabase(
-            self.url, self.service_key, timeout=self.timeout_seconds
+    def apply_to(self, settings: Settings) -> Settings:
+        """``settings`` with this project's URL, key, bucket and request timeout in force."""
+        return settings.model_copy(
+            update={
+                "supabase_url": self.url,
+                "supabase_service_key": self.service_key,
+                "bucket": self.bucket,
+                "storage_timeout_seconds": self.timeout_seconds,
+            }
         )
