@@ -62,7 +62,7 @@ from genjobs.errors import JobError
 from genjobs.runtime import get_runtime
 from genjobs.settings import Settings
 from genjobs.storage.base import copies_across_buckets_server_side
-from tasks.naming import with_settings_retries
+from tasks.retries import database_policy, storage_policy, with_retries
 
 DEFAULT_TARGET_BUCKET = "workspace-temp"
 LIST_CONCURRENCY = 4
@@ -111,7 +111,7 @@ def _summary(plan: BackfillPlan, dry_run: bool, manifest_path: Path) -> Backfill
 
 
 async def _inventory(bucket_names: list[str], settings: Settings) -> list[BucketInventory]:
-    task_obj = with_settings_retries(inventory_bucket, settings)
+    task_obj = with_retries(inventory_bucket, storage_policy(settings))
 
     async def one(bucket: str) -> BucketInventory:
         try:
@@ -228,7 +228,7 @@ async def backfill_legacy_buckets(
         logger.info("Dry run: nothing was written.")
         return summary
 
-    await with_settings_retries(check_target_bucket, settings)(target_bucket)
+    await with_retries(check_target_bucket, storage_policy(settings))(target_bucket)
     if dsn is None:
         logger.warning(
             "No database is configured (%s): the copies are not recorded in "
@@ -309,7 +309,7 @@ async def _forget_removed_copies(plan: RollbackPlan, removed: set[str], settings
         if e.state.target_path and f"{bucket}/{e.state.target_path}" in removed
     ]
     if copies:
-        forget = with_settings_retries(forget_backfilled_copies, settings)
+        forget = with_retries(forget_backfilled_copies, database_policy(settings))
         await forget(settings.database_dsn.get_secret_value(), copies)
 
 
@@ -339,7 +339,7 @@ async def rollback_backfill(
     if not path.is_file():
         raise FileNotFoundError(f"No backfill manifest at {path}")
     manifest = load_manifest(path)
-    hash_task = with_settings_retries(hash_contents, settings)
+    hash_task = with_retries(hash_contents, storage_policy(settings))
 
     async def hasher(checks: list[ContentCheck]) -> list[str | None]:
         hashes: list[str | None] = await hash_task(checks, LIST_CONCURRENCY)
@@ -356,7 +356,7 @@ async def rollback_backfill(
         conflicts=plan.conflicts,
     )
     if not dry_run:
-        remove = with_settings_retries(remove_objects, settings)
+        remove = with_retries(remove_objects, storage_policy(settings))
         with ManifestWriter(manifest, run_id=_flow_run_id()) as writer:
             summary.removed = await apply_rollback(plan, writer, remove)
         await _forget_removed_copies(plan, set(summary.removed), settings)

@@ -46,7 +46,7 @@ from genjobs.db.workspace_evidence import (
 from genjobs.errors import JobError
 from genjobs.runtime import get_runtime
 from genjobs.storage.base import ObjectInfo
-from tasks.naming import with_settings_retries
+from tasks.retries import database_policy, storage_policy, with_retries
 
 BUCKET = "workspace-temp"
 ORPHAN_STATUSES = frozenset({"failed", "cancelled"})
@@ -277,8 +277,8 @@ async def cleanup_workspace(
             "for the worker, then run it again (a dry run lists candidates without it)"
         )
     if dsn is not None:
-        await with_settings_retries(check_tables_task, settings)(dsn)
-    objects = await with_settings_retries(list_bucket, settings)(BUCKET)
+        await with_retries(check_tables_task, database_policy(settings))(dsn)
+    objects = await with_retries(list_bucket, storage_policy(settings))(BUCKET)
     summary.listed = len(objects)
     kept: Counter[str] = Counter()
     if dsn is None:
@@ -297,7 +297,7 @@ async def cleanup_workspace(
                 kept[reason] += 1
         logger.warning("%s", summary.note)
     else:
-        read = with_settings_retries(read_evidence_task, settings)
+        read = with_retries(read_evidence_task, database_policy(settings))
         by_path = {info.path: info for info in objects}
         for start in range(0, len(objects), batch_size):
             batch = objects[start : start + batch_size]
@@ -350,8 +350,8 @@ async def _remove(
     changed meanwhile is not deleted, and keeps its objects).
     """
     settings = get_runtime().settings
-    remove = with_settings_retries(remove_objects, settings)
-    delete_rows = with_settings_retries(delete_expired_rows_task, settings)
+    remove = with_retries(remove_objects, storage_policy(settings))
+    delete_rows = with_retries(delete_expired_rows_task, database_policy(settings))
     rows_gone: set[str] = set()
     for start in range(0, len(summary.candidates), batch_size):
         batch = summary.candidates[start : start + batch_size]

@@ -99,9 +99,25 @@ class Settings(BaseSettings):
     callback_retry_window_seconds: float = 900.0
     callback_retry_base_seconds: float = 2.0
     callback_retry_cap_seconds: float = 60.0
-    upload_retries: int = 4
-    upload_retry_base_seconds: float = 1.0
-    upload_concurrency: int = 6
+    storage_retries: int = Field(
+        default=4,
+        validation_alias=AliasChoices("GENJOBS_STORAGE_RETRIES", "GENJOBS_UPLOAD_RETRIES"),
+        description="How often a storage task (upload, listing, hash check, removal) is retried "
+        "after a transient failure.",
+    )
+    storage_retry_base_seconds: float = Field(
+        default=1.0,
+        validation_alias=AliasChoices(
+            "GENJOBS_STORAGE_RETRY_BASE_SECONDS", "GENJOBS_UPLOAD_RETRY_BASE_SECONDS"
+        ),
+        description="First delay between storage task attempts; each next one doubles.",
+    )
+    database_retries: int = Field(
+        default=2, description="How often a database task is retried after a transient failure."
+    )
+    database_retry_base_seconds: float = Field(
+        default=1.0, description="First delay between database task attempts; each next doubles."
+    )
     reference_timeout_seconds: float = 30.0
     reference_max_bytes: int = 25 * 1024 * 1024
     reference_allow_hosts: Annotated[tuple[str, ...], NoDecode] = Field(

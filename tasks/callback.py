@@ -14,7 +14,8 @@ from genjobs.callback.sender import CallbackReceipt, CallbackSender, retry_delay
 from genjobs.errors import CallbackUnavailable, JobError
 from genjobs.runtime import Runtime, get_runtime
 from genjobs.tls import ssl_context
-from tasks.naming import retry_if_transient, run_name
+from tasks.naming import run_name
+from tasks.retries import retry_if_transient
 from tasks.run_logger import run_logger
 
 
@@ -33,9 +34,7 @@ def sender_for(runtime: Runtime, client: httpx.AsyncClient) -> CallbackSender:
     name="send-callback",
     cache_policy=NO_CACHE,
     task_run_name=run_name("callback"),
-    retries=20,
-    retry_jitter_factor=0.5,
-    retry_condition_fn=retry_if_transient,
+    retry_condition_fn=retry_if_transient,  # how often: the callback window, tasks/retries.py
 )
 async def send_callback(job_id: str, status: str, body: bytes) -> CallbackReceipt:
     """POST the exact ``body`` once per attempt; retries cover 5xx, 429, timeouts, resets."""

@@ -1,16 +1,9 @@
-"""Task run names that carry the job id, and the retry rules shared by every task."""
+"""Task run names that carry the job id."""
 
 from __future__ import annotations
 
 from collections.abc import Callable
 from typing import Any
-
-from prefect import Task
-from prefect.client.schemas.objects import TaskRun
-from prefect.states import State
-
-from genjobs.errors import is_transient
-from genjobs.settings import Settings
 
 
 def _job_id_of(value: Any) -> str | None:
@@ -40,17 +33,3 @@ def run_name(step: str) -> Callable[..., str]:
         return step
 
     return name
-
-
-def retry_if_transient(task: Task[..., Any], task_run: TaskRun, state: State[Any]) -> bool:
-    """Retry only failures a later attempt could fix (5xx, timeouts, connection errors)."""
-    return is_transient(state.data) if isinstance(state.data, BaseException) else False
-
-
-def with_settings_retries(task_obj: Any, settings: Settings) -> Any:
-    """The task with ``upload_retries`` retries, delays doubling from the base delay."""
-    retries = settings.upload_retries
-    base = settings.upload_retry_base_seconds
-    return task_obj.with_options(
-        retries=retries, retry_delay_seconds=[base * 2**attempt for attempt in range(retries)]
-    )

@@ -48,7 +48,8 @@ from genjobs.render.registry import renderer_for
 from genjobs.runtime import get_runtime
 from genjobs.settings import Settings
 from genjobs.tls import ssl_context
-from tasks.naming import retry_if_transient, run_name
+from tasks.naming import run_name
+from tasks.retries import retry_if_transient
 
 logger = logging.getLogger(__name__)
 

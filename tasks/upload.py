@@ -4,9 +4,9 @@ already holds objects; undo what a failed run stored.
 One ``upload`` task run stores every asset of the job: each original, then its thumbnail, the
 assets in parallel. An asset whose upload failed transiently (5xx, timeout, dropped connection)
 is then stored again by a ``reupload`` task run of its own, which Prefect retries with backoff
-(``upload_retries`` times, delays doubling from ``upload_retry_base_seconds``); a failure no
-retry can fix fails the job. A job whose uploads all succeed at once, the common case, costs one
-task run, not one per asset. Uploads upsert, so storing an asset again is harmless.
+(the storage policy of tasks/retries.py); a failure no retry can fix fails the job. A job
+whose uploads all succeed at once, the common case, costs one task run, not one per asset.
+Uploads upsert, so storing an asset again is harmless.
 
 Before it puts an asset, the upload records the original and its thumbnail (path, sha256, size
 of the bytes sent) in the run's upload journal (genjobs/storage/provenance.py); the undo of a
@@ -23,7 +23,6 @@ from pathlib import Path
 
 from prefect import get_run_logger, task
 from prefect.cache_policies import NO_CACHE
-from prefect.tasks import exponential_backoff
 from pydantic import BaseModel
 
 from genjobs.assets import EncodedAsset, UploadedAsset
@@ -32,7 +31,8 @@ from genjobs.runtime import get_runtime
 from genjobs.settings import Settings
 from genjobs.storage.base import MIME_BY_EXTENSION, asset_path, job_prefix, thumbnail_path
 from genjobs.storage.provenance import UploadJournal, Write, undo_writes
-from tasks.naming import retry_if_transient, run_name, with_settings_retries
+from tasks.naming import run_name
+from tasks.retries import retry_if_transient, storage_policy, with_retries
 from tasks.run_logger import run_logger
 
 
@@ -119,10 +119,7 @@ async def upload_assets(
     name="reupload",
     cache_policy=NO_CACHE,
     task_run_name=run_name("reupload"),
-    retries=4,
-    retry_delay_seconds=exponential_backoff(backoff_factor=1),
-    retry_jitter_factor=0.5,
-    retry_condition_fn=retry_if_transient,
+    retry_condition_fn=retry_if_transient,  # how often: tasks/retries.py
 )
 async def reupload_asset(
     asset: EncodedAsset, user_id: str, job_id: str, journal: UploadJournal
@@ -144,7 +141,7 @@ async def upload_job_assets(
     attempt = await upload_assets(assets, user_id, job_id, journal)
     if not attempt.again:
         return attempt.stored
-    reupload = with_settings_retries(reupload_asset, settings)
+    reupload = with_retries(reupload_asset, storage_policy(settings))
     settled = await asyncio.gather(
         *(reupload(asset, user_id, job_id, journal) for asset in attempt.again),
         return_exceptions=True,
@@ -189,7 +186,7 @@ async def refuse_stored_job(user_id: str, job_id: str) -> None:
 
 async def check_job_folder(user_id: str, job_id: str, settings: Settings) -> None:
     """:func:`refuse_stored_job`, transient listing failures retried as uploads are."""
-    await with_settings_retries(refuse_stored_job, settings)(user_id, job_id)
+    await with_retries(refuse_stored_job, storage_policy(settings))(user_id, job_id)
 
 
 @task(name="undo-uploads", task_run_name=run_name("undo"), cache_policy=NO_CACHE)

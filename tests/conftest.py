@@ -53,7 +53,7 @@ def make_settings(
         "job_callback_secret": SecretStr(secret),
         "callback_retry_window_seconds": 2.0,
         "callback_retry_base_seconds": 0.05,
-        "upload_retry_base_seconds": 0.05,
+        "storage_retry_base_seconds": 0.05,
     }
     values.update(overrides)
     return Settings(**values)  # type: ignore[arg-type]

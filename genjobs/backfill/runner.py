@@ -40,7 +40,7 @@ from genjobs.backfill.transfer import CopyOrder, CopyOutcome, Fingerprint, Listi
 from genjobs.db.backfilled_objects import BackfilledCopy
 from genjobs.settings import Settings
 from genjobs.storage.base import ObjectInfo
-from tasks.naming import with_settings_retries
+from tasks.retries import database_policy, storage_policy, with_retries
 
 _MD5_HEX = re.compile(r"^[0-9a-f]{32}$")
 
@@ -59,8 +59,8 @@ class TargetProber:
     @classmethod
     def from_settings(cls, settings: Settings, concurrency: int) -> TargetProber:
         return cls(
-            with_settings_retries(probe_targets, settings),
-            with_settings_retries(probe_target, settings),
+            with_retries(probe_targets, storage_policy(settings)),
+            with_retries(probe_target, storage_policy(settings)),
             concurrency,
         )
 
@@ -148,11 +148,11 @@ class BackfillRun:
 
     def __post_init__(self) -> None:
         self.prober = TargetProber.from_settings(self.settings, self.concurrency)
-        self.copy_task = with_settings_retries(copy_batch, self.settings)
-        self.retry_task = with_settings_retries(copy_object, self.settings)
-        self.remove_task = with_settings_retries(remove_objects, self.settings)
-        self.fingerprint_task = with_settings_retries(fingerprint_sources, self.settings)
-        self.record_task = with_settings_retries(record_backfilled_copies, self.settings)
+        self.copy_task = with_retries(copy_batch, storage_policy(self.settings))
+        self.retry_task = with_retries(copy_object, storage_policy(self.settings))
+        self.remove_task = with_retries(remove_objects, storage_policy(self.settings))
+        self.fingerprint_task = with_retries(fingerprint_sources, storage_policy(self.settings))
+        self.record_task = with_retries(record_backfilled_copies, database_policy(self.settings))
 
     @property
     def manifest(self) -> Manifest:

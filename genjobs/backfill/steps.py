@@ -33,7 +33,7 @@ from genjobs.db.backfilled_objects import BackfilledCopy, forget_copies, record_
 from genjobs.errors import StorageError
 from genjobs.runtime import get_runtime
 from genjobs.storage.base import ObjectInfo
-from tasks.naming import retry_if_transient
+from tasks.retries import retry_if_transient
 
 RETRY_OPTIONS: dict[str, Any] = {
     "retries": 4,

@@ -490,8 +490,8 @@ def seeded(seeded_storage: SeededStorage, legacy_seed: LegacySeed) -> SeededStor
 def make_runtime(store: SeededStorage, home: Path, **settings: object) -> Runtime:
     values: dict[str, object] = {
         "home": home,
-        "upload_retries": 8,
-        "upload_retry_base_seconds": 0.01,
+        "storage_retries": 8,
+        "storage_retry_base_seconds": 0.01,
     }
     values.update(settings)
     return Runtime(
@@ -520,7 +520,7 @@ def installed_runtime(store: SeededStorage, home: Path, **settings: object) -> I
 def local_runtime(storage: LocalFolderStorage, home: Path) -> Iterator[Runtime]:
     """The local folder backend installed for the flows while the block runs."""
     runtime = Runtime(
-        settings=Settings(home=home, upload_retry_base_seconds=0.01),  # type: ignore[call-arg]
+        settings=Settings(home=home, storage_retry_base_seconds=0.01),  # type: ignore[call-arg]
         storage=storage,
         callback_url=None,
         callback_secret=None,
