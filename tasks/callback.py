@@ -73,7 +73,9 @@ async def deliver_callback(
     )
     try:
         if orchestrated:
-            sender = send_callback.with_options(retries=len(delays), retry_delay_seconds=delays)
+            sender = send_callback.with_options(
+                retries=len(delays), retry_delay_seconds=delays, retry_jitter_factor=0.5
+            )
             return await sender(payload.job_id, payload.status, body)
         return await _send_with_retries(payload.job_id, payload.status, body, delays)
     except CallbackUnavailable:

@@ -199,16 +199,18 @@ async def test_a_gateway_stalled_mid_upload_is_timed_out_and_the_retry_stores_th
 
 
 @pytest.mark.slow
-async def test_receiver_down_for_a_minute_still_gets_one_accepted_delivery(
+async def test_receiver_down_through_a_dozen_attempts_still_gets_one_accepted_delivery(
     use_supabase: Callable[..., Runtime], receiver: CallbackReceiver
 ) -> None:
+    # The production window is 15 minutes of attempts whose delays double up to a minute; the
+    # same schedule scaled down (delays doubling from 0.2 s up to 1 s) meets an outage of 15 s.
     use_supabase(
-        callback_retry_window_seconds=120,
-        callback_retry_base_seconds=1.0,
-        callback_retry_cap_seconds=4.0,
+        callback_retry_window_seconds=60,
+        callback_retry_base_seconds=0.2,
+        callback_retry_cap_seconds=1.0,
     )
     job = sdxl_job(num_images=1)
-    receiver.down_for(60)
+    receiver.down_for(15)
     state = await generate_job(job, return_state=True)
     assert state.is_completed(), state.message
     answered = [r.answered for r in receiver.requests]
