@@ -1,6 +1,11 @@
 """Source objects into the target bucket, verified, with their thumbnails. Synchronous storage.
 
-A copy counts only once the target has been read back with the source's size and SHA-256.
+Each object is downloaded once: its bytes are fingerprinted (size, SHA-256, MD5), written to the
+target (by the server where it can copy, else uploaded), and thumbnailed. A copy counts only once
+the target is verified: by its listed size and MD5 ETag, which the server computes from the bytes
+it stored, or, where the listing carries no MD5 (a backend without ETags, an object stored in
+parts), by reading the target back and comparing size and SHA-256.
+
 :func:`copy_and_verify` raises storage errors a retry could fix and returns refusals for good
 (a MIME type or size the target refuses, a source that vanished) as a result.
 :func:`run_copy_batch` does a whole batch on a bounded thread pool and reports each object's
@@ -15,8 +20,9 @@ from __future__ import annotations
 
 import hashlib
 import logging
+import re
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Literal
 
 from genjobs.backfill.plan import PlannedCopy
@@ -60,6 +66,7 @@ class CopyResult:
         written: Whether this call wrote the target.
         detail: A sentence for the report.
         server_copy_refused: A server-side copy was refused and the bytes were uploaded.
+        source_bytes: The source's bytes as read (for its thumbnail; not compared or shown).
     """
 
     outcome: Literal["copied", "already_present", "conflict", "refused"]
@@ -68,6 +75,44 @@ class CopyResult:
     written: bool = False
     detail: str | None = None
     server_copy_refused: bool = False
+    source_bytes: bytes | None = field(default=None, repr=False, compare=False)
+
+
+_MD5_ETAG = re.compile(r"[0-9a-f]{32}")
+
+
+def listed_match(info: ObjectInfo, source: Fingerprint) -> bool | None:
+    """Whether a listed object holds the source's bytes, by its size and MD5 ETag; ``None``
+    when the listing cannot tell (no ETag, or one that is not an MD5: an object in parts)."""
+    if info.size != source.size:
+        return False
+    etag = (info.etag or "").lower()
+    if _MD5_ETAG.fullmatch(etag) is None:
+        return None
+    return etag == source.md5
+
+
+def _listed_target(storage: StorageBackend, item: PlannedCopy) -> ObjectInfo | None:
+    """The target as its folder's listing shows it (no download); None when not listed."""
+    for info in storage.list(item.target_bucket, job_prefix_of(item)):
+        if info.path == item.target_path:
+            return info
+    return None
+
+
+def _target_holds(
+    storage: StorageBackend, item: PlannedCopy, source: Fingerprint, listed: ObjectInfo | None
+) -> bool | None:
+    """Whether the target holds the source's bytes (``None``: there is no target), by its
+    listing where that tells, else by reading it back."""
+    if listed is not None:
+        verdict = listed_match(listed, source)
+        if verdict is not None:
+            return verdict
+    current = _read_optional(storage, item.target_bucket, item.target_path)
+    if current is None:
+        return None
+    return fingerprint(current) == source
 
 
 def _read_optional(storage: StorageBackend, bucket: str, path: str) -> bytes | None:
@@ -105,16 +150,16 @@ def copy_and_verify(
     storage: StorageBackend,
     item: PlannedCopy,
     *,
-    target_exists: bool,
+    existing_target: ObjectInfo | None,
     may_overwrite: bool,
     server_copy: bool,
 ) -> CopyResult:
-    """Copy one source to its target and read the target back to verify it.
+    """Copy one source to its target and verify the target, downloading the source once.
 
     Args:
         storage: The backend holding both buckets.
         item: The planned copy.
-        target_exists: The target was listed before this run touched it.
+        existing_target: The target as listed before this run touched it (None: not there).
         may_overwrite: The existing target is the backfill's own unfinished work, so other
             bytes there may be replaced; otherwise they are a conflict and stay.
         server_copy: Let the server copy the bytes (``storage.copy``); falls back to an upload
@@ -130,17 +175,21 @@ def copy_and_verify(
             raise
         return CopyResult("refused", detail=f"The source could not be read: {exc.message}")
     source_print = fingerprint(data)
-    if target_exists:
-        current = _read_optional(storage, item.target_bucket, item.target_path)
-        if current is not None and fingerprint(current) == source_print:
+    if existing_target is not None:
+        holds = _target_holds(storage, item, source_print, existing_target)
+        if holds:
             return CopyResult(
-                "already_present", source_print, detail="The target already holds the same bytes"
+                "already_present",
+                source_print,
+                detail="The target already holds the same bytes",
+                source_bytes=data,
             )
-        if current is not None and not may_overwrite:
+        if holds is not None and not may_overwrite:
             return CopyResult(
                 "conflict",
                 source_print,
-                detail=f"The target holds {len(current)} other bytes; left alone",
+                detail=f"The target holds other bytes than its source ({existing_target.size} "
+                "listed); left alone",
             )
     try:
         method, fell_back = _write_target(storage, item, data, server_copy)
@@ -150,19 +199,21 @@ def copy_and_verify(
         return CopyResult(
             "refused", source_print, detail=f"The target refused the object: {exc.message}"
         )
-    del data
-    written = _read_optional(storage, item.target_bucket, item.target_path)
-    written_print = fingerprint(written) if written is not None else None
-    if written_print != source_print:
+    if not _target_holds(storage, item, source_print, _listed_target(storage, item)):
         raise StorageError(
-            f"The copy of {item.key} at {item.target_bucket}/{item.target_path} does not match "
-            f"its source (source {source_print.size} bytes sha256 {source_print.sha256[:12]}, "
-            f"target {written_print})",
+            f"The copy of {item.key} at {item.target_bucket}/{item.target_path} does not hold "
+            f"the bytes of its source ({source_print.size} bytes, sha256 "
+            f"{source_print.sha256[:12]})",
             code="VERIFY_MISMATCH",
             retryable=True,
         )
     return CopyResult(
-        "copied", source_print, method=method, written=True, server_copy_refused=fell_back
+        "copied",
+        source_print,
+        method=method,
+        written=True,
+        server_copy_refused=fell_back,
+        source_bytes=data,
     )
 
 
@@ -177,13 +228,13 @@ class ThumbnailResult:
     sha256: str | None = None
 
 
-def write_thumbnail(storage: StorageBackend, item: PlannedCopy) -> ThumbnailResult:
-    """Decode the (verified) target and store its WEBP poster next to it.
+def write_thumbnail(storage: StorageBackend, item: PlannedCopy, data: bytes) -> ThumbnailResult:
+    """Decode ``data`` (the source's bytes, which the verified target holds) and store its
+    WEBP poster next to the target.
 
     Undecodable bytes or a refused upload leave no thumbnail (the asset keeps no poster);
     retryable storage errors are raised.
     """
-    data = storage.get(item.target_bucket, item.target_path)
     try:
         webp = make_thumbnail(data, item.source.is_video)
     except ThumbnailError as exc:
@@ -300,7 +351,7 @@ def backfill_object(
     result = copy_and_verify(
         storage,
         item,
-        target_exists=target_there,
+        existing_target=existing.get(item.target_path),
         may_overwrite=order.may_overwrite,
         server_copy=order.server_copy,
     )
@@ -317,8 +368,8 @@ def backfill_object(
     created_thumb = item.thumbnail_path in existing and not order.thumbnail_preexisting
     thumb_written = undecodable = False
     thumb_sha: str | None = None
-    if item.thumbnail_path not in existing:
-        made = write_thumbnail(storage, item)
+    if item.thumbnail_path not in existing and result.source_bytes is not None:
+        made = write_thumbnail(storage, item, result.source_bytes)
         thumb_path, created_thumb, thumb_written = made.path, made.created, made.created
         undecodable, thumb_sha = made.undecodable, made.sha256
         if made.error:

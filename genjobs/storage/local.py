@@ -44,7 +44,9 @@ class LocalFolderStorage:
         os.replace(tmp, target)
         meta = self._meta(bucket, path)
         meta.parent.mkdir(parents=True, exist_ok=True)
-        meta.write_text(json.dumps({"content_type": content_type}))
+        meta_tmp = meta.with_name(meta.name + ".part")
+        meta_tmp.write_text(json.dumps({"content_type": content_type}))
+        os.replace(meta_tmp, meta)  # a concurrent listing reads the old or the new, never half
         return StoredObject(bucket=bucket, path=path, size=len(data), content_type=content_type)
 
     def get(self, bucket: str, path: str) -> bytes:
@@ -86,7 +88,9 @@ class LocalFolderStorage:
         if not base.is_dir():
             raise StorageError(f"Bucket {bucket} not found", status="404", code="BUCKET_NOT_FOUND")
         found = []
-        for file in base.rglob("*"):
+        # Walk only the folder the prefix names (its part up to the last "/").
+        folder = base / prefix.rpartition("/")[0] if "/" in prefix else base
+        for file in folder.rglob("*"):
             if not file.is_file() or file.name.endswith(".part"):
                 continue
             rel = file.relative_to(base).as_posix()
