@@ -34,7 +34,6 @@ import statistics
 import sys
 import tempfile
 import time
-import uuid
 from collections import Counter
 from collections.abc import Iterator
 from datetime import datetime
@@ -44,22 +43,16 @@ from typing import Any
 REPO_ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO_ROOT))
 
+from benchmarks.common import job_payload  # noqa: E402
+
 SECRET = "scale-callback-secret"
 JWT_SECRET = "scale-jwt-secret-0123456789abcdef0123456789abcd"
-USER_ID = "5b0c9f3e-2a41-4c7d-9e8f-1a2b3c4d5e6f"
 FAST = "benchmarks.fast_renderer:FastRenderer"
 RETRIGGER_SAMPLE = 50
 
 
 def job() -> dict[str, Any]:
-    return {
-        "id": str(uuid.uuid4()),
-        "user_id": USER_ID,
-        "type": "sdxl_image_fast",
-        "prompt": "a lighthouse at dusk",
-        "config": {"num_images": 1, "num_inference_steps": 10, "resolution": "256x256"},
-        "metadata": {"aspect_ratio": "1:1"},
-    }
+    return job_payload(resolution="256x256")
 
 
 def iso_seconds(value: str) -> float:

@@ -32,7 +32,6 @@ import statistics
 import sys
 import tempfile
 import time
-import uuid
 from collections import defaultdict
 from pathlib import Path
 from typing import Any
@@ -40,21 +39,15 @@ from typing import Any
 REPO_ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO_ROOT))
 
+from benchmarks.common import job_payload  # noqa: E402
+
 SECRET = "warm-path-callback-secret"
-USER_ID = "3f1b6a52-8c0d-4d8e-9b9a-2f4c7e1d0a11"
 FAST = "benchmarks.fast_renderer:FastRenderer"
 PATHS = ("warm runner", "process worker")
 
 
 def job() -> dict[str, Any]:
-    return {
-        "id": str(uuid.uuid4()),
-        "user_id": USER_ID,
-        "type": "sdxl_image_fast",
-        "prompt": "a lighthouse at dusk",
-        "config": {"num_images": 1, "num_inference_steps": 10, "resolution": "512x512"},
-        "metadata": {"aspect_ratio": "1:1"},
-    }
+    return job_payload(resolution="512x512")
 
 
 def closed_loop(
