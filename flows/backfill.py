@@ -35,6 +35,7 @@ from prefect.artifacts import (
 )
 from prefect.runtime import flow_run as current_flow_run
 
+from blocks.connections import aload_connections
 from genjobs.backfill.jobs_lookup import load_video_jobs
 from genjobs.backfill.legacy_paths import LEGACY_BUCKETS, VideoJobLookup
 from genjobs.backfill.manifest import ManifestWriter, load_manifest
@@ -48,20 +49,20 @@ from genjobs.backfill.report import (
     run_markdown,
 )
 from genjobs.backfill.rollback import RollbackPlan, apply_rollback, plan_rollback
-from genjobs.backfill.runner import BackfillRun, TargetProber
-from genjobs.backfill.steps import (
+from genjobs.backfill.run_state import BackfillRun
+from genjobs.backfill.transfer import ContentCheck
+from genjobs.db.sql import DSN_SETTING
+from genjobs.errors import JobError
+from genjobs.settings import Settings
+from genjobs.storage.base import StorageBackend, copies_across_buckets_server_side
+from tasks.backfill import (
     check_target_bucket,
     forget_backfilled_copies,
     hash_contents,
     inventory_bucket,
     remove_objects,
 )
-from genjobs.backfill.transfer import ContentCheck
-from genjobs.db.sql import DSN_SETTING
-from genjobs.errors import JobError
-from genjobs.runtime import get_runtime
-from genjobs.settings import Settings
-from genjobs.storage.base import copies_across_buckets_server_side
+from tasks.backfill_run import BackfillSteps, TargetProber
 from tasks.retries import database_policy, storage_policy, with_retries
 
 DEFAULT_TARGET_BUCKET = "workspace-temp"
@@ -110,12 +111,14 @@ def _summary(plan: BackfillPlan, dry_run: bool, manifest_path: Path) -> Backfill
     )
 
 
-async def _inventory(bucket_names: list[str], settings: Settings) -> list[BucketInventory]:
+async def _inventory(
+    bucket_names: list[str], storage: StorageBackend, settings: Settings
+) -> list[BucketInventory]:
     task_obj = with_retries(inventory_bucket, storage_policy(settings))
 
     async def one(bucket: str) -> BucketInventory:
         try:
-            inventory: BucketInventory = await task_obj(bucket)
+            inventory: BucketInventory = await task_obj(storage, bucket)
             return inventory
         except Exception as exc:
             get_run_logger().error("Listing the legacy bucket %s failed for good: %s", bucket, exc)
@@ -198,8 +201,8 @@ async def backfill_legacy_buckets(
     if since is not None and until is not None and since >= until:
         raise ValueError(f"since ({since}) must be before until ({until})")
     logger = get_run_logger()
-    runtime = get_runtime()
-    settings = runtime.settings
+    connections = await aload_connections(renders=False)
+    settings, storage = connections.settings, connections.storage
     dsn = settings.database_dsn.get_secret_value() if settings.database_dsn else None
     if delete_sources and dsn is None:
         raise BackfillRefused(
@@ -212,7 +215,7 @@ async def backfill_legacy_buckets(
     )
     manifest = load_manifest(manifest_file)
     lookup = await asyncio.to_thread(_video_lookup, settings)
-    inventories = await _inventory(list(buckets or LEGACY_BUCKETS), settings)
+    inventories = await _inventory(list(buckets or LEGACY_BUCKETS), storage, settings)
     plan = build_plan(inventories, target_bucket, lookup, since, until)
     summary = _summary(plan, dry_run, manifest_file)
     _log_plan(plan, summary)
@@ -228,7 +231,7 @@ async def backfill_legacy_buckets(
         logger.info("Dry run: nothing was written.")
         return summary
 
-    await with_retries(check_target_bucket, storage_policy(settings))(target_bucket)
+    await with_retries(check_target_bucket, storage_policy(settings))(storage, target_bucket)
     if dsn is None:
         logger.warning(
             "No database is configured (%s): the copies are not recorded in "
@@ -240,31 +243,28 @@ async def backfill_legacy_buckets(
         run = BackfillRun(
             plan=plan,
             writer=writer,
-            settings=settings,
-            concurrency=concurrency,
-            max_objects_per_second=max_objects_per_second,
-            cross_bucket_server_copy=copies_across_buckets_server_side(runtime.storage),
-            dsn=dsn,
+            cross_bucket_server_copy=copies_across_buckets_server_side(storage),
         )
+        steps = BackfillSteps(run, storage, settings, concurrency, max_objects_per_second, dsn)
         run.record_unmappable()
-        primaries, duplicates = await run.resolve_collisions()
+        primaries, duplicates = await steps.resolve_collisions()
         work = plan.copies + primaries
         progress = await acreate_progress_artifact(
             0.0, key="backfill-progress", description="Legacy backfill progress"
         )
         for number, batch in enumerate(batched(work, batch_size), start=1):
-            await run.copy_batch(number, batch)
+            await steps.copy_batch(number, batch)
             writer.sync()
-            recorded = await run.record_copies(batch)
+            recorded = await steps.record_copies(batch)
             if delete_sources:
-                await run.remove_sources(batch, recorded)
+                await steps.remove_sources(batch, recorded)
             done = min(number * batch_size, len(work))
             await aupdate_progress_artifact(progress, 99.0 * done / len(work))
             logger.info("Batch %d done: %d of %d source(s) handled.", number, done, len(work))
         verified_duplicates = run.record_duplicates(duplicates)
-        recorded = await run.record_copies(verified_duplicates)
+        recorded = await steps.record_copies(verified_duplicates)
         if delete_sources:
-            await run.remove_sources(verified_duplicates, recorded)
+            await steps.remove_sources(verified_duplicates, recorded)
         await aupdate_progress_artifact(progress, 100.0)
 
     summary.outcomes = dict(
@@ -330,7 +330,8 @@ async def rollback_backfill(
         dry_run: Only report what would be removed.
     """
     logger = get_run_logger()
-    settings = get_runtime().settings
+    connections = await aload_connections(renders=False)
+    settings, storage = connections.settings, connections.storage
     path = (
         Path(manifest_path)
         if manifest_path
@@ -342,11 +343,11 @@ async def rollback_backfill(
     hash_task = with_retries(hash_contents, storage_policy(settings))
 
     async def hasher(checks: list[ContentCheck]) -> list[str | None]:
-        hashes: list[str | None] = await hash_task(checks, LIST_CONCURRENCY)
+        hashes: list[str | None] = await hash_task(storage, checks, LIST_CONCURRENCY)
         return hashes
 
     plan = await plan_rollback(
-        manifest, TargetProber.from_settings(settings, LIST_CONCURRENCY), hasher
+        manifest, TargetProber.using(storage, settings, LIST_CONCURRENCY), hasher
     )
     summary = RollbackSummary(
         dry_run=dry_run,
@@ -356,7 +357,12 @@ async def rollback_backfill(
         conflicts=plan.conflicts,
     )
     if not dry_run:
-        remove = with_retries(remove_objects, storage_policy(settings))
+        remove_task = with_retries(remove_objects, storage_policy(settings))
+
+        async def remove(bucket: str, paths: list[str]) -> list[str]:
+            removed: list[str] = await remove_task(storage, bucket, paths)
+            return removed
+
         with ManifestWriter(manifest, run_id=_flow_run_id()) as writer:
             summary.removed = await apply_rollback(plan, writer, remove)
         await _forget_removed_copies(plan, set(summary.removed), settings)

@@ -24,28 +24,29 @@ that would go with its reason, and count what stays by reason.
 
 from __future__ import annotations
 
-import asyncio
 import re
 from collections import Counter
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 
-from prefect import flow, get_run_logger, task
+from prefect import flow, get_run_logger
 from prefect.artifacts import acreate_markdown_artifact
 from pydantic import BaseModel, Field
 
+from blocks.connections import aload_connections
 from genjobs.backfill.report import table
-from genjobs.backfill.steps import RETRY_OPTIONS, remove_objects
 from genjobs.db.sql import DSN_SETTING
-from genjobs.db.workspace_evidence import (
-    Evidence,
-    check_tables,
-    delete_expired_rows,
-    read_evidence,
-)
+from genjobs.db.workspace_evidence import Evidence
 from genjobs.errors import JobError
-from genjobs.runtime import get_runtime
-from genjobs.storage.base import ObjectInfo
+from genjobs.settings import Settings
+from genjobs.storage.base import ObjectInfo, StorageBackend
+from tasks.backfill import remove_objects
+from tasks.cleanup import (
+    check_tables_task,
+    delete_expired_rows_task,
+    list_bucket,
+    read_evidence_task,
+)
 from tasks.retries import database_policy, storage_policy, with_retries
 
 BUCKET = "workspace-temp"
@@ -167,32 +168,6 @@ def _undecided(info: ObjectInfo, cutoff: datetime) -> str | None:
     return KEEP_YOUNG if info.created_at >= cutoff else None
 
 
-@task(name="list-bucket", task_run_name="list-{bucket}", **RETRY_OPTIONS)
-async def list_bucket(bucket: str) -> list[ObjectInfo]:
-    """Every object of the bucket with its size and ``created_at``."""
-    return await asyncio.to_thread(get_runtime().storage.list, bucket)
-
-
-@task(name="check-tables", **RETRY_OPTIONS)
-async def check_tables_task(dsn: str) -> None:
-    """Fail unless every table whose rows can keep an object exists."""
-    await asyncio.to_thread(check_tables, dsn)
-
-
-@task(name="read-evidence", **RETRY_OPTIONS)
-async def read_evidence_task(dsn: str, paths: list[str], job_ids: list[str]) -> Evidence:
-    """The rows, jobs, references and backfill records of a batch of objects."""
-    return await asyncio.to_thread(read_evidence, dsn, BUCKET, paths, job_ids)
-
-
-@task(name="delete-expired-rows", **RETRY_OPTIONS)
-async def delete_expired_rows_task(
-    dsn: str, paths: list[str], now: datetime
-) -> list[tuple[str, str | None]]:
-    """Delete the expired ``workspace_assets`` rows of these objects; returns their paths."""
-    return await asyncio.to_thread(delete_expired_rows, dsn, paths, now)
-
-
 def cleanup_markdown(summary: CleanupSummary) -> str:
     mode = "dry run, nothing removed" if summary.dry_run else "run"
     going = "would go" if summary.dry_run else "removed"
@@ -260,7 +235,8 @@ async def cleanup_workspace(
     if moment > datetime.now(UTC):
         raise ValueError(f"now must not be later than the current time, got {moment.isoformat()}")
     logger = get_run_logger()
-    settings = get_runtime().settings
+    connections = await aload_connections(renders=False)
+    settings, storage = connections.settings, connections.storage
     dsn = settings.database_dsn.get_secret_value() if settings.database_dsn else None
     cutoff = moment - timedelta(days=ttl_days)
     summary = CleanupSummary(
@@ -278,7 +254,7 @@ async def cleanup_workspace(
         )
     if dsn is not None:
         await with_retries(check_tables_task, database_policy(settings))(dsn)
-    objects = await with_retries(list_bucket, storage_policy(settings))(BUCKET)
+    objects = await with_retries(list_bucket, storage_policy(settings))(storage, BUCKET)
     summary.listed = len(objects)
     kept: Counter[str] = Counter()
     if dsn is None:
@@ -304,7 +280,9 @@ async def cleanup_workspace(
             contract = [i for i in batch if CONTRACT_PATH.match(i.path)]
             job_ids = sorted({m["job"] for i in contract if (m := CONTRACT_PATH.match(i.path))})
             evidence = (
-                await read(dsn, [i.path for i in contract], job_ids) if contract else Evidence()
+                await read(dsn, BUCKET, [i.path for i in contract], job_ids)
+                if contract
+                else Evidence()
             )
             for info in batch:
                 verdict = judge(info, evidence, moment, cutoff)
@@ -320,7 +298,7 @@ async def cleanup_workspace(
                 else:
                     kept[verdict.reason] += 1
         if not dry_run:
-            await _remove(summary, by_path, dsn, batch_size)
+            await _remove(summary, by_path, dsn, batch_size, storage, settings)
     summary.kept = dict(kept)
     if dry_run:
         summary.bytes_freed = sum(c.size for c in summary.candidates)
@@ -342,14 +320,18 @@ async def cleanup_workspace(
 
 
 async def _remove(
-    summary: CleanupSummary, by_path: dict[str, ObjectInfo], dsn: str, batch_size: int
+    summary: CleanupSummary,
+    by_path: dict[str, ObjectInfo],
+    dsn: str,
+    batch_size: int,
+    storage: StorageBackend,
+    settings: Settings,
 ) -> None:
     """Delete the candidates' expired rows, then the objects, batch by batch.
 
     An object judged by its rows goes only once those rows were deleted here (a row that
     changed meanwhile is not deleted, and keeps its objects).
     """
-    settings = get_runtime().settings
     remove = with_retries(remove_objects, storage_policy(settings))
     delete_rows = with_retries(delete_expired_rows_task, database_policy(settings))
     rows_gone: set[str] = set()
@@ -364,7 +346,7 @@ async def _remove(
                 "Kept %d object(s) whose rows changed after they were judged.",
                 len(batch) - len(paths),
             )
-        removed = set(await remove(BUCKET, paths)) if paths else set()
+        removed = set(await remove(storage, BUCKET, paths)) if paths else set()
         summary.removed += len(removed)
         summary.bytes_freed += sum(by_path[p].size for p in paths if p in removed)
 

@@ -17,10 +17,8 @@ import re
 from collections import defaultdict
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
-from typing import Any
 
 from genjobs.backfill.manifest import EntryState, Manifest, ManifestRecord, ManifestWriter, Outcome
-from genjobs.backfill.runner import TargetProber
 from genjobs.backfill.transfer import ContentCheck
 from genjobs.storage.base import ObjectInfo
 
@@ -90,6 +88,13 @@ _MD5_HEX = re.compile(r"^[0-9a-f]{32}$")
 Hasher = Callable[[list[ContentCheck]], Awaitable[list[str | None]]]
 """SHA-256 of each object (or of the thumbnail it makes), None for one that is gone."""
 
+Prober = Callable[[str, list[str]], Awaitable[tuple[dict[str, ObjectInfo], dict[str, str]]]]
+"""``(bucket, folders)`` -> the objects found there by path, and the folders that could not be
+listed (folder -> error)."""
+
+Remover = Callable[[str, list[str]], Awaitable[list[str]]]
+"""``(bucket, paths)`` -> the paths that existed and were removed."""
+
 
 @dataclass(frozen=True)
 class _Judged:
@@ -135,7 +140,7 @@ def _verdict(judged: _Judged, hashes: dict[ContentCheck, str | None]) -> str | N
     return None
 
 
-async def plan_rollback(manifest: Manifest, prober: TargetProber, hasher: Hasher) -> RollbackPlan:
+async def plan_rollback(manifest: Manifest, prober: Prober, hasher: Hasher) -> RollbackPlan:
     """Check what the backfill owns against what is there now, by content."""
     owned, kept = owned_objects(manifest)
     plan = RollbackPlan(kept=kept)
@@ -186,7 +191,7 @@ def _rollback_record(state: EntryState, outcome: Outcome, detail: str) -> Manife
     )
 
 
-async def apply_rollback(plan: RollbackPlan, writer: ManifestWriter, remove_task: Any) -> list[str]:
+async def apply_rollback(plan: RollbackPlan, writer: ManifestWriter, remove: Remover) -> list[str]:
     """Remove the planned objects, recording per source what went; returns the removed paths.
 
     A source whose objects all went (or were already gone) is ``rolled_back`` and owns nothing
@@ -198,7 +203,7 @@ async def apply_rollback(plan: RollbackPlan, writer: ManifestWriter, remove_task
         for start in range(0, len(entries), REMOVE_CHUNK):
             chunk = entries[start : start + REMOVE_CHUNK]
             wanted = [path for entry in chunk for path in entry.remove]
-            removed = set(await remove_task(bucket, wanted)) if wanted else set()
+            removed = set(await remove(bucket, wanted)) if wanted else set()
             removed_paths += [f"{bucket}/{path}" for path in wanted if path in removed]
             for entry in chunk:
                 gone = ", ".join(p for p in entry.remove if p in removed) or "nothing"

@@ -30,10 +30,8 @@ from pydantic import SecretStr
 
 from devstack.storage_proxy import StorageProxy
 from devstack.storage_standin import CONTRACT_BUCKETS
-from genjobs.runtime import Runtime, set_runtime
 from genjobs.settings import Settings
 from genjobs.storage.local import LocalFolderStorage
-from genjobs.storage.supabase import SupabaseStorage
 from tests.real_storage import RealStorage
 
 TARGET = "workspace-temp"
@@ -487,57 +485,54 @@ def seeded(seeded_storage: SeededStorage, legacy_seed: LegacySeed) -> SeededStor
     return seeded_storage
 
 
-def make_runtime(store: SeededStorage, home: Path, **settings: object) -> Runtime:
+def settings_env(**values: object) -> dict[str, str]:
+    """The ``GENJOBS_*`` environment variables that make :class:`Settings` read ``values``."""
+    env = {}
+    for name, value in values.items():
+        plain = value.get_secret_value() if isinstance(value, SecretStr) else value
+        env[f"GENJOBS_{name.upper()}"] = str(plain)
+    return env
+
+
+@contextmanager
+def configured(**values: object) -> Iterator[Settings]:
+    """The environment set as a worker's would be for ``values`` while the block runs; the
+    flows build their settings and storage from it."""
+    with pytest.MonkeyPatch.context() as patch:
+        for name, value in settings_env(**values).items():
+            patch.setenv(name, value)
+        yield Settings()
+
+
+@contextmanager
+def installed_settings(store: SeededStorage, home: Path, **settings: object) -> Iterator[Settings]:
+    """The seeded server through the test's proxy configured for the flows while the block
+    runs (the service key in the environment, as on a worker)."""
     values: dict[str, object] = {
         "home": home,
+        "supabase_url": store.url,
+        "supabase_service_key": SecretStr(store.token()),
+        "storage_timeout_seconds": 30.0,
         "storage_retries": 8,
         "storage_retry_base_seconds": 0.01,
     }
     values.update(settings)
-    return Runtime(
-        settings=Settings(**values),  # type: ignore[arg-type]
-        storage=SupabaseStorage.from_supabase(store.url, SecretStr(store.token()), timeout=30.0),
-        callback_url=None,
-        callback_secret=None,
-        callback_bearer=None,
-    )
+    with configured(**values) as installed:
+        yield installed
 
 
 @contextmanager
-def installed_runtime(store: SeededStorage, home: Path, **settings: object) -> Iterator[Runtime]:
-    """:func:`make_runtime`, installed for the flows while the block runs."""
-    runtime = make_runtime(store, home, **settings)
-    set_runtime(runtime)
-    try:
-        yield runtime
-    finally:
-        set_runtime(None)
-        assert isinstance(runtime.storage, SupabaseStorage)
-        runtime.storage.close()
-
-
-@contextmanager
-def local_runtime(storage: LocalFolderStorage, home: Path) -> Iterator[Runtime]:
-    """The local folder backend installed for the flows while the block runs."""
-    runtime = Runtime(
-        settings=Settings(home=home, storage_retry_base_seconds=0.01),  # type: ignore[call-arg]
-        storage=storage,
-        callback_url=None,
-        callback_secret=None,
-        callback_bearer=None,
-    )
-    set_runtime(runtime)
-    try:
-        yield runtime
-    finally:
-        set_runtime(None)
+def local_settings(storage: LocalFolderStorage, home: Path) -> Iterator[Settings]:
+    """The local folder backend configured for the flows while the block runs."""
+    with configured(home=home, storage_root=storage.root, storage_retry_base_seconds=0.01) as s:
+        yield s
 
 
 @pytest.fixture
-def backfill_runtime(seeded: SeededStorage, tmp_path: Path) -> Iterator[Runtime]:
-    """The Supabase backend on the seeded server, installed for the flows."""
-    with installed_runtime(seeded, tmp_path) as runtime:
-        yield runtime
+def backfill_settings(seeded: SeededStorage, tmp_path: Path) -> Iterator[Settings]:
+    """The Supabase backend on the seeded server, configured for the flows."""
+    with installed_settings(seeded, tmp_path) as settings:
+        yield settings
 
 
 def snapshot(store: SeededStorage) -> dict[tuple[str, str], tuple[str, str]]:
@@ -593,10 +588,10 @@ def own_db() -> Iterator[str]:
 
 
 @pytest.fixture
-def db_backfill_runtime(seeded: SeededStorage, own_db: str, tmp_path: Path) -> Iterator[Runtime]:
-    """:func:`backfill_runtime` with the test's own project database configured."""
-    with installed_runtime(seeded, tmp_path, database_dsn=SecretStr(own_db)) as runtime:
-        yield runtime
+def db_backfill_settings(seeded: SeededStorage, own_db: str, tmp_path: Path) -> Iterator[Settings]:
+    """:func:`backfill_settings` with the test's own project database configured."""
+    with installed_settings(seeded, tmp_path, database_dsn=SecretStr(own_db)) as settings:
+        yield settings
 
 
 def backfilled_rows(dsn: str) -> dict[str, tuple[str, str, int]]:

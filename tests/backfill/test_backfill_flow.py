@@ -23,9 +23,8 @@ from pydantic import SecretStr
 
 from flows.backfill import BackfillRefused, backfill_legacy_buckets, rollback_backfill
 from genjobs.backfill.manifest import ManifestRecord, ManifestWriter, load_manifest
-from genjobs.runtime import Runtime, set_runtime
+from genjobs.settings import Settings
 from genjobs.storage.local import LocalFolderStorage
-from genjobs.storage.supabase import SupabaseStorage
 from tests.backfill.conftest import (
     SEED_START,
     TARGET,
@@ -36,8 +35,8 @@ from tests.backfill.conftest import (
     backfilled_rows,
     final_state,
     frame_level,
-    local_runtime,
-    make_runtime,
+    installed_settings,
+    local_settings,
     png_bytes,
     records,
     seed_uuid,
@@ -100,7 +99,7 @@ def assert_backfilled(seeded: SeededStorage, seed: LegacySeed) -> None:
 
 
 async def test_dry_run_then_run_then_rerun_then_rollback(
-    seeded: SeededStorage, backfill_runtime: Runtime, legacy_seed: LegacySeed, tmp_path: Path
+    seeded: SeededStorage, backfill_settings: Settings, legacy_seed: LegacySeed, tmp_path: Path
 ) -> None:
     manifest = tmp_path / "manifest.jsonl"
     before = snapshot(seeded)
@@ -182,7 +181,7 @@ async def wait_until_quiet(seeded: SeededStorage, quiet: float = 0.5) -> None:
 
 
 async def test_interrupted_run_resumes_without_duplicates(
-    seeded: SeededStorage, backfill_runtime: Runtime, legacy_seed: LegacySeed, tmp_path: Path
+    seeded: SeededStorage, backfill_settings: Settings, legacy_seed: LegacySeed, tmp_path: Path
 ) -> None:
     manifest = tmp_path / "manifest.jsonl"
     run = asyncio.create_task(
@@ -222,7 +221,7 @@ async def test_interrupted_run_resumes_without_duplicates(
 
 
 async def test_faults_lose_nothing(
-    seeded: SeededStorage, backfill_runtime: Runtime, legacy_seed: LegacySeed, tmp_path: Path
+    seeded: SeededStorage, backfill_settings: Settings, legacy_seed: LegacySeed, tmp_path: Path
 ) -> None:
     manifest = tmp_path / "manifest.jsonl"
     refusals = seeded.proxy.fail(f"^POST /storage/v1/object/{TARGET}/", status=403, times=4)
@@ -245,7 +244,7 @@ async def test_faults_lose_nothing(
 
 
 async def test_delete_sources_needs_the_database(
-    seeded: SeededStorage, backfill_runtime: Runtime, tmp_path: Path
+    seeded: SeededStorage, backfill_settings: Settings, tmp_path: Path
 ) -> None:
     manifest = tmp_path / "manifest.jsonl"
     before = snapshot(seeded)
@@ -263,7 +262,7 @@ async def test_delete_sources_needs_the_database(
 @pytest.mark.postgres
 async def test_delete_sources_in_a_time_window(
     seeded: SeededStorage,
-    db_backfill_runtime: Runtime,
+    db_backfill_settings: Settings,
     own_db: str,
     legacy_seed: LegacySeed,
     tmp_path: Path,
@@ -308,7 +307,7 @@ async def test_delete_sources_in_a_time_window(
 
 
 async def test_a_bucket_that_fails_to_list_is_reported_and_skipped(
-    seeded: SeededStorage, backfill_runtime: Runtime, tmp_path: Path
+    seeded: SeededStorage, backfill_settings: Settings, tmp_path: Path
 ) -> None:
     seeded.proxy.fail("^POST /storage/v1/object/list/image_high", status=403, times=1)
     summary = await backfill_legacy_buckets(
@@ -321,7 +320,7 @@ async def test_a_bucket_that_fails_to_list_is_reported_and_skipped(
 
 
 async def test_copies_within_one_bucket_run_on_the_server(
-    seeded: SeededStorage, backfill_runtime: Runtime, legacy_seed: LegacySeed, tmp_path: Path
+    seeded: SeededStorage, backfill_settings: Settings, legacy_seed: LegacySeed, tmp_path: Path
 ) -> None:
     bucket = "sdxl_image_high"
     seeded.clear_requests()
@@ -352,7 +351,7 @@ async def test_local_folder_backend(tmp_path: Path) -> None:
         storage.put("sdxl_image_fast", f"{user}/sdxl_{job}_1754550000_{n}.png", data, "image/png")
     storage.put("image_fast", f"{user}/notes.txt", b"hello", "text/plain")
     (tmp_path / "storage" / TARGET).mkdir()
-    with local_runtime(storage, tmp_path):
+    with local_settings(storage, tmp_path):
         summary = await backfill_legacy_buckets(dry_run=False)
         planned = await rollback_backfill()
     assert summary.outcomes == {"copied": 2}
@@ -392,16 +391,10 @@ async def test_video_ids_resolve_through_the_jobs_table(
         ).fetchone()
         assert row is not None
         resolved[f"{root_video}.mp4"] = f"{seed_uuid('user', 1)}/{row[0]}/0.mp4"
-    runtime = make_runtime(seeded, tmp_path, database_dsn=SecretStr(project_db))
-    set_runtime(runtime)
-    try:
+    with installed_settings(seeded, tmp_path, database_dsn=SecretStr(project_db)):
         summary = await backfill_legacy_buckets(
             dry_run=False, buckets=["image7b_fast_enhanced", "video_high"]
         )
-    finally:
-        set_runtime(None)
-        assert isinstance(runtime.storage, SupabaseStorage)
-        runtime.storage.close()
     assert summary.outcomes["copied"] == len(resolved) + 12
     for source_path, target_path in resolved.items():
         bucket = "video_high" if source_path.endswith(".mp4") else "image7b_fast_enhanced"

@@ -11,14 +11,14 @@ import pytest
 
 from flows.backfill import backfill_legacy_buckets, rollback_backfill
 from flows.cleanup import cleanup_workspace
-from genjobs.runtime import Runtime
+from genjobs.settings import Settings
 from genjobs.storage.local import LocalFolderStorage
 from tests.backfill.conftest import (
     TARGET,
     LegacySeed,
     SeededStorage,
     backfilled_rows,
-    local_runtime,
+    local_settings,
     png_bytes,
     records,
     seed_uuid,
@@ -38,7 +38,7 @@ def same_size_other_bytes(data: bytes) -> bytes:
 
 
 async def test_rerun_and_rollback_keep_a_changed_copy_as_a_conflict(
-    seeded: SeededStorage, backfill_runtime: Runtime, tmp_path: Path
+    seeded: SeededStorage, backfill_settings: Settings, tmp_path: Path
 ) -> None:
     manifest = tmp_path / "manifest.jsonl"
     first = await backfill_legacy_buckets(
@@ -85,7 +85,7 @@ async def test_rollback_compares_bytes_where_the_store_lists_no_md5(tmp_path: Pa
     (tmp_path / "storage" / TARGET).mkdir()
     manifest = tmp_path / "manifest.jsonl"
     changed = f"{user}/{job}/1.png"
-    with local_runtime(storage, tmp_path):
+    with local_settings(storage, tmp_path):
         first = await backfill_legacy_buckets(dry_run=False, manifest_path=str(manifest))
         assert first.outcomes == {"copied": 3}
         other = same_size_other_bytes(storage.get(TARGET, changed))
@@ -119,7 +119,7 @@ def insert_failed_job(conn: object, user: str, job: str) -> None:
 @pytest.mark.postgres
 async def test_backfill_then_cleanup_eight_days_later_keeps_one_copy_of_everything(
     seeded: SeededStorage,
-    db_backfill_runtime: Runtime,
+    db_backfill_settings: Settings,
     own_db: str,
     legacy_seed: LegacySeed,
     tmp_path: Path,

@@ -16,13 +16,13 @@ from pydantic import SecretStr
 
 from flows.cleanup import CleanupRefused, cleanup_workspace
 from genjobs.db.sql import DatabaseError
-from genjobs.runtime import Runtime
+from genjobs.settings import Settings
 from tests.backfill.conftest import (
     TARGET,
     SeededStorage,
     artifact_markdown,
     final_state,
-    installed_runtime,
+    installed_settings,
     png_bytes,
     snapshot,
 )
@@ -74,9 +74,9 @@ def workspace(seeded_storage: SeededStorage) -> Workspace:
 
 
 @pytest.fixture
-def cleanup_runtime(seeded_storage: SeededStorage, tmp_path: Path) -> Iterator[Runtime]:
-    with installed_runtime(seeded_storage, tmp_path) as runtime:
-        yield runtime
+def cleanup_settings(seeded_storage: SeededStorage, tmp_path: Path) -> Iterator[Settings]:
+    with installed_settings(seeded_storage, tmp_path) as settings:
+        yield settings
 
 
 def deletes(seeded: SeededStorage) -> list[str]:
@@ -84,7 +84,7 @@ def deletes(seeded: SeededStorage) -> list[str]:
 
 
 async def test_cleanup_without_a_database_removes_nothing(
-    workspace: Workspace, cleanup_runtime: Runtime
+    workspace: Workspace, cleanup_settings: Settings
 ) -> None:
     seeded = workspace.seeded
     user = _uid()
@@ -114,7 +114,7 @@ async def test_cleanup_without_a_database_removes_nothing(
     assert "nothing can be decided" in report and f"| {old} |" in report
 
 
-async def test_cleanup_takes_no_bucket(workspace: Workspace, cleanup_runtime: Runtime) -> None:
+async def test_cleanup_takes_no_bucket(workspace: Workspace, cleanup_settings: Settings) -> None:
     seeded = workspace.seeded
     library = workspace.put(f"{_uid()}/{_uid()}.png", 30, bucket="user-library")
     with pytest.raises(ParameterBindError, match="bucket"):
@@ -127,7 +127,7 @@ async def test_cleanup_takes_no_bucket(workspace: Workspace, cleanup_runtime: Ru
     [({"ttl_days": 0}, "ttl_days"), ({"now": datetime.now(UTC) + timedelta(days=8)}, "now")],
 )
 async def test_cleanup_refuses_bad_parameters(
-    workspace: Workspace, cleanup_runtime: Runtime, parameters: dict[str, Any], named: str
+    workspace: Workspace, cleanup_settings: Settings, parameters: dict[str, Any], named: str
 ) -> None:
     workspace.asset(_uid(), 9)
     before = snapshot(workspace.seeded)
@@ -188,14 +188,16 @@ def signed(path: str) -> str:
 
 
 @pytest.fixture
-def db_runtime(seeded_storage: SeededStorage, project_db: str, tmp_path: Path) -> Iterator[Runtime]:
-    with installed_runtime(seeded_storage, tmp_path, database_dsn=SecretStr(project_db)) as runtime:
-        yield runtime
+def db_settings(
+    seeded_storage: SeededStorage, project_db: str, tmp_path: Path
+) -> Iterator[Settings]:
+    with installed_settings(seeded_storage, tmp_path, database_dsn=SecretStr(project_db)) as s:
+        yield s
 
 
 @pytest.mark.postgres
 async def test_cleanup_removes_only_expired_assets_and_orphans_of_failed_jobs(
-    workspace: Workspace, project_db: str, db_runtime: Runtime
+    workspace: Workspace, project_db: str, db_settings: Settings
 ) -> None:
     import psycopg
 
@@ -291,7 +293,7 @@ async def test_cleanup_removes_only_expired_assets_and_orphans_of_failed_jobs(
 
 @pytest.mark.postgres
 async def test_cleanup_with_a_missing_table_removes_nothing(
-    workspace: Workspace, project_db: str, db_runtime: Runtime
+    workspace: Workspace, project_db: str, db_settings: Settings
 ) -> None:
     import psycopg
 

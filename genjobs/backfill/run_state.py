@@ -1,23 +1,20 @@
-"""One real backfill run: everything between the plan and the report, batch by batch.
+"""What one real backfill run has decided and done, kept in its manifest, batch by batch.
 
-For each batch the target folders are listed first; a source whose manifest state is verified
-and whose target is still there with the recorded size and MD5 ETag is skipped. Every other
-source gets a ``started`` record (saying whether its target and thumbnail already existed)
-before anything is written, then the batch is copied in one task; sources that hit a transient
-error are retried one by one in their own tasks. Each outcome lands in the manifest as it comes
-back. With a database, the verified copies of each batch are then recorded in
-``public.backfilled_objects``, and only recorded sources may be removed.
+For each batch the target folders are listed first (tasks/backfill_run.py); a source whose
+manifest state is verified and whose target is still there with the recorded size and MD5 ETag
+is skipped. Every other source gets a ``started`` record (saying whether its target and
+thumbnail already existed) before anything is written; each copy outcome lands in the manifest
+as it comes back. With a database, only the verified copies recorded in
+``public.backfilled_objects`` may have their sources removed. Nothing here talks to storage or
+the database: the tasks do, and hand their results to :class:`BackfillRun`.
 """
 
 from __future__ import annotations
 
-import asyncio
 import re
 from collections import defaultdict
 from dataclasses import dataclass, field
 from typing import Any
-
-from prefect import get_run_logger
 
 from genjobs.backfill.manifest import (
     EntryState,
@@ -27,61 +24,14 @@ from genjobs.backfill.manifest import (
     Outcome,
 )
 from genjobs.backfill.plan import BackfillPlan, PlannedCopy
-from genjobs.backfill.steps import (
-    copy_batch,
-    copy_object,
-    fingerprint_sources,
-    probe_target,
-    probe_targets,
-    record_backfilled_copies,
-    remove_objects,
-)
-from genjobs.backfill.transfer import CopyOrder, CopyOutcome, Fingerprint, Listing, job_prefix_of
+from genjobs.backfill.transfer import CopyOrder, CopyOutcome, Fingerprint, job_prefix_of
 from genjobs.db.backfilled_objects import BackfilledCopy
-from genjobs.settings import Settings
 from genjobs.storage.base import ObjectInfo
-from tasks.retries import database_policy, storage_policy, with_retries
 
 _MD5_HEX = re.compile(r"^[0-9a-f]{32}$")
 
 Duplicate = tuple[PlannedCopy, PlannedCopy, Fingerprint | None]
 """``(duplicate source, the source copied instead, the duplicate's fingerprint if read)``."""
-
-
-@dataclass
-class TargetProber:
-    """Lists target folders in one task, then retries each folder that failed in its own."""
-
-    batch_task: Any
-    single_task: Any
-    concurrency: int
-
-    @classmethod
-    def from_settings(cls, settings: Settings, concurrency: int) -> TargetProber:
-        return cls(
-            with_retries(probe_targets, storage_policy(settings)),
-            with_retries(probe_target, storage_policy(settings)),
-            concurrency,
-        )
-
-    async def __call__(
-        self, bucket: str, prefixes: list[str]
-    ) -> tuple[dict[str, ObjectInfo], dict[str, str]]:
-        """Objects found, by path, and the folders still unlisted (folder -> error)."""
-        listing: Listing = await self.batch_task(bucket, prefixes, self.concurrency)
-        found = dict(listing.found)
-        unknown: dict[str, str] = {}
-        semaphore = asyncio.Semaphore(self.concurrency)
-
-        async def again(prefix: str) -> None:
-            async with semaphore:
-                try:
-                    found.update(await self.single_task(bucket, prefix))
-                except Exception as exc:
-                    unknown[prefix] = str(exc)
-
-        await asyncio.gather(*(again(prefix) for prefix in listing.failed))
-        return found, unknown
 
 
 def record_for(item: PlannedCopy, outcome: Outcome, **fields: Any) -> ManifestRecord:
@@ -134,25 +84,13 @@ class BackfillRun:
 
     plan: BackfillPlan
     writer: ManifestWriter
-    settings: Settings
-    concurrency: int
-    max_objects_per_second: float | None
     cross_bucket_server_copy: bool
-    dsn: str | None = None
     records: list[ManifestRecord] = field(default_factory=list)
     verified_earlier: int = 0
     created_objects: int = 0
     bytes_copied: int = 0
     sources_removed: int = 0
     copies_recorded: int = 0
-
-    def __post_init__(self) -> None:
-        self.prober = TargetProber.from_settings(self.settings, self.concurrency)
-        self.copy_task = with_retries(copy_batch, storage_policy(self.settings))
-        self.retry_task = with_retries(copy_object, storage_policy(self.settings))
-        self.remove_task = with_retries(remove_objects, storage_policy(self.settings))
-        self.fingerprint_task = with_retries(fingerprint_sources, storage_policy(self.settings))
-        self.record_task = with_retries(record_backfilled_copies, database_policy(self.settings))
 
     @property
     def manifest(self) -> Manifest:
@@ -189,17 +127,17 @@ class BackfillRun:
                 )
             )
 
-    async def resolve_collisions(self) -> tuple[list[PlannedCopy], list[Duplicate]]:
-        """Compare the bytes of sources that map onto one asset.
+    def settled_collisions(self) -> tuple[list[PlannedCopy], list[Duplicate], list[PlannedCopy]]:
+        """Groups of sources that map onto one asset, as far as the manifest settles them.
 
         Returns:
-            The one source to copy per group of identical sources, and the others as
-            duplicates. Groups whose sources differ are recorded as ``collision`` and copy
-            nothing. Groups verified by an earlier run are not read again.
+            The source copied per group an earlier run verified, the others of those groups as
+            duplicates, and the sources of every other group, whose bytes must be compared
+            (:meth:`compare_collisions`).
         """
         primaries: list[PlannedCopy] = []
         duplicates: list[Duplicate] = []
-        open_groups: list[list[PlannedCopy]] = []
+        unsettled: list[PlannedCopy] = []
         for group in self.plan.collision_groups:
             states = [self.manifest.state(item.key) for item in group]
             if all(s is not None and s.verified for s in states):
@@ -210,18 +148,31 @@ class BackfillRun:
                 primaries.append(primary)
                 duplicates += [(item, primary, None) for item in group if item is not primary]
             else:
-                open_groups.append(group)
-        flat = [item for group in open_groups for item in group]
-        prints: list[Fingerprint | None] = await self.fingerprint_task(flat) if flat else []
-        by_key = {item.key: printed for item, printed in zip(flat, prints, strict=True)}
-        for group in open_groups:
-            group_prints = [by_key[item.key] for item in group]
+                unsettled += group
+        return primaries, duplicates, unsettled
+
+    def compare_collisions(
+        self, prints: dict[str, Fingerprint | None]
+    ) -> tuple[list[PlannedCopy], list[Duplicate]]:
+        """Compare the fingerprints of the unsettled groups' sources (by source key).
+
+        Returns:
+            The one source to copy per group of identical sources, and the others as
+            duplicates. Groups whose sources differ are recorded as ``collision`` and copy
+            nothing.
+        """
+        primaries: list[PlannedCopy] = []
+        duplicates: list[Duplicate] = []
+        for group in self.plan.collision_groups:
+            if any(item.key not in prints for item in group):
+                continue
+            group_prints = [prints[item.key] for item in group]
             shas = {p.sha256 if p is not None else None for p in group_prints}
             if None not in shas and len(shas) == 1 and len({i.source.ext for i in group}) == 1:
                 primaries.append(group[0])
-                duplicates += [(item, group[0], by_key[item.key]) for item in group[1:]]
+                duplicates += [(item, group[0], prints[item.key]) for item in group[1:]]
                 continue
-            sizes = {key: f"{p.size} B" if p else "gone" for key, p in by_key.items()}
+            sizes = {key: f"{p.size} B" if p else "gone" for key, p in prints.items()}
             for item, printed in zip(group, group_prints, strict=True):
                 others = ", ".join(f"{o.key} ({sizes[o.key]})" for o in group if o is not item)
                 self.append(
@@ -236,10 +187,12 @@ class BackfillRun:
 
     # One batch
 
-    async def copy_batch(self, number: int, batch: list[PlannedCopy]) -> None:
-        """Probe the batch's targets, record what starts, copy, and record every outcome."""
-        prefixes = sorted({job_prefix_of(item) for item in batch})
-        found, unknown = await self.prober(self.plan.target_bucket, prefixes)
+    def orders_for(
+        self, batch: list[PlannedCopy], found: dict[str, ObjectInfo], unknown: dict[str, str]
+    ) -> list[CopyOrder]:
+        """The copy orders of a batch, given what its target folders hold (``found``, by path)
+        and which could not be listed (folder -> error); each order's ``started`` record and
+        each unlisted source's ``failed`` record written, sources verified earlier left out."""
         orders = []
         for item in batch:
             error = unknown.get(job_prefix_of(item))
@@ -249,25 +202,7 @@ class BackfillRun:
                 )
             elif (order := self._order(item, found)) is not None:
                 orders.append(order)
-        if not orders:
-            return
-        try:
-            outcomes: list[CopyOutcome] = await self.copy_task(
-                number,
-                orders,
-                self.plan.target_bucket,
-                self.concurrency,
-                self.max_objects_per_second,
-            )
-        except Exception as exc:
-            get_run_logger().error("Batch %d failed as a whole: %s", number, exc)
-            outcomes = [
-                CopyOutcome(key=o.item.key, outcome="failed", transient=True, detail=str(exc))
-                for o in orders
-            ]
-        retried = await self._retry_transient(orders, outcomes)
-        for order, outcome in zip(orders, retried, strict=True):
-            self._record_outcome(order.item, outcome)
+        return orders
 
     def _order(self, item: PlannedCopy, found: dict[str, ObjectInfo]) -> CopyOrder | None:
         """The copy order for one source, its ``started`` record written; None if done before."""
@@ -297,26 +232,8 @@ class BackfillRun:
         )
         return order
 
-    async def _retry_transient(
-        self, orders: list[CopyOrder], outcomes: list[CopyOutcome]
-    ) -> list[CopyOutcome]:
-        """Run each transiently failed source again as its own retried task."""
-        semaphore = asyncio.Semaphore(self.concurrency)
-
-        async def again(order: CopyOrder, outcome: CopyOutcome) -> CopyOutcome:
-            if not outcome.transient:
-                return outcome
-            async with semaphore:
-                try:
-                    result: CopyOutcome = await self.retry_task(order)
-                    return result
-                except Exception as exc:
-                    return CopyOutcome(key=order.item.key, outcome="failed", detail=str(exc))
-
-        pairs = zip(orders, outcomes, strict=True)
-        return list(await asyncio.gather(*(again(order, outcome) for order, outcome in pairs)))
-
-    def _record_outcome(self, item: PlannedCopy, outcome: CopyOutcome) -> None:
+    def record_outcome(self, item: PlannedCopy, outcome: CopyOutcome) -> None:
+        """Count what a copy wrote and record its outcome in the manifest."""
         if outcome.server_copy_refused:
             self.cross_bucket_server_copy = False
         if outcome.written:
@@ -393,22 +310,16 @@ class BackfillRun:
             size=int(state.size or 0),
         )
 
-    async def record_copies(self, items: list[PlannedCopy]) -> set[str]:
-        """Record every verified copy of these sources in ``public.backfilled_objects``.
+    def copies_to_record(self, items: list[PlannedCopy]) -> dict[str, BackfilledCopy]:
+        """The verified copies of these sources that ``public.backfilled_objects`` should hold,
+        by source key."""
+        return {item.key: c for item in items if (c := self._backfilled_copy(item)) is not None}
 
-        Returns the keys of the sources recorded (none without a database). A failure raises:
-        the sources stay, and a later run records them again.
-        """
-        if self.dsn is None:
-            return set()
-        copies = {item.key: c for item in items if (c := self._backfilled_copy(item)) is not None}
-        if copies:
-            await self.record_task(self.dsn, list(copies.values()))
-            self.copies_recorded += len(copies)
-        return set(copies)
-
-    async def remove_sources(self, items: list[PlannedCopy], recorded: set[str]) -> None:
-        """Delete verified sources whose copy is recorded (never anything else)."""
+    def removable_sources(
+        self, items: list[PlannedCopy], recorded: set[str]
+    ) -> dict[str, list[PlannedCopy]]:
+        """Per source bucket, the verified sources whose copy is recorded and that are still
+        there (never anything else)."""
         by_bucket: dict[str, list[PlannedCopy]] = defaultdict(list)
         for item in items:
             state = self.manifest.state(item.key)
@@ -416,19 +327,11 @@ class BackfillRun:
                 continue
             if state.verified and not state.source_removed:
                 by_bucket[item.source.bucket].append(item)
-        for bucket, bucket_items in by_bucket.items():
-            try:
-                paths = [item.source.path for item in bucket_items]
-                removed = set(await self.remove_task(bucket, paths))
-            except Exception as exc:
-                get_run_logger().warning(
-                    "Sources in %s were not removed (%s); a later run with delete_sources "
-                    "removes them.",
-                    bucket,
-                    exc,
-                )
-                continue
-            for item in bucket_items:
-                if item.source.path in removed:
-                    self.append(record_for(item, "source_removed"))
-                    self.sources_removed += 1
+        return dict(by_bucket)
+
+    def record_removed(self, items: list[PlannedCopy], removed: set[str]) -> None:
+        """A ``source_removed`` record for each of these sources whose path is in ``removed``."""
+        for item in items:
+            if item.source.path in removed:
+                self.append(record_for(item, "source_removed"))
+                self.sources_removed += 1
