@@ -2,10 +2,10 @@
 
     python benchmarks/deployed_path.py [--backlog 20] [--load-jobs 10] [--overhead-jobs 8]
 
-It starts the deployment as shipped on this machine (tests/deploy/stack.py: a real
+It starts the deployment as shipped on this machine (devstack/stack.py: a real
 ``prefect server start``, the pools, the blocks, ``prefect deploy`` from prefect.yaml, the warm
 runner, a process worker on gpu-pool and two GPU workers on the CPU) with the timed renderer
-(benchmarks/timed_renderer.py), whose "GPU" time is a sleep per diffusion step, so a render's
+(devstack/timed_renderer.py), whose "GPU" time is a sleep per diffusion step, so a render's
 length is known and does not fight the rest for this machine's CPU. Storage is the Supabase
 stand-in over HTTP, callbacks go to the local receiver. Then it prints:
 
@@ -47,7 +47,7 @@ LOAD_SECONDS = 3.0  # one simulated model load
 SECRET = "benchmark-callback-secret"
 JWT_SECRET = "benchmark-jwt-secret-0123456789abcdef0123456789"
 USER_ID = "3f1b6a52-8c0d-4d8e-9b9a-2f4c7e1d0a11"
-TIMED = "benchmarks.timed_renderer:TimedRenderer"
+TIMED = "devstack.timed_renderer:TimedRenderer"
 
 
 def job(steps: int, resolution: str = "512x512") -> dict[str, Any]:
@@ -68,7 +68,7 @@ async def plain_job(raw: dict[str, Any], runtime: Any, renderer: Any = None) -> 
     import httpx
     import numpy as np
 
-    from benchmarks.timed_renderer import TimedRenderer
+    from devstack.timed_renderer import TimedRenderer
     from genjobs.assets import EncodedAsset, UploadedAsset, scratch_dir
     from genjobs.callback.payload import serialise
     from genjobs.callback.sender import CallbackSender
@@ -198,9 +198,9 @@ def main() -> int:
     for name in [n for n in os.environ if n.startswith("GENJOBS_") and "TIMED" not in n]:
         del os.environ[name]
 
+    from devstack.stack import blocks_script, local_stack
     from devstack.storage_standin import StorageStandIn
     from genjobs.devserver.receiver import CallbackReceiver
-    from tests.deploy.stack import blocks_script, local_stack
 
     root = Path(tempfile.mkdtemp(prefix="genjobs-bench-"))
     print(f"Working folder: {root}")

@@ -4,7 +4,7 @@
                                [--path warm|process] [--query-seconds 0.25]
                                [--gpu-workers 1] [--max-minutes 60] [--database-url URL]
 
-It starts the deployment as shipped (tests/deploy/stack.py: a real ``prefect server start`` on
+It starts the deployment as shipped (devstack/stack.py: a real ``prefect server start`` on
 loopback, the pools, the blocks, ``prefect deploy`` from prefect.yaml, the warm runner, a process
 worker on gpu-pool and GPU workers on the CPU device) with the fast renderer
 (benchmarks/fast_renderer.py). Storage is the Supabase Storage stand-in over HTTP, callbacks go
@@ -83,9 +83,9 @@ def fast_sdxl_stack(
 ) -> Iterator[tuple[Any, Any, Any]]:
     """The callback receiver, the storage stand-in, and a stack with gpu-pool, the blocks and
     the sdxl deployment on the fast renderer: ``(stack, receiver, standin)``, no workers yet."""
+    from devstack.stack import blocks_script, local_stack
     from devstack.storage_standin import StorageStandIn
     from genjobs.devserver.receiver import CallbackReceiver
-    from tests.deploy.stack import blocks_script, local_stack
 
     with (
         CallbackReceiver(secret, root / "receiver.sqlite") as receiver,
@@ -140,7 +140,7 @@ def run_jobs(
     stack: Any, deployment: str, total: int, in_flight: int, deadline: float
 ) -> tuple[dict[str, dict[str, Any]], dict[str, float], dict[str, float]]:
     """Closed loop: keep ``in_flight`` jobs running; returns jobs, trigger times, end times."""
-    from tests.deploy.stack import FINAL_STATES
+    from devstack.stack import FINAL_STATES
 
     jobs: dict[str, dict[str, Any]] = {}
     triggered: dict[str, float] = {}  # flow run id -> wall time of the trigger

@@ -2,7 +2,7 @@
 
     python benchmarks/warm_path.py [--jobs 40] [--in-flight 8] [--query-seconds 0.25]
 
-It starts the deployment as shipped (tests/deploy/stack.py: a real ``prefect server start``, the
+It starts the deployment as shipped (devstack/stack.py: a real ``prefect server start``, the
 pool, the blocks, ``prefect deploy`` from prefect.yaml, the warm runner, one process worker on
 gpu-pool and one GPU worker on the CPU) with the renderer that costs nothing
 (benchmarks/fast_renderer.py), and a copy of the sdxl deployment without the ``command`` job
@@ -55,7 +55,7 @@ def closed_loop(
 ) -> tuple[dict[str, float], dict[str, float], dict[str, str]]:
     """Keep ``in_flight`` jobs running until ``count`` finished: trigger and end times by flow
     run id (epoch seconds), and job ids by flow run id."""
-    from tests.deploy.stack import FINAL_STATES
+    from devstack.stack import FINAL_STATES
 
     triggered: dict[str, float] = {}
     ended: dict[str, float] = {}

@@ -23,9 +23,9 @@ import httpx
 import pytest
 from PIL import Image
 
+from devstack.stack import LocalStack, blocks_script, local_stack
 from genjobs.devserver.receiver import CallbackReceiver
 from genjobs.storage.base import asset_path, thumbnail_path
-from tests.deploy.stack import LocalStack, blocks_script, local_stack
 from tests.flows.helpers import USER_ID, sdxl_job
 from tests.real_storage import RealStorage
 
@@ -73,7 +73,7 @@ def stack(
             running.start_gpu_worker(
                 "gpu-wan",
                 families="wan",
-                GENJOBS_RENDERER_CLASS="benchmarks.timed_renderer:TimedRenderer",
+                GENJOBS_RENDERER_CLASS="devstack.timed_renderer:TimedRenderer",
                 GENJOBS_TIMED_STEP_SECONDS="0.4",
                 GENJOBS_TIMED_LOAD_SECONDS="0.2",
                 GENJOBS_CANCEL_CHECK_SECONDS="0.5",

@@ -6,7 +6,7 @@ import time
 
 import pytest
 
-from benchmarks.timed_renderer import TimedRenderer
+from devstack.timed_renderer import TimedRenderer
 from genjobs.gpu_schedule import GpuSchedule
 from genjobs.render.registry import load_renderer_class, renderer_for
 from genjobs.settings import Settings
@@ -44,11 +44,11 @@ def test_a_job_that_never_reaches_the_gpu_frees_the_worker() -> None:
 
 
 def test_the_renderer_class_setting_replaces_the_built_in_renderers() -> None:
-    settings = Settings(renderer_class="benchmarks.timed_renderer:TimedRenderer")
+    settings = Settings(renderer_class="devstack.timed_renderer:TimedRenderer")
     for family in ("sdxl", "wan"):
         renderer = renderer_for(family, settings)  # type: ignore[arg-type]
         assert isinstance(renderer, TimedRenderer)
         assert renderer.spec.family == family
     assert load_renderer_class("genjobs.gpu_schedule:GpuSchedule") is GpuSchedule
     with pytest.raises(ValueError, match="module:Class"):
-        load_renderer_class("benchmarks.timed_renderer.TimedRenderer")
+        load_renderer_class("devstack.timed_renderer.TimedRenderer")

@@ -1,7 +1,7 @@
 """Render dispatch on the session's Prefect API: cancellation stops a render at its next step and
 sends one cancelled callback, and a render presumed lost is submitted again and rendered once.
 
-The renders use the timed renderer (benchmarks/timed_renderer.py: real pipeline cache, sleeping
+The renders use the timed renderer (devstack/timed_renderer.py: real pipeline cache, sleeping
 steps), the local callback receiver and local storage; the GPU worker runs in a thread of this
 process, as genjobs/gpu_worker.py runs it in its own.
 """
@@ -32,7 +32,7 @@ from tests.conftest import make_settings
 from tests.flows.helpers import USER_ID, sdxl_job
 
 pytestmark = pytest.mark.usefixtures("prefect_api")
-TIMED = "benchmarks.timed_renderer:TimedRenderer"
+TIMED = "devstack.timed_renderer:TimedRenderer"
 
 
 @pytest.fixture

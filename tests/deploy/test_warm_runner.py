@@ -18,7 +18,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.deploy.stack import REPO_ROOT
+from devstack.stack import REPO_ROOT
 
 CHILD_SCRIPT = """
 import os, signal, sys, time

@@ -36,7 +36,7 @@ async def test_video_job_stores_an_81_frame_h264_mp4_and_reports_true_facts(
         model_cache,
         receiver,
         callback_secret,
-        renderer_class="benchmarks.timed_renderer:TimedRenderer",
+        renderer_class="devstack.timed_renderer:TimedRenderer",
     )
     runtime = build_runtime(settings)
     set_runtime(runtime)

@@ -1,6 +1,6 @@
 """A renderer for load tests: GPU time is simulated by sleeping, so it does not contend for the CPU.
 
-Select it with ``GENJOBS_RENDERER_CLASS=benchmarks.timed_renderer:TimedRenderer``. Its "model" is
+Select it with ``GENJOBS_RENDERER_CLASS=devstack.timed_renderer:TimedRenderer``. Its "model" is
 loaded through the real process-wide pipeline cache (so load counts are real), each diffusion step
 sleeps and calls the step callback (so cancellation and progress work as with a real pipeline),
 and the pixels are a smooth gradient derived from the seed (same seed, same bytes).

@@ -2,7 +2,7 @@
 pools, the blocks, ``prefect deploy`` from prefect.yaml, a process worker and GPU workers (on the
 CPU), each a subprocess with its own environment under one temporary folder.
 
-Used by tests/deploy and benchmarks/deployed_path.py. Everything speaks to the server through its
+Used by tests/deploy and the benchmarks. Everything speaks to the server through its
 HTTP API as the backend would; nothing here touches the caller's Prefect settings or home.
 """
 
@@ -25,7 +25,7 @@ import httpx
 
 from genjobs.prefect_tuning import batch_event_writes
 
-REPO_ROOT = Path(__file__).resolve().parents[2]
+REPO_ROOT = Path(__file__).resolve().parents[1]
 BLOCK_ENV = {  # as prefect.yaml's job_variables name them
     "GENJOBS_SUPABASE_BLOCK": "genjobs-supabase",
     "GENJOBS_CALLBACK_BLOCK": "genjobs-callback",
