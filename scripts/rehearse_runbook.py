@@ -30,7 +30,7 @@ import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -46,6 +46,11 @@ from devstack.storage_standin import DEV_JWT_SECRET, make_jwt  # noqa: E402
 from genjobs.devserver.receiver import CallbackReceiver  # noqa: E402
 
 RUNBOOK = REPO / "docs" / "runbook.md"
+README = REPO / "README.md"
+README_WHY = (
+    "the README's demo renders three 1024x1024 images (minutes on a CPU) and its test command "
+    "is the whole suite, which .ci/run runs itself"
+)
 FENCE = re.compile(
     r"^(?P<indent>[ \t]*)```(?P<lang>\w*)[ \t]*\n(?P<body>.*?)^(?P=indent)```", re.M | re.S
 )
@@ -58,19 +63,20 @@ SHELL_VARIABLES = re.compile(
     r"PS[0-9]|SHLVL|PWD|OLDPWD|HOSTNAME|HOSTTYPE|MACHTYPE|OSTYPE|MAILCHECK|HISTFILE.*|"
     r"HISTSIZE|TERM|COLUMNS|LINES)$"
 )
-TIMEOUT_SECONDS = 240  # one block at most; the whole rehearsal takes about two minutes
+TIMEOUT_SECONDS = 240  # one block at most
 
 
 @dataclass(frozen=True)
 class Block:
-    """One fenced code block of the runbook."""
+    """One fenced code block of a document."""
 
     lang: str
     text: str
     line: int  # 1-based line of the opening fence
+    document: str = "docs/runbook.md"
 
     def heading(self) -> str:
-        return f"docs/runbook.md:{self.line} ({self.lang})"
+        return f"{self.document}:{self.line} ({self.lang})"
 
 
 @dataclass(frozen=True)
@@ -181,6 +187,13 @@ PLANS: tuple[Plan, ...] = (
         after="second_job_completed",
     ),
     Plan(
+        "prefect flow-run inspect <flow run id>",
+        "run",
+        "reads the first job's flow run",
+        replace=(("<flow run id>", "{first_run}"),),
+        until=r"COMPLETED",
+    ),
+    Plan(
         "prefect flow-run cancel <flow run id>",
         "run",
         "cancels a job the rehearsal triggered and waits to see rendering",
@@ -217,7 +230,7 @@ PLANS: tuple[Plan, ...] = (
 )
 
 
-def extract_blocks(markdown: str) -> list[Block]:
+def extract_blocks(markdown: str, document: str = "docs/runbook.md") -> list[Block]:
     """Every fenced block in order, indentation of list items removed."""
     blocks = []
     for found in FENCE.finditer(markdown):
@@ -227,7 +240,7 @@ def extract_blocks(markdown: str) -> list[Block]:
             for line in found["body"].splitlines()
         ]
         line = markdown.count("\n", 0, found.start()) + 1
-        blocks.append(Block(found["lang"], "\n".join(lines) + "\n", line))
+        blocks.append(Block(found["lang"], "\n".join(lines) + "\n", line, document))
     return blocks
 
 
@@ -250,6 +263,24 @@ def plan_blocks(blocks: list[Block]) -> list[tuple[Block, Plan]]:
     if unused:
         raise SystemExit(f"The runbook changed: no bash block matches {unused}; update PLANS.")
     return planned
+
+
+def check_syntax(block: Block) -> None:
+    """``bash -n`` for shell, a parse for YAML, JSON and INI (systemd units)."""
+    if block.lang == "bash":
+        text = PLACEHOLDER.sub("PLACEHOLDER", block.text)  # <flow run id>, <schedule id>
+        done = subprocess.run(["bash", "-n"], input=text, capture_output=True, text=True)
+        if done.returncode != 0:
+            raise BlockFailed(block, block.text, done.stderr, "bash -n refused it")
+    try:
+        if block.lang == "yaml":
+            list(yaml.safe_load_all(block.text))
+        elif block.lang == "json":
+            json.loads(block.text)
+        elif block.lang == "ini":
+            configparser.ConfigParser(strict=False, interpolation=None).read_string(block.text)
+    except (yaml.YAMLError, ValueError, configparser.Error) as error:
+        raise BlockFailed(block, block.text, str(error), f"not valid {block.lang}") from None
 
 
 def free_port() -> int:
@@ -295,6 +326,7 @@ class Rehearsal:
             "receiver": self.receiver.url,
             "venv": str(venv),
             "cancel_run": "",
+            "first_run": "",
         }
         self.wait_for(f"http://127.0.0.1:{storage_port}/storage/v1/bucket", {401, 400, 200})
 
@@ -403,19 +435,6 @@ class Rehearsal:
                 raise BlockFailed(block, text, output, f"output never matched {plan.until!r}")
             time.sleep(2)
 
-    def check_syntax(self, block: Block) -> None:
-        if block.lang == "bash":
-            text = PLACEHOLDER.sub("PLACEHOLDER", block.text)  # <flow run id>, <schedule id>
-            done = subprocess.run(["bash", "-n"], input=text, capture_output=True, text=True)
-            if done.returncode != 0:
-                raise BlockFailed(block, block.text, done.stderr, "bash -n refused it")
-        elif block.lang == "yaml":
-            list(yaml.safe_load_all(block.text))
-        elif block.lang == "json":
-            json.loads(block.text)
-        elif block.lang == "ini":
-            configparser.ConfigParser(strict=False, interpolation=None).read_string(block.text)
-
     # -- the API as the operator's shell reaches it -------------------------------------------
     def api(self) -> httpx.Client:
         auth = self.shell_value("PREFECT_API_AUTH_STRING")
@@ -475,19 +494,23 @@ class Rehearsal:
         print(f"  job {job_id}: {path} stored, {len(answer.content)} bytes as reported")
 
     # hooks named by Plan.before / Plan.after
-    def register_jobs(self) -> None:
+    def register_jobs(self, block: Block) -> None:
+        """The jobs rows, as queue-job inserts them before it triggers a run."""
+        if FIRST_JOB not in block.text or USER not in block.text:
+            raise BlockFailed(block, block.text, "", "its example job is not FIRST_JOB of USER")
         for job_id in (FIRST_JOB, SECOND_JOB, CANCELLED_JOB):
             self.receiver.register_job(job_id, USER)
 
-    def first_job_completed(self) -> None:
+    def first_job_completed(self, block: Block) -> None:
         self.wait_for_job(FIRST_JOB, "COMPLETED", "completed")
         self.check_assets(FIRST_JOB)
+        self.values["first_run"] = self.flow_runs_of_job(FIRST_JOB)[0]["id"]
 
-    def second_job_completed(self) -> None:
+    def second_job_completed(self, block: Block) -> None:
         self.wait_for_job(SECOND_JOB, "COMPLETED", "completed")
         self.check_assets(SECOND_JOB)
 
-    def start_job_to_cancel(self) -> None:
+    def start_job_to_cancel(self, block: Block) -> None:
         """A job long enough to cancel while it renders: 1024x1024, 50 steps."""
         job = {
             "id": CANCELLED_JOB,
@@ -510,13 +533,15 @@ class Rehearsal:
         time.sleep(3)  # into its render
         self.values["cancel_run"] = run["id"]
 
-    def job_cancelled(self) -> None:
+    def job_cancelled(self, block: Block) -> None:
         self.wait_for_job(CANCELLED_JOB, "CANCELLED", "failed")
-        code = self.receiver.accepted(CANCELLED_JOB)[0].get("error_code")
+        code = self.receiver.accepted(CANCELLED_JOB)[0]["metadata"].get("error_code")
         assert code == "CANCELLED", f"the cancelled job's callback says {code!r}"
+        print(f"  job {CANCELLED_JOB}: its failed callback says CANCELLED")
 
-    def hook(self, name: str | None) -> Callable[[], None]:
-        return getattr(self, name) if name else (lambda: None)
+    def hook(self, name: str | None, block: Block) -> None:
+        if name:
+            getattr(self, name)(block)
 
 
 @contextlib.contextmanager
@@ -535,10 +560,24 @@ def rehearsal(keep: bool) -> Iterator[Rehearsal]:
             shutil.rmtree(tmp, ignore_errors=True)
 
 
+def report(failed: BlockFailed) -> int:
+    print(f"FAILED {failed.block.heading()}: {failed.why}\n--- block as run")
+    print(failed.script.rstrip())
+    print(f"--- output\n{failed.output.rstrip()}")
+    return 1
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--keep", action="store_true", help="keep the temporary folder")
     args = parser.parse_args(argv)
+    try:
+        for block in extract_blocks(README.read_text(), "README.md"):
+            if block.lang == "bash":
+                check_syntax(block)
+                print(f"checked {block.heading()}: syntax only, {README_WHY}")
+    except BlockFailed as failed:
+        return report(failed)
     blocks = extract_blocks(RUNBOOK.read_text())
     planned = dict((b.line, p) for b, p in plan_blocks(blocks))
     started = time.monotonic()
@@ -547,20 +586,17 @@ def main(argv: list[str] | None = None) -> int:
             for block in blocks:
                 plan = planned.get(block.line)
                 if plan is None or plan.action == "syntax":
-                    stage.check_syntax(block)
+                    check_syntax(block)
                     reason = plan.why if plan else "not a shell block"
                     print(f"checked {block.heading()}: syntax only, {reason}")
                     continue
-                stage.hook(plan.before)()
+                stage.hook(plan.before, block)
                 began = time.monotonic()
                 stage.execute(block, plan)
                 print(f"ran {block.heading()} in {time.monotonic() - began:.1f} s: {plan.why}")
-                stage.hook(plan.after)()
+                stage.hook(plan.after, block)
         except BlockFailed as failed:
-            print(f"FAILED {failed.block.heading()}: {failed.why}\n--- block as run")
-            print(failed.script.rstrip())
-            print(f"--- output\n{failed.output.rstrip()}")
-            return 1
+            return report(failed)
         except (AssertionError, RuntimeError, TimeoutError) as failed:
             print(f"FAILED: {failed}")
             for log in sorted(stage.tmp.glob("*.log")):
