@@ -283,6 +283,15 @@ def check_syntax(block: Block) -> None:
         raise BlockFailed(block, block.text, str(error), f"not valid {block.lang}") from None
 
 
+def map_block(block: Block, plan: Plan, values: dict[str, str]) -> str:
+    """The block as the rehearsal runs it: the plan's replacements, then :data:`HOST_MAP`, with
+    ``{tmp}``, ``{port}``, ... filled in (other braces, as in ``${JOB//a/b}``, left alone)."""
+    text = block.text
+    for old, new in (*plan.replace, *HOST_MAP):
+        text = text.replace(old, re.sub(r"\{(\w+)\}", lambda m: values.get(m[1], m[0]), new))
+    return text
+
+
 def free_port() -> int:
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
@@ -389,16 +398,6 @@ class Rehearsal:
         raise TimeoutError(f"{url} did not answer within {timeout} s")
 
     # -- blocks -------------------------------------------------------------------------------
-    def script_of(self, block: Block, plan: Plan) -> str:
-        text = block.text
-        for old, new in (*plan.replace, *HOST_MAP):
-            text = text.replace(old, self.fill(new))
-        return text
-
-    def fill(self, text: str) -> str:
-        """``{tmp}``, ``{port}``, ... filled in; other braces (``${JOB//a/b}``) left alone."""
-        return re.sub(r"\{(\w+)\}", lambda m: self.values.get(m[1], m[0]), text)
-
     def shell(self, text: str) -> str:
         """The block inside the carried shell state, dumping the state again at its end."""
         dump = (
@@ -409,7 +408,7 @@ class Rehearsal:
 
     def execute(self, block: Block, plan: Plan) -> str:
         self.count += 1
-        text = self.script_of(block, plan)
+        text = map_block(block, plan, self.values)
         name = f"block-{self.count:02d}"
         script = self.tmp / f"{name}.sh"
         script.write_text(self.shell(text))
