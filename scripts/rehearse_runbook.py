@@ -54,6 +54,11 @@ README_WHY = (
 FENCE = re.compile(
     r"^(?P<indent>[ \t]*)```(?P<lang>\w*)[ \t]*\n(?P<body>.*?)^(?P=indent)```", re.M | re.S
 )
+NOT_SHELL = {  # what the other blocks are, and what is checked of them
+    "ini": "a systemd unit for GPU hosts, parsed as INI",
+    "yaml": "a Kubernetes manifest, parsed as YAML",
+    "json": "a Kubernetes job template, parsed as JSON",
+}
 PLACEHOLDER = re.compile(r"<[a-z][a-z ]*>")
 CALLBACK_SECRET = "rehearsal-callback-secret"
 FINAL_STATES = {"COMPLETED", "FAILED", "CANCELLED", "CRASHED"}
@@ -196,7 +201,7 @@ PLANS: tuple[Plan, ...] = (
     Plan(
         "prefect flow-run cancel <flow run id>",
         "run",
-        "cancels a job the rehearsal triggered and waits to see rendering",
+        "cancels a third job (1024x1024, 50 steps, triggered through the API) while it renders",
         replace=(("<flow run id>", "{cancel_run}"),),
         before="start_job_to_cancel",
         after="job_cancelled",
@@ -586,7 +591,7 @@ def main(argv: list[str] | None = None) -> int:
                 plan = planned.get(block.line)
                 if plan is None or plan.action == "syntax":
                     check_syntax(block)
-                    reason = plan.why if plan else "not a shell block"
+                    reason = plan.why if plan else NOT_SHELL.get(block.lang, "not a shell block")
                     print(f"checked {block.heading()}: syntax only, {reason}")
                     continue
                 stage.hook(plan.before, block)
