@@ -58,7 +58,7 @@ from genjobs.backfill.steps import (
 )
 from genjobs.backfill.transfer import ContentCheck
 from genjobs.db.sql import DSN_SETTING
-from genjobs.errors import JobError
+from genjobs.errors import BackfillIncomplete, BackfillRefused
 from genjobs.runtime import get_runtime
 from genjobs.settings import Settings
 from genjobs.storage.base import copies_across_buckets_server_side
@@ -67,19 +67,6 @@ from tasks.retries import database_policy, storage_policy, with_retries
 DEFAULT_TARGET_BUCKET = "workspace-temp"
 LIST_CONCURRENCY = 4
 """Folders a rollback lists at the same time."""
-
-
-class BackfillRefused(JobError):
-    """The run would remove sources whose copies it cannot record; nothing was done."""
-
-    code = "BACKFILL_REFUSED"
-
-
-class BackfillIncomplete(JobError):
-    """Some sources still failed after their retries; a later run picks them up."""
-
-    code = "BACKFILL_INCOMPLETE"
-    retryable = True
 
 
 def default_manifest_path(settings: Settings, target_bucket: str) -> Path:
@@ -377,7 +364,6 @@ async def rollback_backfill(
 
 
 __all__ = [
-    "BackfillIncomplete",
     "backfill_legacy_buckets",
     "default_manifest_path",
     "rollback_backfill",

@@ -43,7 +43,7 @@ from genjobs.db.workspace_evidence import (
     delete_expired_rows,
     read_evidence,
 )
-from genjobs.errors import JobError
+from genjobs.errors import CleanupRefused
 from genjobs.runtime import get_runtime
 from genjobs.storage.base import ObjectInfo
 from tasks.retries import database_policy, storage_policy, with_retries
@@ -67,12 +67,6 @@ KEEP_JOB_OWNER = "its jobs row belongs to another user"
 KEEP_YOUNG = "younger than ttl_days"
 KEEP_UNDATED = "no created_at in the listing"
 UNDECIDED = "older than ttl_days; undecided without the database"
-
-
-class CleanupRefused(JobError):
-    """The cleanup cannot tell what is still needed, so it removes nothing."""
-
-    code = "CLEANUP_REFUSED"
 
 
 class CleanupCandidate(BaseModel):
@@ -369,4 +363,4 @@ async def _remove(
         summary.bytes_freed += sum(by_path[p].size for p in paths if p in removed)
 
 
-__all__ = ["CleanupCandidate", "CleanupRefused", "CleanupSummary", "cleanup_workspace"]
+__all__ = ["CleanupCandidate", "CleanupSummary", "cleanup_workspace"]

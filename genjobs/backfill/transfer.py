@@ -21,8 +21,8 @@ from typing import Literal
 
 from genjobs.backfill.plan import PlannedCopy
 from genjobs.backfill.throttle import RateLimiter
-from genjobs.backfill.thumbnails import ThumbnailError, make_thumbnail
-from genjobs.errors import StorageError
+from genjobs.backfill.thumbnails import make_thumbnail
+from genjobs.errors import ErrorCode, StorageError, ThumbnailError
 from genjobs.storage.base import MIME_BY_EXTENSION, ObjectInfo, StorageBackend
 
 logger = logging.getLogger(__name__)
@@ -158,7 +158,7 @@ def copy_and_verify(
             f"The copy of {item.key} at {item.target_bucket}/{item.target_path} does not match "
             f"its source (source {source_print.size} bytes sha256 {source_print.sha256[:12]}, "
             f"target {written_print})",
-            code="VERIFY_MISMATCH",
+            code=ErrorCode.VERIFY_MISMATCH,
             retryable=True,
         )
     return CopyResult(

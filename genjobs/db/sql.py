@@ -9,17 +9,11 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import Any
 
-from genjobs.errors import JobError
+from genjobs.errors import DatabaseError
 
 CONNECT_TIMEOUT_SECONDS = 10
 DSN_SETTING = "GENJOBS_DATABASE_DSN (Settings.database_dsn)"
 """Where the project database is configured, as messages name it."""
-
-
-class DatabaseError(JobError):
-    """The project database could not be reached or refused a statement."""
-
-    code = "DATABASE_ERROR"
 
 
 def run_statements(

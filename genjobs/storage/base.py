@@ -8,7 +8,7 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Protocol
 
-from genjobs.errors import StorageError
+from genjobs.errors import ErrorCode, StorageError
 
 MIME_BY_EXTENSION = {
     "png": "image/png",
@@ -22,18 +22,13 @@ MIME_BY_EXTENSION = {
 }
 
 
-READ_LIMIT_EXCEEDED = "OBJECT_OVER_READ_LIMIT"
-"""Code of the StorageError :meth:`StorageBackend.get_limited` raises for an object that is
-larger than the caller accepts."""
-
-
 def read_limit_exceeded(target: str, max_bytes: int, size: int | None = None) -> StorageError:
     """The error of an object larger than ``max_bytes``; ``size`` when it is known."""
     shown = f"{size} bytes" if size is not None else f"more than {max_bytes} bytes"
     return StorageError(
         f"Object {target} is {shown}, above the read limit of {max_bytes} bytes",
         status="413",
-        code=READ_LIMIT_EXCEEDED,
+        code=ErrorCode.OBJECT_OVER_READ_LIMIT,
         retryable=False,
     )
 
@@ -98,7 +93,7 @@ class StorageBackend(Protocol):
 
     def get_limited(self, bucket: str, path: str, max_bytes: int) -> bytes:
         """Read an object of at most ``max_bytes``, stopping as soon as it proves larger
-        (StorageError with code :data:`READ_LIMIT_EXCEEDED`); never holds more in memory."""
+        (StorageError with code ``OBJECT_OVER_READ_LIMIT``); never holds more in memory."""
         ...
 
     def list(self, bucket: str, prefix: str = "") -> builtins.list[ObjectInfo]:
@@ -133,6 +128,6 @@ def check_relative_path(path: str) -> str:
         raise StorageError(
             f"Object path {path!r} is not a clean relative path",
             status="400",
-            code="INVALID_OBJECT_PATH",
+            code=ErrorCode.INVALID_OBJECT_PATH,
         )
     return path

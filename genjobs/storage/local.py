@@ -11,7 +11,7 @@ import os
 from datetime import UTC, datetime
 from pathlib import Path
 
-from genjobs.errors import StorageError
+from genjobs.errors import ErrorCode, StorageError
 from genjobs.storage.base import (
     ObjectInfo,
     StoredObject,
@@ -52,10 +52,10 @@ class LocalFolderStorage:
         if not target.is_file():
             if not (self.root / bucket).is_dir():
                 raise StorageError(
-                    f"Bucket {bucket} not found", status="404", code="BUCKET_NOT_FOUND"
+                    f"Bucket {bucket} not found", status="404", code=ErrorCode.BUCKET_NOT_FOUND
                 )
             raise StorageError(
-                f"Object {bucket}/{path} not found", status="404", code="OBJECT_NOT_FOUND"
+                f"Object {bucket}/{path} not found", status="404", code=ErrorCode.OBJECT_NOT_FOUND
             )
         return target.read_bytes()
 
@@ -72,7 +72,7 @@ class LocalFolderStorage:
                 )
         except (FileNotFoundError, IsADirectoryError, NotADirectoryError) as exc:
             raise StorageError(
-                f"Object {bucket}/{path} not found", status="404", code="OBJECT_NOT_FOUND"
+                f"Object {bucket}/{path} not found", status="404", code=ErrorCode.OBJECT_NOT_FOUND
             ) from exc
 
     def content_type(self, bucket: str, path: str) -> str | None:
@@ -84,7 +84,9 @@ class LocalFolderStorage:
     def list(self, bucket: str, prefix: str = "") -> builtins.list[ObjectInfo]:
         base = self.root / check_relative_path(bucket)
         if not base.is_dir():
-            raise StorageError(f"Bucket {bucket} not found", status="404", code="BUCKET_NOT_FOUND")
+            raise StorageError(
+                f"Bucket {bucket} not found", status="404", code=ErrorCode.BUCKET_NOT_FOUND
+            )
         found = []
         for file in base.rglob("*"):
             if not file.is_file() or file.name.endswith(".part"):
