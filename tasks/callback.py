@@ -77,9 +77,7 @@ async def deliver_callback(
             return await sender(payload.job_id, payload.status, body)
         return await _send_with_retries(payload.job_id, payload.status, body, delays)
     except CallbackUnavailable:
-        Outbox(settings.outbox_dir).put(
-            payload.job_id, payload.status, runtime.callback_url or "", body
-        )
+        Outbox(settings.outbox_dir).put(payload.job_id, payload.status, body)
         run_logger(__name__).error(
             "The %s callback of job %s could not be delivered within %.0f s; it waits in the "
             "outbox for a later re-send.",
