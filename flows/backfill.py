@@ -35,7 +35,6 @@ from prefect.artifacts import (
 )
 from prefect.runtime import flow_run as current_flow_run
 
-from genjobs.backfill.jobs_lookup import load_video_jobs
 from genjobs.backfill.legacy_paths import LEGACY_BUCKETS, VideoJobLookup
 from genjobs.backfill.manifest import ManifestWriter, load_manifest
 from genjobs.backfill.plan import BackfillPlan, BucketInventory, batched, build_plan
@@ -58,6 +57,7 @@ from genjobs.backfill.steps import (
 )
 from genjobs.backfill.transfer import ContentCheck
 from genjobs.db.sql import DSN_SETTING
+from genjobs.db.video_jobs import load_video_jobs
 from genjobs.errors import BackfillIncomplete, BackfillRefused
 from genjobs.runtime import get_runtime
 from genjobs.settings import Settings
