@@ -61,7 +61,6 @@ from genjobs.db.video_jobs import load_video_jobs
 from genjobs.errors import BackfillIncomplete, BackfillRefused
 from genjobs.runtime import get_runtime
 from genjobs.settings import Settings
-from genjobs.storage.base import copies_across_buckets_server_side
 from tasks.retries import database_policy, storage_policy, with_retries
 
 DEFAULT_TARGET_BUCKET = "workspace-temp"
@@ -230,7 +229,7 @@ async def backfill_legacy_buckets(
             settings=settings,
             concurrency=concurrency,
             max_objects_per_second=max_objects_per_second,
-            cross_bucket_server_copy=copies_across_buckets_server_side(runtime.storage),
+            cross_bucket_server_copy=runtime.storage.server_side_copy_across_buckets,
             dsn=dsn,
         )
         run.record_unmappable()

@@ -87,15 +87,15 @@ async def _preview_links(thumbnails: list[str | None]) -> list[str | None]:
     """A signed, expiring URL per thumbnail, where the storage signs URLs; else None each."""
     runtime = get_runtime()
     seconds = runtime.settings.artifact_preview_seconds
-    sign = getattr(runtime.storage, "signed_url", None)
-    if not seconds or sign is None:
+    if not seconds:
         return [None] * len(thumbnails)
+    sign = runtime.storage.signed_url
 
     async def link(path: str | None) -> str | None:
         if path is None:
             return None
         try:
-            url: str = await asyncio.to_thread(sign, runtime.settings.bucket, path, seconds)
+            url = await asyncio.to_thread(sign, runtime.settings.bucket, path, seconds)
         except StorageError as exc:  # a preview never fails a job
             get_run_logger().warning("No preview link for %s: %s", path, exc)
             return None

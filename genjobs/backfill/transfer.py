@@ -23,7 +23,7 @@ from genjobs.backfill.plan import PlannedCopy
 from genjobs.backfill.throttle import RateLimiter
 from genjobs.backfill.thumbnails import make_thumbnail
 from genjobs.errors import ErrorCode, StorageError, ThumbnailError
-from genjobs.storage.base import MIME_BY_EXTENSION, ObjectInfo, StorageBackend
+from genjobs.storage.base import MIME_BY_EXTENSION, ObjectInfo, StorageBackend, job_prefix
 
 logger = logging.getLogger(__name__)
 
@@ -254,7 +254,7 @@ class CopyOutcome:
 
 
 def job_prefix_of(item: PlannedCopy) -> str:
-    return f"{item.source.user_id}/{item.source.job_id}/"
+    return job_prefix(item.source.user_id, item.source.job_id)
 
 
 @dataclass(frozen=True)

@@ -6,6 +6,7 @@ import builtins
 from collections.abc import Iterable
 from dataclasses import dataclass
 from datetime import datetime
+from pathlib import Path
 from typing import Protocol
 
 from genjobs.errors import ErrorCode, StorageError
@@ -56,6 +57,7 @@ def thumbnail_path(user_id: str, job_id: str, index: int) -> str:
 
 
 def job_prefix(user_id: str, job_id: str) -> str:
+    """``{user_id}/{job_id}/``: the folder that holds every object of one job."""
     return f"{user_id}/{job_id}/"
 
 
@@ -110,15 +112,24 @@ class StorageBackend(Protocol):
         """Delete objects; returns the paths that existed and were removed."""
         ...
 
+    @property
+    def server_side_copy_across_buckets(self) -> bool:
+        """Whether ``copy(..., destination_bucket=other)`` runs on the server, moving no bytes
+        through this process (within one bucket a server that copies always does)."""
+        ...
 
-CROSS_BUCKET_COPY_FLAG = "server_side_copy_across_buckets"
-"""Attribute a backend sets to True when ``copy(..., destination_bucket=other)`` runs on the
-server (``POST /object/copy`` with ``destinationBucket``) instead of through the client."""
+    def signed_url(self, bucket: str, path: str, expires_in: int) -> str | None:
+        """A URL that reads the object without credentials for ``expires_in`` seconds, or
+        None where the store has no URLs to sign."""
+        ...
 
+    def local_path(self, bucket: str, path: str) -> Path | None:
+        """The file that holds the object on this machine's disk, or None for a remote store."""
+        ...
 
-def copies_across_buckets_server_side(storage: object) -> bool:
-    """Whether ``storage.copy`` into another bucket moves no bytes through this process."""
-    return bool(getattr(storage, CROSS_BUCKET_COPY_FLAG, False))
+    def close(self) -> None:
+        """Release connections; the backend is not used afterwards."""
+        ...
 
 
 def check_relative_path(path: str) -> str:

@@ -27,6 +27,9 @@ READ_CHUNK_BYTES = 1024 * 1024
 class LocalFolderStorage:
     """A storage backend on a local folder, laid out like the bucket."""
 
+    server_side_copy_across_buckets = False
+    """Every copy reads and writes the files through this process."""
+
     def __init__(self, root: Path):
         self.root = Path(root)
 
@@ -125,3 +128,13 @@ class LocalFolderStorage:
                 self._meta(bucket, path).unlink(missing_ok=True)
                 removed.append(path)
         return removed
+
+    def signed_url(self, bucket: str, path: str, expires_in: int) -> None:
+        """None: a folder on the local disk has no URLs to sign."""
+        return None
+
+    def local_path(self, bucket: str, path: str) -> Path:
+        return self._file(bucket, path)
+
+    def close(self) -> None:
+        """Nothing to release: every call opens and closes its own files."""

@@ -348,6 +348,29 @@ class SupabaseStorage:
             removed.update(str(row["name"]) for row in rows if isinstance(row, dict))
         return [path for path in wanted if path in removed]
 
+    @property
+    def server_side_copy_across_buckets(self) -> bool:
+        """False: :meth:`copy` into another bucket downloads and uploads the bytes."""
+        return False
+
+    def local_path(self, bucket: str, path: str) -> None:
+        """None: the objects live on the storage server."""
+        return None
+
+    def signed_url(self, bucket: str, path: str, expires_in: int) -> str:
+        """An absolute URL that reads the object without authorisation for ``expires_in`` s."""
+        check_relative_path(path)
+        with translate_errors("sign", f"{bucket}/{path}"):
+            signed = self._client.from_(bucket).create_signed_url(path, expires_in)
+        url = signed["signedURL"]
+        if not url:
+            raise StorageError(
+                f"Storage sign of {bucket}/{path} returned no URL",
+                code=ErrorCode.STORAGE_BAD_RESPONSE,
+                retryable=True,
+            )
+        return url
+
     # Extras
 
     def exists(self, bucket: str, path: str) -> bool:
@@ -363,20 +386,6 @@ class SupabaseStorage:
             info = self._client.from_(bucket).info(path)
         value = info.get("content_type") or info.get("contentType")
         return str(value) if value else None
-
-    def signed_url(self, bucket: str, path: str, expires_in: int) -> str:
-        """An absolute URL that reads the object without authorisation for ``expires_in`` s."""
-        check_relative_path(path)
-        with translate_errors("sign", f"{bucket}/{path}"):
-            signed = self._client.from_(bucket).create_signed_url(path, expires_in)
-        url = signed["signedURL"]
-        if not url:
-            raise StorageError(
-                f"Storage sign of {bucket}/{path} returned no URL",
-                code=ErrorCode.STORAGE_BAD_RESPONSE,
-                retryable=True,
-            )
-        return url
 
     # Helpers
 
