@@ -196,7 +196,7 @@ async def soak(args: argparse.Namespace, scratch: Path) -> None:
             outbox = await redeliver_callbacks()
         finally:
             set_runtime(None)
-            runtime.storage.close()  # type: ignore[attr-defined]
+            runtime.storage.close()
         elapsed = time.perf_counter() - began
         for line in summary(tally, standin, receiver, outbox):
             print(line)

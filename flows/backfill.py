@@ -36,7 +36,6 @@ from prefect.artifacts import (
 from prefect.runtime import flow_run as current_flow_run
 
 from blocks.connections import aload_connections
-from genjobs.backfill.jobs_lookup import load_video_jobs
 from genjobs.backfill.legacy_paths import LEGACY_BUCKETS, VideoJobLookup
 from genjobs.backfill.manifest import ManifestWriter, load_manifest
 from genjobs.backfill.plan import BackfillPlan, BucketInventory, batched, build_plan
@@ -52,9 +51,10 @@ from genjobs.backfill.rollback import RollbackPlan, apply_rollback, plan_rollbac
 from genjobs.backfill.run_state import BackfillRun
 from genjobs.backfill.transfer import ContentCheck
 from genjobs.db.sql import DSN_SETTING
-from genjobs.errors import JobError
+from genjobs.db.video_jobs import load_video_jobs
+from genjobs.errors import BackfillIncomplete, BackfillRefused
 from genjobs.settings import Settings
-from genjobs.storage.base import StorageBackend, copies_across_buckets_server_side
+from genjobs.storage.base import StorageBackend
 from tasks.backfill import (
     check_target_bucket,
     forget_backfilled_copies,
@@ -68,19 +68,6 @@ from tasks.retries import database_policy, storage_policy, with_retries
 DEFAULT_TARGET_BUCKET = "workspace-temp"
 LIST_CONCURRENCY = 4
 """Folders a rollback lists at the same time."""
-
-
-class BackfillRefused(JobError):
-    """The run would remove sources whose copies it cannot record; nothing was done."""
-
-    code = "BACKFILL_REFUSED"
-
-
-class BackfillIncomplete(JobError):
-    """Some sources still failed after their retries; a later run picks them up."""
-
-    code = "BACKFILL_INCOMPLETE"
-    retryable = True
 
 
 def default_manifest_path(settings: Settings, target_bucket: str) -> Path:
@@ -243,7 +230,7 @@ async def backfill_legacy_buckets(
         run = BackfillRun(
             plan=plan,
             writer=writer,
-            cross_bucket_server_copy=copies_across_buckets_server_side(storage),
+            cross_bucket_server_copy=storage.server_side_copy_across_buckets,
         )
         steps = BackfillSteps(run, storage, settings, concurrency, max_objects_per_second, dsn)
         run.record_unmappable()
@@ -383,7 +370,6 @@ async def rollback_backfill(
 
 
 __all__ = [
-    "BackfillIncomplete",
     "backfill_legacy_buckets",
     "default_manifest_path",
     "rollback_backfill",

@@ -37,7 +37,7 @@ from blocks.connections import aload_connections
 from genjobs.backfill.report import table
 from genjobs.db.sql import DSN_SETTING
 from genjobs.db.workspace_evidence import Evidence
-from genjobs.errors import JobError
+from genjobs.errors import CleanupRefused
 from genjobs.settings import Settings
 from genjobs.storage.base import ObjectInfo, StorageBackend
 from tasks.backfill import remove_objects
@@ -68,12 +68,6 @@ KEEP_JOB_OWNER = "its jobs row belongs to another user"
 KEEP_YOUNG = "younger than ttl_days"
 KEEP_UNDATED = "no created_at in the listing"
 UNDECIDED = "older than ttl_days; undecided without the database"
-
-
-class CleanupRefused(JobError):
-    """The cleanup cannot tell what is still needed, so it removes nothing."""
-
-    code = "CLEANUP_REFUSED"
 
 
 class CleanupCandidate(BaseModel):
@@ -351,4 +345,4 @@ async def _remove(
         summary.bytes_freed += sum(by_path[p].size for p in paths if p in removed)
 
 
-__all__ = ["CleanupCandidate", "CleanupRefused", "CleanupSummary", "cleanup_workspace"]
+__all__ = ["CleanupCandidate", "CleanupSummary", "cleanup_workspace"]

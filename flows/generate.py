@@ -32,7 +32,7 @@ from pydantic import BaseModel
 
 from genjobs.assets import scratch_dir
 from genjobs.callback.payload import CallbackPayload, failure_payload
-from genjobs.errors import JobCancelled, JobError
+from genjobs.errors import ErrorCode, JobCancelled, JobError
 from genjobs.jobs.form import JobParameter
 from genjobs.jobs.payload import parse_job, raw_job_id
 from genjobs.jobs.plan import RenderPlan, plan_job
@@ -135,7 +135,7 @@ async def _on_abnormal_end(flow: Flow[..., Any], flow_run: FlowRun, state: State
     else:
         error = JobError(
             f"The worker crashed while running the job: {state.message}",
-            code="WORKER_CRASHED",
+            code=ErrorCode.WORKER_CRASHED,
             retryable=True,
         )
     delivered = await _callback_delivered(flow_run)

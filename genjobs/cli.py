@@ -197,15 +197,14 @@ def _run_job(args: argparse.Namespace) -> int:
         bar.close()
         if receiver is not None:
             receiver.stop()
-    root = getattr(runtime.storage, "root", None)
     print(f"Job {outcome.job_id} {outcome.status}: {len(outcome.assets)} asset(s).")
+
+    def where(path: str) -> Path:
+        bucket = runtime.settings.bucket
+        return runtime.storage.local_path(bucket, path) or Path(bucket) / path
+
     for path, thumb in zip(outcome.assets, outcome.thumbnails, strict=True):
-        where = (
-            Path(root) / runtime.settings.bucket
-            if root is not None
-            else Path(runtime.settings.bucket)
-        )
-        print(f"  {where / path}  (thumbnail: {where / thumb if thumb else 'none'})")
+        print(f"  {where(path)}  (thumbnail: {where(thumb) if thumb else 'none'})")
     state = "skipped by" if outcome.callback_skipped else "accepted by"
     print(f"Callback {state} {runtime.callback_url} with HTTP {outcome.callback_status_code}.")
     if receiver is not None:

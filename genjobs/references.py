@@ -57,9 +57,9 @@ from urllib.parse import unquote, urlsplit
 import httpx
 from PIL import Image, ImageOps, UnidentifiedImageError
 
-from genjobs.errors import InvalidPayload, ReferenceDownloadError, StorageError
+from genjobs.errors import ErrorCode, InvalidPayload, ReferenceDownloadError, StorageError
 from genjobs.jobs.plan import ReferenceRole, RenderPlan
-from genjobs.storage.base import READ_LIMIT_EXCEEDED, StorageBackend
+from genjobs.storage.base import StorageBackend
 
 logger = logging.getLogger(__name__)
 
@@ -181,7 +181,7 @@ def _storage_reference(
             shown,
             f"it is another user's object (the first folder in bucket {bucket!r} must be the "
             "job's user_id)",
-            code="CROSS_USER_REFERENCE",
+            code=ErrorCode.CROSS_USER_REFERENCE,
         )
     return StorageReference(bucket=bucket, path=path)
 
@@ -545,7 +545,7 @@ class ReferenceFetcher:
         try:
             return self.storage.get_limited(ref.bucket, ref.path, self.max_bytes)
         except StorageError as exc:
-            if exc.code == READ_LIMIT_EXCEEDED:
+            if exc.code == ErrorCode.OBJECT_OVER_READ_LIMIT:
                 raise ReferenceDownloadError(
                     f"{label} in storage object {ref} is larger than the limit of "
                     f"{self.max_bytes} bytes"

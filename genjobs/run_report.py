@@ -12,11 +12,16 @@ import json
 from pathlib import Path
 
 from genjobs.devserver.receiver import CallbackReceiver
-from genjobs.errors import CallbackRejected, CallbackUnavailable, JobError
+from genjobs.errors import CallbackRejected, CallbackUnavailable, ErrorCode, JobError
 
 CALLBACK_ERRORS = (CallbackRejected, CallbackUnavailable)
 REFUSAL_CODES = frozenset(
-    {"INVALID_PAYLOAD", "UNSUPPORTED_JOB_TYPE", "COMPEL_UNSUPPORTED", "REFERENCE_MODE_UNSUPPORTED"}
+    {
+        ErrorCode.INVALID_PAYLOAD,
+        ErrorCode.UNSUPPORTED_JOB_TYPE,
+        ErrorCode.COMPEL_UNSUPPORTED,
+        ErrorCode.REFERENCE_MODE_UNSUPPORTED,
+    }
 )
 SECRET_HINT = (
     "check JOB_CALLBACK_SECRET: it must be the secret the callback endpoint verifies "

@@ -11,7 +11,7 @@ from prefect.cache_policies import NO_CACHE
 from genjobs.callback.outbox import Outbox
 from genjobs.callback.payload import CallbackPayload, serialise
 from genjobs.callback.sender import CallbackReceipt, CallbackSender, retry_delays
-from genjobs.errors import CallbackUnavailable, JobError
+from genjobs.errors import CallbackUnavailable, ErrorCode, JobError
 from genjobs.runtime import Runtime, get_runtime
 from genjobs.tls import ssl_context
 from tasks.naming import run_name
@@ -23,7 +23,7 @@ def sender_for(runtime: Runtime, client: httpx.AsyncClient) -> CallbackSender:
     if not runtime.callback_url:
         raise JobError(
             "No callback URL is configured (GENJOBS_CALLBACK_URL or SUPABASE_URL)",
-            code="CALLBACK_NOT_CONFIGURED",
+            code=ErrorCode.CALLBACK_NOT_CONFIGURED,
         )
     return CallbackSender(
         runtime.callback_url, runtime.callback_secret, runtime.callback_bearer, client
@@ -79,9 +79,7 @@ async def deliver_callback(
             return await sender(payload.job_id, payload.status, body)
         return await _send_with_retries(payload.job_id, payload.status, body, delays)
     except CallbackUnavailable:
-        Outbox(settings.outbox_dir).put(
-            payload.job_id, payload.status, runtime.callback_url or "", body
-        )
+        Outbox(settings.outbox_dir).put(payload.job_id, payload.status, body)
         run_logger(__name__).error(
             "The %s callback of job %s could not be delivered within %.0f s; it waits in the "
             "outbox for a later re-send.",

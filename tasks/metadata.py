@@ -20,7 +20,7 @@ from prefect.runtime import flow_run
 
 from genjobs.assets import UploadedAsset
 from genjobs.callback.payload import CallbackPayload
-from genjobs.errors import JobError, StorageError
+from genjobs.errors import ErrorCode, JobError, StorageError
 from genjobs.jobs.plan import RenderPlan
 from genjobs.metadata import completed_payload
 from genjobs.runtime import get_runtime
@@ -35,7 +35,8 @@ async def assemble_metadata(
     """Never ``completed`` with fewer stored originals than rendered (contract 5.4)."""
     if len(uploaded) != plan.num_images or not uploaded:
         raise JobError(
-            f"Only {len(uploaded)} of {plan.num_images} assets were stored", code="UPLOAD_ERROR"
+            f"Only {len(uploaded)} of {plan.num_images} assets were stored",
+            code=ErrorCode.UPLOAD_ERROR,
         )
     payload = completed_payload(plan, details, uploaded, generation_time, flow_run.get_id())
     get_run_logger().info(
@@ -86,15 +87,15 @@ async def _preview_links(thumbnails: list[str | None]) -> list[str | None]:
     """A signed, expiring URL per thumbnail, where the storage signs URLs; else None each."""
     runtime = get_runtime()
     seconds = runtime.settings.artifact_preview_seconds
-    sign = getattr(runtime.storage, "signed_url", None)
-    if not seconds or sign is None:
+    if not seconds:
         return [None] * len(thumbnails)
+    sign = runtime.storage.signed_url
 
     async def link(path: str | None) -> str | None:
         if path is None:
             return None
         try:
-            url: str = await asyncio.to_thread(sign, runtime.settings.bucket, path, seconds)
+            url = await asyncio.to_thread(sign, runtime.settings.bucket, path, seconds)
         except StorageError as exc:  # a preview never fails a job
             get_run_logger().warning("No preview link for %s: %s", path, exc)
             return None

@@ -48,7 +48,7 @@ from prefect.types import DateTime
 from prefect.utilities.engine import emit_task_run_state_change_event
 
 from genjobs.assets import RenderedBatch
-from genjobs.errors import JobError
+from genjobs.errors import RenderTimeout
 from genjobs.jobs.plan import RenderPlan
 from genjobs.runtime import current_settings
 from genjobs.settings import Settings
@@ -60,13 +60,6 @@ _NOT_STARTED = {StateType.SCHEDULED, StateType.PENDING}
 HEARTBEAT_EVENT = "genjobs.render.heartbeat"
 """The event a GPU worker emits every ``render_heartbeat_seconds`` for each render it holds."""
 _API_TROUBLE = (httpx.HTTPError, OSError)
-
-
-class RenderTimeout(JobError):
-    """A dispatched render was lost or stuck more often than the flow re-submits it."""
-
-    code = "RENDER_TIMEOUT"
-    retryable = True
 
 
 def heartbeat_resource(task_run_id: UUID) -> dict[str, str]:

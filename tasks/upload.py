@@ -26,7 +26,7 @@ from prefect.cache_policies import NO_CACHE
 from pydantic import BaseModel
 
 from genjobs.assets import EncodedAsset, UploadedAsset
-from genjobs.errors import JobAssetsExist, StorageError, is_transient
+from genjobs.errors import ErrorCode, JobAssetsExist, StorageError, is_transient
 from genjobs.runtime import get_runtime
 from genjobs.settings import Settings
 from genjobs.storage.base import MIME_BY_EXTENSION, asset_path, job_prefix, thumbnail_path
@@ -174,7 +174,7 @@ async def refuse_stored_job(user_id: str, job_id: str) -> None:
     try:
         found = await asyncio.to_thread(runtime.storage.list, bucket, folder)
     except StorageError as exc:
-        if exc.code != "BUCKET_NOT_FOUND":
+        if exc.code != ErrorCode.BUCKET_NOT_FOUND:
             raise
         found = []
     if found:

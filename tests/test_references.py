@@ -18,7 +18,7 @@ import httpx
 import pytest
 from PIL import Image
 
-from genjobs.errors import InvalidPayload, ReferenceDownloadError, StorageError
+from genjobs.errors import ErrorCode, InvalidPayload, ReferenceDownloadError, StorageError
 from genjobs.jobs.plan import ReferenceInput, RenderPlan
 from genjobs.references import (
     HttpReference,
@@ -29,7 +29,6 @@ from genjobs.references import (
     fetch_all,
     redact_url,
 )
-from genjobs.storage.base import READ_LIMIT_EXCEEDED
 from genjobs.storage.local import LocalFolderStorage
 from genjobs.storage.supabase import SupabaseStorage
 
@@ -515,7 +514,7 @@ def test_local_storage_limited_read(storage: LocalFolderStorage) -> None:
     assert storage.get_limited("workspace-temp", path, len(PNG)) == PNG
     with pytest.raises(StorageError) as caught:
         storage.get_limited("workspace-temp", path, 10)
-    assert (caught.value.code, caught.value.status) == (READ_LIMIT_EXCEEDED, "413")
+    assert (caught.value.code, caught.value.status) == (ErrorCode.OBJECT_OVER_READ_LIMIT, "413")
     assert f"is {len(PNG)} bytes, above the read limit of 10 bytes" in caught.value.message
     for missing in (f"{USER}/nope.png", f"{USER}/uploads"):
         with pytest.raises(StorageError) as absent:

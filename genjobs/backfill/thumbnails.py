@@ -11,14 +11,7 @@ import io
 from PIL import Image
 
 from genjobs.encode.images import encode_thumbnail
-from genjobs.errors import JobError
-
-
-class ThumbnailError(JobError):
-    """The bytes could not be decoded into a picture; retrying will not help."""
-
-    code = "THUMBNAIL_ERROR"
-    retryable = False
+from genjobs.errors import ThumbnailError
 
 
 def decode_image(data: bytes) -> Image.Image:

@@ -27,9 +27,9 @@ from typing import Literal
 
 from genjobs.backfill.plan import PlannedCopy
 from genjobs.backfill.throttle import RateLimiter
-from genjobs.backfill.thumbnails import ThumbnailError, make_thumbnail
-from genjobs.errors import StorageError
-from genjobs.storage.base import MIME_BY_EXTENSION, ObjectInfo, StorageBackend
+from genjobs.backfill.thumbnails import make_thumbnail
+from genjobs.errors import ErrorCode, StorageError, ThumbnailError
+from genjobs.storage.base import MIME_BY_EXTENSION, ObjectInfo, StorageBackend, job_prefix
 
 logger = logging.getLogger(__name__)
 
@@ -204,7 +204,7 @@ def copy_and_verify(
             f"The copy of {item.key} at {item.target_bucket}/{item.target_path} does not hold "
             f"the bytes of its source ({source_print.size} bytes, sha256 "
             f"{source_print.sha256[:12]})",
-            code="VERIFY_MISMATCH",
+            code=ErrorCode.VERIFY_MISMATCH,
             retryable=True,
         )
     return CopyResult(
@@ -305,7 +305,7 @@ class CopyOutcome:
 
 
 def job_prefix_of(item: PlannedCopy) -> str:
-    return f"{item.source.user_id}/{item.source.job_id}/"
+    return job_prefix(item.source.user_id, item.source.job_id)
 
 
 @dataclass(frozen=True)

@@ -36,7 +36,6 @@ class OutboxEntry:
     key: str
     job_id: str
     status: str
-    url: str
     body: bytes
     created_at: float
 
@@ -61,28 +60,30 @@ def _write_private(target: Path, text: str) -> None:
     os.replace(tmp, target)
 
 
-def _parse(record: Any) -> tuple[str, str, str, bytes, float]:
-    """The fields of a stored record; KeyError, TypeError or ValueError when it is malformed."""
-    job_id, status, url = record["job_id"], record["status"], record["url"]
-    if not all(isinstance(value, str) for value in (job_id, status, url)):
-        raise TypeError("job_id, status and url must be strings")
+def _parse(record: Any) -> tuple[str, str, bytes, float]:
+    """The fields of a stored record; KeyError, TypeError or ValueError when it is malformed.
+
+    A ``url`` that earlier versions stored is ignored: a re-send goes to the configured URL.
+    """
+    job_id, status = record["job_id"], record["status"]
+    if not all(isinstance(value, str) for value in (job_id, status)):
+        raise TypeError("job_id and status must be strings")
     body = base64.b64decode(record["body"], validate=True)
-    return job_id, status, url, body, float(record["created_at"])
+    return job_id, status, body, float(record["created_at"])
 
 
 class Outbox:
     def __init__(self, folder: Path):
         self.folder = Path(folder)
 
-    def put(self, job_id: str, status: str, url: str, body: bytes) -> OutboxEntry:
+    def put(self, job_id: str, status: str, body: bytes) -> OutboxEntry:
         """Keep a callback; one entry per (job, status): a later put replaces it."""
         make_private_dir(self.folder)
         key = entry_key(job_id, status)
-        entry = OutboxEntry(key, job_id, status, url, body, time.time())
+        entry = OutboxEntry(key, job_id, status, body, time.time())
         record = {
             "job_id": job_id,
             "status": status,
-            "url": url,
             "created_at": entry.created_at,
             "body": base64.b64encode(body).decode("ascii"),
         }
@@ -96,7 +97,7 @@ class Outbox:
         found: dict[str, OutboxEntry] = {}
         for file in sorted(self.folder.glob("*.json")):
             try:
-                job_id, status, url, body, created_at = _parse(json.loads(file.read_bytes()))
+                job_id, status, body, created_at = _parse(json.loads(file.read_bytes()))
             except (OSError, KeyError, TypeError, ValueError, binascii.Error) as exc:
                 logger.warning(
                     "Outbox file %r in %s cannot be read as an entry (%s: %s); it is left "
@@ -108,7 +109,7 @@ class Outbox:
                 )
                 continue
             key = entry_key(job_id, status)
-            entry = OutboxEntry(key, job_id, status, url, body, created_at)
+            entry = OutboxEntry(key, job_id, status, body, created_at)
             if file.stem != key and not self._adopt(file, entry):
                 continue
             known = found.get(key)
@@ -171,6 +172,6 @@ class Outbox:
     @staticmethod
     def _created_at(file: Path) -> float | None:
         try:
-            return _parse(json.loads(file.read_bytes()))[4]
+            return _parse(json.loads(file.read_bytes()))[3]
         except (OSError, KeyError, TypeError, ValueError, binascii.Error):
             return None

@@ -11,7 +11,7 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict
 
-from genjobs.errors import JobError
+from genjobs.errors import ErrorCode, JobError
 
 CallbackStatus = Literal["completed", "failed", "processing"]
 
@@ -67,7 +67,7 @@ def failure_payload(
         )
     else:
         message = f"{type(error).__name__}: Internal processing error"
-        error_type, code, retryable = type(error).__name__, "INTERNAL_ERROR", False
+        error_type, code, retryable = type(error).__name__, ErrorCode.INTERNAL_ERROR, False
     message = storable_text(message)
     metadata = {"error_type": error_type, "error_code": code, "retryable": retryable}
     metadata.update(extra or {})

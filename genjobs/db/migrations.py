@@ -21,6 +21,8 @@ import logging
 from collections.abc import Sequence
 from pathlib import Path
 
+from genjobs.db.sql import database_errors
+
 logger = logging.getLogger(__name__)
 
 SUPABASE_DIR = Path(__file__).resolve().parents[2] / "supabase"
@@ -71,7 +73,8 @@ def apply_migrations(
 
     Raises:
         FileNotFoundError: The SQL files are not where they are expected.
-        psycopg.Error: A statement failed; that file's transaction is rolled back.
+        DatabaseError: The database is unreachable (retryable), or a statement failed and
+            that file's transaction is rolled back.
     """
     import psycopg
 
@@ -79,10 +82,10 @@ def apply_migrations(
     if bootstrap:
         files.insert(0, bootstrap_file(supabase_dir))
     applied: list[str] = []
-    with psycopg.connect(conninfo, autocommit=True) as conn:
+    with database_errors(), psycopg.connect(conninfo, autocommit=True) as conn:
         for path in files:
             logger.info("Applying %s.", path.name)
-            with conn.transaction():
+            with database_errors(path.name), conn.transaction():
                 conn.execute(path.read_bytes())
             applied.append(path.name)
     logger.info("Applied %d SQL files.", len(applied))

@@ -1,25 +1,36 @@
 """Statements against the project database, one transaction each (psycopg, imported lazily).
 
-The maintenance flows read and write the project's PostgreSQL through these helpers only;
-every psycopg error comes back as :class:`DatabaseError`.
+Everything that reads or writes the project's PostgreSQL goes through these helpers, so every
+psycopg error comes back as :class:`~genjobs.errors.DatabaseError`.
 """
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
 from typing import Any
 
-from genjobs.errors import JobError
+from genjobs.errors import DatabaseError
 
 CONNECT_TIMEOUT_SECONDS = 10
 DSN_SETTING = "GENJOBS_DATABASE_DSN (Settings.database_dsn)"
 """Where the project database is configured, as messages name it."""
 
 
-class DatabaseError(JobError):
-    """The project database could not be reached or refused a statement."""
+@contextmanager
+def database_errors(action: str = "the statement") -> Iterator[None]:
+    """Translate each psycopg error raised inside into :class:`DatabaseError`.
 
-    code = "DATABASE_ERROR"
+    An unreachable database (``OperationalError``) is retryable; a refused ``action`` is not.
+    """
+    import psycopg
+
+    try:
+        yield
+    except psycopg.OperationalError as exc:
+        raise DatabaseError(f"The database is unavailable: {exc}", retryable=True) from exc
+    except psycopg.Error as exc:
+        raise DatabaseError(f"The database refused {action}: {exc}") from exc
 
 
 def run_statements(
@@ -33,20 +44,16 @@ def run_statements(
     """
     import psycopg
 
-    try:
-        with (
-            psycopg.connect(dsn, connect_timeout=CONNECT_TIMEOUT_SECONDS) as conn,
-            conn.transaction(),
-        ):
-            results = []
-            for statement, params in statements:
-                cursor = conn.execute(statement, params)
-                results.append(cursor.fetchall() if cursor.description is not None else [])
-            return results
-    except psycopg.OperationalError as exc:
-        raise DatabaseError(f"The database is unavailable: {exc}", retryable=True) from exc
-    except psycopg.Error as exc:
-        raise DatabaseError(f"The database refused the statement: {exc}") from exc
+    with (
+        database_errors(),
+        psycopg.connect(dsn, connect_timeout=CONNECT_TIMEOUT_SECONDS) as conn,
+        conn.transaction(),
+    ):
+        results = []
+        for statement, params in statements:
+            cursor = conn.execute(statement, params)
+            results.append(cursor.fetchall() if cursor.description is not None else [])
+        return results
 
 
 def run_sql(dsn: str, statement: str, params: tuple[Any, ...] = ()) -> list[tuple[Any, ...]]:

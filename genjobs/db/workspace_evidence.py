@@ -14,7 +14,8 @@ from collections import defaultdict
 from dataclasses import dataclass, field
 from datetime import datetime
 
-from genjobs.db.sql import DatabaseError, missing_tables, run_statements
+from genjobs.db.sql import missing_tables, run_statements
+from genjobs.errors import DatabaseError
 
 REQUIRED_TABLES = (
     "public.workspace_assets",

@@ -20,11 +20,10 @@ from pathlib import Path
 
 import numpy as np
 
-from genjobs.errors import JobError
+from genjobs.errors import ErrorCode, JobError
 
 logger = logging.getLogger(__name__)
 
-ENCODE_ERROR = "ENCODE_ERROR"
 VIDEO_CODEC = "libx264"
 PIXEL_FORMAT = "yuv420p"
 DEFAULT_CRF = 18
@@ -110,10 +109,10 @@ def encode_mp4(
             raise JobError(
                 f"ffmpeg could not encode {count} frames of {width}x{height} at {fps} fps: "
                 f"{tail or 'no error output'}",
-                code=ENCODE_ERROR,
+                code=ErrorCode.ENCODE_ERROR,
             ) from exc
         except OSError as exc:
-            raise JobError(f"ffmpeg could not be run: {exc}", code=ENCODE_ERROR) from exc
+            raise JobError(f"ffmpeg could not be run: {exc}", code=ErrorCode.ENCODE_ERROR) from exc
         data = path.read_bytes()
     logger.info(
         "Encoded %s frames of %sx%s at %s fps into %s bytes of MP4 in %.2f s.",
@@ -138,7 +137,7 @@ def probe_mp4(data: bytes) -> VideoFacts:
     try:
         with av.open(io.BytesIO(data), mode="r") as container:
             if not container.streams.video:
-                raise JobError("The encoded file has no video stream", code=ENCODE_ERROR)
+                raise JobError("The encoded file has no video stream", code=ErrorCode.ENCODE_ERROR)
             stream = container.streams.video[0]
             frame_count = stream.frames or sum(
                 1 for packet in container.demux(stream) if packet.size
@@ -159,7 +158,9 @@ def probe_mp4(data: bytes) -> VideoFacts:
                 pixel_format=str(context.pix_fmt),
             )
     except av.FFmpegError as exc:
-        raise JobError(f"The encoded video could not be read: {exc}", code=ENCODE_ERROR) from exc
+        raise JobError(
+            f"The encoded video could not be read: {exc}", code=ErrorCode.ENCODE_ERROR
+        ) from exc
     return facts
 
 

@@ -13,7 +13,7 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict
 
-from genjobs.errors import InvalidPayload, ReferenceModeUnsupported
+from genjobs.errors import ErrorCode, InvalidPayload, ReferenceModeUnsupported
 from genjobs.jobs.output_size import mp4_worst_case_bytes, png_worst_case_bytes
 from genjobs.jobs.payload import MAX_SEED, Job, clamp_num_images, parse_resolution
 from genjobs.jobs.types import WAN_FPS, WAN_SAMPLE_SHIFT, Family, OutputKind
@@ -123,7 +123,7 @@ def plan_job(job: Job, max_object_bytes: int = WORKSPACE_TEMP_FILE_SIZE_LIMIT) -
         raise InvalidPayload(
             "Field 'compel_enabled' is invalid (True): prompt weighting is not supported; "
             "send the plain prompt",
-            code="COMPEL_UNSUPPORTED",
+            code=ErrorCode.COMPEL_UNSUPPORTED,
         )
     plan = _plan_sdxl(job) if spec.family == "sdxl" else _plan_wan(job)
     _check_output_size(job, plan, max_object_bytes)
@@ -149,7 +149,7 @@ def _check_output_size(job: Job, plan: RenderPlan, max_object_bytes: int) -> Non
         raise InvalidPayload(
             f"Field '{field}' is invalid ({value!r}): its {output} could reach {worst} bytes, "
             f"more than the {max_object_bytes} bytes the storage bucket takes per object",
-            code="OUTPUT_TOO_LARGE",
+            code=ErrorCode.OUTPUT_TOO_LARGE,
         )
 
 

@@ -34,10 +34,6 @@ class JobTypeSpec:
     frames: int | None = None
     fixed_size: tuple[int, int] | None = None  # (width, height); None: from config.resolution
 
-    @property
-    def max_images(self) -> int:
-        return 6 if self.family == "sdxl" else 1
-
 
 JOB_TYPES: dict[str, JobTypeSpec] = {
     spec.name: spec

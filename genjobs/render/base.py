@@ -26,7 +26,6 @@ class ModelSpec:
     family: Literal["sdxl", "wan", "wan_vace"]
     source: str | None = None
     dtype: str = "auto"
-    variant: str | None = None
     scheduler: str | None = None
     device: str = "auto"
     compile: bool = False

@@ -96,8 +96,6 @@ def _from_source(spec: ModelSpec, model_dir: Path, dtype: Any) -> tuple[Any, str
     if kind == "single_file":
         logger.info("Loading SDXL from the single-file checkpoint %s.", spec.source)
         return StableDiffusionXLPipeline.from_single_file(spec.source, **kwargs), str(spec.source)
-    if spec.variant:
-        kwargs["variant"] = spec.variant
     if kind == "embedded":
         folder = ensure_tiny_sdxl(model_dir / TINY_FOLDER_NAME)
         logger.info("Loading the embedded tiny SDXL model from %s.", folder)

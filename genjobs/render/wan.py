@@ -233,8 +233,6 @@ def load_wan_pipelines(spec: ModelSpec, model_dir: Path) -> WanPipelines:
     else:
         location = source = str(spec.source)
     kwargs: dict[str, Any] = {"dtype": {"default": dtype, "vae": torch.float32}}
-    if spec.variant:
-        kwargs["variant"] = spec.variant
     try:
         logger.info("Loading WAN text-to-video from the %s %s.", kind, location)
         pipe = WanPipeline.from_pretrained(location, **kwargs)
@@ -278,8 +276,6 @@ def load_vace_transformer(spec: ModelSpec, model_dir: Path) -> VaceTransformer:
         location = source = str(spec.source)
         if kind == "hub" or (Path(location) / "model_index.json").is_file():
             kwargs["subfolder"] = "transformer"
-    if spec.variant:
-        kwargs["variant"] = spec.variant
     try:
         logger.info("Loading the WAN VACE transformer from the %s %s.", kind, location)
         transformer = WanVACETransformer3DModel.from_pretrained(location, **kwargs).to(device)

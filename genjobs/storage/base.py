@@ -6,9 +6,10 @@ import builtins
 from collections.abc import Iterable
 from dataclasses import dataclass
 from datetime import datetime
+from pathlib import Path
 from typing import Protocol
 
-from genjobs.errors import StorageError
+from genjobs.errors import ErrorCode, StorageError
 
 MIME_BY_EXTENSION = {
     "png": "image/png",
@@ -22,18 +23,13 @@ MIME_BY_EXTENSION = {
 }
 
 
-READ_LIMIT_EXCEEDED = "OBJECT_OVER_READ_LIMIT"
-"""Code of the StorageError :meth:`StorageBackend.get_limited` raises for an object that is
-larger than the caller accepts."""
-
-
 def read_limit_exceeded(target: str, max_bytes: int, size: int | None = None) -> StorageError:
     """The error of an object larger than ``max_bytes``; ``size`` when it is known."""
     shown = f"{size} bytes" if size is not None else f"more than {max_bytes} bytes"
     return StorageError(
         f"Object {target} is {shown}, above the read limit of {max_bytes} bytes",
         status="413",
-        code=READ_LIMIT_EXCEEDED,
+        code=ErrorCode.OBJECT_OVER_READ_LIMIT,
         retryable=False,
     )
 
@@ -61,6 +57,7 @@ def thumbnail_path(user_id: str, job_id: str, index: int) -> str:
 
 
 def job_prefix(user_id: str, job_id: str) -> str:
+    """``{user_id}/{job_id}/``: the folder that holds every object of one job."""
     return f"{user_id}/{job_id}/"
 
 
@@ -98,7 +95,7 @@ class StorageBackend(Protocol):
 
     def get_limited(self, bucket: str, path: str, max_bytes: int) -> bytes:
         """Read an object of at most ``max_bytes``, stopping as soon as it proves larger
-        (StorageError with code :data:`READ_LIMIT_EXCEEDED`); never holds more in memory."""
+        (StorageError with code ``OBJECT_OVER_READ_LIMIT``); never holds more in memory."""
         ...
 
     def list(self, bucket: str, prefix: str = "") -> builtins.list[ObjectInfo]:
@@ -115,15 +112,24 @@ class StorageBackend(Protocol):
         """Delete objects; returns the paths that existed and were removed."""
         ...
 
+    @property
+    def server_side_copy_across_buckets(self) -> bool:
+        """Whether ``copy(..., destination_bucket=other)`` runs on the server, moving no bytes
+        through this process (within one bucket a server that copies always does)."""
+        ...
 
-CROSS_BUCKET_COPY_FLAG = "server_side_copy_across_buckets"
-"""Attribute a backend sets to True when ``copy(..., destination_bucket=other)`` runs on the
-server (``POST /object/copy`` with ``destinationBucket``) instead of through the client."""
+    def signed_url(self, bucket: str, path: str, expires_in: int) -> str | None:
+        """A URL that reads the object without credentials for ``expires_in`` seconds, or
+        None where the store has no URLs to sign."""
+        ...
 
+    def local_path(self, bucket: str, path: str) -> Path | None:
+        """The file that holds the object on this machine's disk, or None for a remote store."""
+        ...
 
-def copies_across_buckets_server_side(storage: object) -> bool:
-    """Whether ``storage.copy`` into another bucket moves no bytes through this process."""
-    return bool(getattr(storage, CROSS_BUCKET_COPY_FLAG, False))
+    def close(self) -> None:
+        """Release connections; the backend is not used afterwards."""
+        ...
 
 
 def check_relative_path(path: str) -> str:
@@ -133,6 +139,6 @@ def check_relative_path(path: str) -> str:
         raise StorageError(
             f"Object path {path!r} is not a clean relative path",
             status="400",
-            code="INVALID_OBJECT_PATH",
+            code=ErrorCode.INVALID_OBJECT_PATH,
         )
     return path

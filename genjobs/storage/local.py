@@ -11,7 +11,7 @@ import os
 from datetime import UTC, datetime
 from pathlib import Path
 
-from genjobs.errors import StorageError
+from genjobs.errors import ErrorCode, StorageError
 from genjobs.storage.base import (
     ObjectInfo,
     StoredObject,
@@ -26,6 +26,9 @@ READ_CHUNK_BYTES = 1024 * 1024
 
 class LocalFolderStorage:
     """A storage backend on a local folder, laid out like the bucket."""
+
+    server_side_copy_across_buckets = False
+    """Every copy reads and writes the files through this process."""
 
     def __init__(self, root: Path):
         self.root = Path(root)
@@ -54,10 +57,10 @@ class LocalFolderStorage:
         if not target.is_file():
             if not (self.root / bucket).is_dir():
                 raise StorageError(
-                    f"Bucket {bucket} not found", status="404", code="BUCKET_NOT_FOUND"
+                    f"Bucket {bucket} not found", status="404", code=ErrorCode.BUCKET_NOT_FOUND
                 )
             raise StorageError(
-                f"Object {bucket}/{path} not found", status="404", code="OBJECT_NOT_FOUND"
+                f"Object {bucket}/{path} not found", status="404", code=ErrorCode.OBJECT_NOT_FOUND
             )
         return target.read_bytes()
 
@@ -74,7 +77,7 @@ class LocalFolderStorage:
                 )
         except (FileNotFoundError, IsADirectoryError, NotADirectoryError) as exc:
             raise StorageError(
-                f"Object {bucket}/{path} not found", status="404", code="OBJECT_NOT_FOUND"
+                f"Object {bucket}/{path} not found", status="404", code=ErrorCode.OBJECT_NOT_FOUND
             ) from exc
 
     def content_type(self, bucket: str, path: str) -> str | None:
@@ -86,7 +89,9 @@ class LocalFolderStorage:
     def list(self, bucket: str, prefix: str = "") -> builtins.list[ObjectInfo]:
         base = self.root / check_relative_path(bucket)
         if not base.is_dir():
-            raise StorageError(f"Bucket {bucket} not found", status="404", code="BUCKET_NOT_FOUND")
+            raise StorageError(
+                f"Bucket {bucket} not found", status="404", code=ErrorCode.BUCKET_NOT_FOUND
+            )
         found = []
         # Walk only the folder the prefix names (its part up to the last "/").
         folder = base / prefix.rpartition("/")[0] if "/" in prefix else base
@@ -127,3 +132,13 @@ class LocalFolderStorage:
                 self._meta(bucket, path).unlink(missing_ok=True)
                 removed.append(path)
         return removed
+
+    def signed_url(self, bucket: str, path: str, expires_in: int) -> None:
+        """None: a folder on the local disk has no URLs to sign."""
+        return None
+
+    def local_path(self, bucket: str, path: str) -> Path:
+        return self._file(bucket, path)
+
+    def close(self) -> None:
+        """Nothing to release: every call opens and closes its own files."""

@@ -24,13 +24,13 @@ from collections.abc import Iterable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
-from genjobs.errors import StorageError
+from genjobs.errors import ErrorCode, StorageError
 from genjobs.storage.base import StorageBackend
 
 logger = logging.getLogger(__name__)
 
 JOURNAL_DIR = "uploads"
-_ABSENT = {"OBJECT_NOT_FOUND", "BUCKET_NOT_FOUND"}
+_ABSENT = {ErrorCode.OBJECT_NOT_FOUND, ErrorCode.BUCKET_NOT_FOUND}
 
 
 @dataclass(frozen=True)

@@ -40,7 +40,7 @@ from collections.abc import Callable, Mapping
 import httpx
 from storage3.exceptions import StorageApiError
 
-from genjobs.errors import StorageError
+from genjobs.errors import ErrorCode, StorageError
 
 logger = logging.getLogger(__name__)
 
@@ -227,7 +227,7 @@ class ResumableUploader:
                     raise StorageError(
                         f"Storage upload of {target} failed: the resumable upload was gone "
                         f"{restart + 1} times ({gone})",
-                        code="STORAGE_UNAVAILABLE",
+                        code=ErrorCode.STORAGE_UNAVAILABLE,
                         retryable=True,
                     ) from gone
         raise AssertionError("unreachable")  # pragma: no cover
@@ -360,7 +360,7 @@ class ResumableUploader:
             if isinstance(exc, _OffsetConflict | _NotWrittenYet):
                 raise StorageError(
                     f"{doing} failed: {exc}",
-                    code="STORAGE_UNAVAILABLE",
+                    code=ErrorCode.STORAGE_UNAVAILABLE,
                     retryable=True,
                 ) from exc
             raise exc

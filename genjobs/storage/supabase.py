@@ -49,7 +49,7 @@ from storage3._sync.file_api import relative_path_to_parts
 from storage3.exceptions import StorageApiError
 from storage3.utils import StorageException
 
-from genjobs.errors import StorageError
+from genjobs.errors import ErrorCode, StorageError
 from genjobs.storage.base import (
     ObjectInfo,
     StoredObject,
@@ -84,20 +84,22 @@ def storage_error_from_api(exc: StorageApiError, action: str, target: str) -> St
     detail = f"Storage {action} of {target} failed with status {status} ({error}): {exc.message}"
     if status == "404":
         missing_bucket = error in ("Bucket not found", "NoSuchBucket")
-        code = "BUCKET_NOT_FOUND" if missing_bucket else "OBJECT_NOT_FOUND"
+        code = ErrorCode.BUCKET_NOT_FOUND if missing_bucket else ErrorCode.OBJECT_NOT_FOUND
         return StorageError(detail, status=status, code=code, retryable=False)
     known = {
-        "415": "INVALID_MIME_TYPE",
-        "413": "OBJECT_TOO_LARGE",
-        "409": "OBJECT_EXISTS",
-        "403": "STORAGE_ACCESS_DENIED",
-        "401": "STORAGE_ACCESS_DENIED",
+        "415": ErrorCode.INVALID_MIME_TYPE,
+        "413": ErrorCode.OBJECT_TOO_LARGE,
+        "409": ErrorCode.OBJECT_EXISTS,
+        "403": ErrorCode.STORAGE_ACCESS_DENIED,
+        "401": ErrorCode.STORAGE_ACCESS_DENIED,
     }
     if status in known:
         return StorageError(detail, status=status, code=known[status], retryable=False)
     if is_transient_status(status):
-        return StorageError(detail, status=status, code="STORAGE_UNAVAILABLE", retryable=True)
-    return StorageError(detail, status=status, code="STORAGE_BAD_REQUEST", retryable=False)
+        return StorageError(
+            detail, status=status, code=ErrorCode.STORAGE_UNAVAILABLE, retryable=True
+        )
+    return StorageError(detail, status=status, code=ErrorCode.STORAGE_BAD_REQUEST, retryable=False)
 
 
 def _api_error(response: httpx.Response) -> StorageApiError:
@@ -121,25 +123,25 @@ def translate_errors(action: str, target: str) -> Iterator[None]:
     except httpx.UnsupportedProtocol as exc:
         raise StorageError(
             f"Storage {action} of {target} has an unusable URL: {exc}",
-            code="STORAGE_BAD_REQUEST",
+            code=ErrorCode.STORAGE_BAD_REQUEST,
             retryable=False,
         ) from exc
     except httpx.TimeoutException as exc:
         raise StorageError(
             f"Storage {action} of {target} timed out ({type(exc).__name__})",
-            code="STORAGE_UNAVAILABLE",
+            code=ErrorCode.STORAGE_UNAVAILABLE,
             retryable=True,
         ) from exc
     except httpx.TransportError as exc:
         raise StorageError(
             f"Storage {action} of {target} lost its connection ({type(exc).__name__}: {exc})",
-            code="STORAGE_UNAVAILABLE",
+            code=ErrorCode.STORAGE_UNAVAILABLE,
             retryable=True,
         ) from exc
     except (httpx.HTTPError, StorageException, ValueError, KeyError) as exc:
         raise StorageError(
             f"Storage {action} of {target} got an unreadable answer ({type(exc).__name__}: {exc})",
-            code="STORAGE_BAD_RESPONSE",
+            code=ErrorCode.STORAGE_BAD_RESPONSE,
             retryable=True,
         ) from exc
 
@@ -330,7 +332,7 @@ class SupabaseStorage:
                     self._client.from_(bucket).copy(source, destination)
                 return
             except StorageError as exc:
-                if exc.code != "OBJECT_EXISTS":
+                if exc.code != ErrorCode.OBJECT_EXISTS:
                     raise
                 logger.debug("Copy target %s/%s exists; overwriting it", bucket, destination)
         self._copy_through_client(bucket, source, target_bucket, destination)
@@ -345,6 +347,29 @@ class SupabaseStorage:
                 rows = self._client.from_(bucket).remove(batch)
             removed.update(str(row["name"]) for row in rows if isinstance(row, dict))
         return [path for path in wanted if path in removed]
+
+    @property
+    def server_side_copy_across_buckets(self) -> bool:
+        """False: :meth:`copy` into another bucket downloads and uploads the bytes."""
+        return False
+
+    def local_path(self, bucket: str, path: str) -> None:
+        """None: the objects live on the storage server."""
+        return None
+
+    def signed_url(self, bucket: str, path: str, expires_in: int) -> str:
+        """An absolute URL that reads the object without authorisation for ``expires_in`` s."""
+        check_relative_path(path)
+        with translate_errors("sign", f"{bucket}/{path}"):
+            signed = self._client.from_(bucket).create_signed_url(path, expires_in)
+        url = signed["signedURL"]
+        if not url:
+            raise StorageError(
+                f"Storage sign of {bucket}/{path} returned no URL",
+                code=ErrorCode.STORAGE_BAD_RESPONSE,
+                retryable=True,
+            )
+        return url
 
     # Extras
 
@@ -362,20 +387,6 @@ class SupabaseStorage:
         value = info.get("content_type") or info.get("contentType")
         return str(value) if value else None
 
-    def signed_url(self, bucket: str, path: str, expires_in: int) -> str:
-        """An absolute URL that reads the object without authorisation for ``expires_in`` s."""
-        check_relative_path(path)
-        with translate_errors("sign", f"{bucket}/{path}"):
-            signed = self._client.from_(bucket).create_signed_url(path, expires_in)
-        url = signed["signedURL"]
-        if not url:
-            raise StorageError(
-                f"Storage sign of {bucket}/{path} returned no URL",
-                code="STORAGE_BAD_RESPONSE",
-                retryable=True,
-            )
-        return url
-
     # Helpers
 
     @staticmethod
@@ -387,7 +398,7 @@ class SupabaseStorage:
             with translate_errors("upload", target):
                 yield
         except StorageError as exc:
-            if exc.code != "OBJECT_TOO_LARGE":
+            if exc.code != ErrorCode.OBJECT_TOO_LARGE:
                 raise
             limit = (
                 f"its file_size_limit, {WORKSPACE_TEMP_FILE_SIZE_LIMIT} bytes as the migrations "

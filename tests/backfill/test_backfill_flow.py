@@ -21,8 +21,9 @@ import pytest
 from PIL import Image
 from pydantic import SecretStr
 
-from flows.backfill import BackfillRefused, backfill_legacy_buckets, rollback_backfill
+from flows.backfill import backfill_legacy_buckets, rollback_backfill
 from genjobs.backfill.manifest import ManifestRecord, ManifestWriter, load_manifest
+from genjobs.errors import BackfillRefused
 from genjobs.settings import Settings
 from genjobs.storage.local import LocalFolderStorage
 from tests.backfill.conftest import (

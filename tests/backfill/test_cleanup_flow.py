@@ -14,8 +14,8 @@ import pytest
 from prefect.exceptions import ParameterBindError
 from pydantic import SecretStr
 
-from flows.cleanup import CleanupRefused, cleanup_workspace
-from genjobs.db.sql import DatabaseError
+from flows.cleanup import cleanup_workspace
+from genjobs.errors import CleanupRefused, DatabaseError
 from genjobs.settings import Settings
 from tests.backfill.conftest import (
     TARGET,

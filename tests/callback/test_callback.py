@@ -111,9 +111,9 @@ def test_retry_delays_grow_to_a_cap_and_cover_the_window() -> None:
 
 def test_outbox_keeps_exact_bytes_one_entry_per_job_state(tmp_path) -> None:  # type: ignore[no-untyped-def]
     outbox = Outbox(tmp_path)
-    outbox.put(JOB, "completed", "http://x", b"one")
-    outbox.put(JOB, "completed", "http://x", b"two")
-    outbox.put(JOB, "failed", "http://x", b"\x00raw")
+    outbox.put(JOB, "completed", b"one")
+    outbox.put(JOB, "completed", b"two")
+    outbox.put(JOB, "failed", b"\x00raw")
     entries = {(e.job_id, e.status): e for e in Outbox(tmp_path).entries()}
     assert {k: e.body for k, e in entries.items()} == {
         (JOB, "completed"): b"two",

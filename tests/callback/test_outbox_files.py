@@ -37,7 +37,7 @@ def files_under(folder: Path) -> set[Path]:
 @pytest.mark.parametrize("job_id", HOSTILE_IDS)
 def test_outbox_file_names_never_come_from_the_job_id(tmp_path: Path, job_id: str) -> None:
     folder = tmp_path / "home" / "outbox"
-    Outbox(folder).put(job_id, "failed", "http://x", b"body")
+    Outbox(folder).put(job_id, "failed", b"body")
 
     key = entry_key(job_id, "failed")
     assert files_under(tmp_path) == {folder / f"{key}.json"}
@@ -49,17 +49,30 @@ def test_outbox_file_names_never_come_from_the_job_id(tmp_path: Path, job_id: st
 
 def test_outbox_creates_its_folders_0700_and_files_0600(tmp_path: Path) -> None:
     home = tmp_path / "home"
-    Outbox(home / "outbox").put(JOB, "completed", "http://x", b"one")
-    Outbox(home / "outbox").put(JOB, "completed", "http://x", b"two")  # replaces the first
+    Outbox(home / "outbox").put(JOB, "completed", b"one")
+    Outbox(home / "outbox").put(JOB, "completed", b"two")  # replaces the first
 
     (file,) = (home / "outbox").iterdir()
     assert (mode(home), mode(home / "outbox"), mode(file)) == (0o700, 0o700, 0o600)
     assert [e.body for e in Outbox(home / "outbox").entries()] == [b"two"]
 
 
+def test_an_entry_file_keeps_the_job_status_time_and_exact_body_only(tmp_path: Path) -> None:
+    folder = tmp_path / "outbox"
+    entry = Outbox(folder).put(JOB, "failed", b"\x00exact")
+
+    record = json.loads((folder / f"{entry.key}.json").read_bytes())
+    assert record == {
+        "job_id": JOB,
+        "status": "failed",
+        "created_at": entry.created_at,
+        "body": base64.b64encode(b"\x00exact").decode("ascii"),
+    }
+
+
 def test_outbox_refuses_keys_it_did_not_make(tmp_path: Path) -> None:
     outbox = Outbox(tmp_path / "outbox")
-    outbox.put(JOB, "failed", "http://x", b"kept")
+    outbox.put(JOB, "failed", b"kept")
     for key in ("../outbox/" + entry_key(JOB, "failed"), f"{JOB}.failed", ""):
         with pytest.raises(ValueError, match="not an outbox entry key"):
             outbox.remove(key)
@@ -113,7 +126,7 @@ def test_an_old_entry_gives_way_to_a_newer_one_of_the_same_job_and_status(
     folder = tmp_path / "outbox"
     folder.mkdir()
     (folder / f"{JOB}.failed.json").write_text(legacy_record(JOB, "failed", b"old", 1.0))
-    Outbox(folder).put(JOB, "failed", "http://x", b"new")
+    Outbox(folder).put(JOB, "failed", b"new")
 
     assert [e.body for e in Outbox(folder).entries()] == [b"new"]
     assert [path.name for path in folder.iterdir()] == [f"{entry_key(JOB, 'failed')}.json"]

@@ -86,7 +86,7 @@ def waiting_failure(
     body = serialise(failure_payload(job_id, InvalidPayload("Field 'prompt' is missing")))
     monkeypatch.setenv("GENJOBS_CALLBACK_URL", backend.url)
     monkeypatch.setenv("GENJOBS_JOB_CALLBACK_SECRET", secret)
-    Outbox(home / "outbox").put(job_id, "failed", backend.url, body)
+    Outbox(home / "outbox").put(job_id, "failed", body)
     return job_id, body
 
 

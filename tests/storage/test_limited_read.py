@@ -4,8 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from genjobs.errors import StorageError
-from genjobs.storage.base import READ_LIMIT_EXCEEDED
+from genjobs.errors import ErrorCode, StorageError
 from genjobs.storage.supabase import SupabaseStorage
 
 USER = "6f1c2a9e-1111-4222-8333-944455556666"
@@ -28,7 +27,7 @@ def test_limited_read_refuses_a_larger_object(storage: SupabaseStorage, real_buc
     with pytest.raises(StorageError) as caught:
         storage.get_limited(real_bucket, path, len(PAYLOAD) - 1)
     assert (caught.value.code, caught.value.status, caught.value.retryable) == (
-        READ_LIMIT_EXCEEDED,
+        ErrorCode.OBJECT_OVER_READ_LIMIT,
         "413",
         False,
     )

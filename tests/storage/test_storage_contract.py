@@ -2,7 +2,8 @@
 (v1.70.6 on loopback, through the ``/storage/v1`` proxy) and the stand-in in ``devstack``.
 
 Each test gets fresh buckets. What a backend cannot do (the local folder has no MIME allow-list,
-no keys and no signed URLs) is a capability of its target, not a skipped assertion elsewhere.
+no keys and no signed URLs; only the local folder has files on this disk) is a capability of its
+target, and the backend's own answer (``signed_url`` None, ``local_path`` None) is checked.
 """
 
 from __future__ import annotations
@@ -40,6 +41,7 @@ class Target:
     enforces_mime_types: bool
     signs_urls: bool
     bad_key_backend: Any = None
+    holds_local_files: bool = False
 
     def content_type(self, path: str, bucket: str | None = None) -> str | None:
         return self.backend.content_type(bucket or self.bucket, path)  # type: ignore[no-any-return]
@@ -55,7 +57,8 @@ def _local(tmp_path: Path) -> Iterator[Target]:
     root = tmp_path / "store"
     for bucket in ("contract", "other"):
         (root / bucket).mkdir(parents=True)
-    yield Target("local", LocalFolderStorage(root), "contract", "other", False, False)
+    local = LocalFolderStorage(root)
+    yield Target("local", local, "contract", "other", False, False, holds_local_files=True)
 
 
 def _real(request: pytest.FixtureRequest) -> Iterator[Target]:
@@ -236,6 +239,7 @@ def test_copy_into_another_bucket(target: Target) -> None:
     assert target.backend.get(target.other_bucket, "v/dst.mp4") == PAYLOAD
     assert target.content_type("v/dst.mp4", target.other_bucket) == "video/mp4"
     assert [i.path for i in target.backend.list(target.bucket)] == ["u/src.mp4"]
+    assert target.backend.server_side_copy_across_buckets is False  # it went through the client
 
 
 def test_copy_of_a_missing_object_is_a_final_404(target: Target) -> None:
@@ -261,9 +265,10 @@ def test_remove_deletes_what_exists_and_reports_only_that(target: Target) -> Non
 
 
 def test_signed_url_reads_the_object_without_a_key(target: Target) -> None:
-    if not target.signs_urls:
-        pytest.skip(f"{target.name} has no signed URLs")
     target.backend.put(target.bucket, "u/j/0.png", PAYLOAD, "image/png")
+    if not target.signs_urls:
+        assert target.backend.signed_url(target.bucket, "u/j/0.png", 60) is None
+        return
 
     url = target.backend.signed_url(target.bucket, "u/j/0.png", 60)
     response = httpx.get(url, timeout=30)
@@ -274,3 +279,17 @@ def test_signed_url_reads_the_object_without_a_key(target: Target) -> None:
     assert hashlib.md5(response.content).hexdigest() == hashlib.md5(PAYLOAD).hexdigest()
     error = _error(lambda: target.backend.signed_url(target.bucket, "u/j/none.png", 60))
     assert (error.status, error.code, error.retryable) == ("404", "OBJECT_NOT_FOUND", False)
+
+
+# --- local files ------------------------------------------------------------------------------
+
+
+def test_local_path_is_the_file_holding_the_bytes_or_none(target: Target) -> None:
+    target.backend.put(target.bucket, "u/j/0.png", PAYLOAD, "image/png")
+
+    path = target.backend.local_path(target.bucket, "u/j/0.png")
+
+    if target.holds_local_files:
+        assert path is not None and path.read_bytes() == PAYLOAD
+    else:
+        assert path is None

@@ -1,12 +1,14 @@
 """Legacy ``jobs.video_id`` -> ``(user_id, job_id)``, read once from PostgreSQL.
 
-Only the two ``video_id`` layouts need it. The column is legacy and may be absent (then nothing
-resolves). psycopg is imported only when a database is configured.
+Only the two legacy ``video_id`` layouts of the backfill need it. The column is legacy and may
+be absent (then nothing resolves).
 """
 
 from __future__ import annotations
 
 import logging
+
+from genjobs.db.sql import run_sql
 
 logger = logging.getLogger(__name__)
 
@@ -19,20 +21,16 @@ _VIDEO_IDS = """
 """
 
 
-def load_video_jobs(dsn: str, connect_timeout: int = 10) -> dict[str, tuple[str, str]]:
+def load_video_jobs(dsn: str) -> dict[str, tuple[str, str]]:
     """Every ``jobs`` row with a ``video_id``, as ``{video_id: (user_id, job_id)}``.
 
-    Args:
-        dsn: A PostgreSQL connection string for the project's database.
-        connect_timeout: Seconds to wait for the connection.
+    Raises:
+        DatabaseError: The database is unreachable (retryable) or refused the query.
     """
-    import psycopg
-
-    with psycopg.connect(dsn, connect_timeout=connect_timeout) as conn:
-        if conn.execute(_HAS_VIDEO_ID).fetchone() is None:
-            logger.info("public.jobs has no video_id column; video_id names stay unmapped.")
-            return {}
-        rows = conn.execute(_VIDEO_IDS).fetchall()
+    if not run_sql(dsn, _HAS_VIDEO_ID):
+        logger.info("public.jobs has no video_id column; video_id names stay unmapped.")
+        return {}
+    rows = run_sql(dsn, _VIDEO_IDS)
     found = {str(video_id): (str(user_id), str(job_id)) for video_id, user_id, job_id in rows}
     logger.info("Read %d legacy video_id(s) from public.jobs.", len(found))
     return found
