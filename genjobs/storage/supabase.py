@@ -197,6 +197,9 @@ class SupabaseStorage:
         self.cache_control = cache_control
         self.list_page_size = list_page_size
         self._owns_client = owns_client
+        # Whether the server copies into another bucket (``destinationBucket``): unknown until
+        # the first such copy tells (see :meth:`copy`), then fixed for this backend.
+        self._copies_across_buckets: bool | None = None
 
     @classmethod
     def from_supabase(
@@ -318,24 +321,67 @@ class SupabaseStorage:
     def copy(
         self, bucket: str, source: str, destination: str, destination_bucket: str | None = None
     ) -> None:
-        """Copy an object, overwriting the destination.
+        """Copy an object on the server, overwriting the destination.
 
-        Within a bucket the server copies; into another bucket, or when the destination exists
-        (the server's copy never overwrites), the bytes are downloaded and uploaded again.
+        Into another bucket the server is asked to copy (``destinationBucket``) until it shows
+        that it cannot: a server that does not know the field copies within the source bucket
+        instead, which its answer's ``Key`` reveals; that stray copy (new, since the request
+        does not overwrite) is removed where it holds the source's bytes, and from then on this
+        backend copies across buckets through the client (download, upload). A destination that
+        exists is overwritten through the client too: the request never overwrites, so an
+        ignored field can never replace an object of the source bucket.
         """
         check_relative_path(source)
         check_relative_path(destination)
         target_bucket = destination_bucket or bucket
+        if target_bucket != bucket and self._copies_across_buckets is False:
+            self._copy_through_client(bucket, source, target_bucket, destination)
+            return
+        body = {"bucketId": bucket, "sourceKey": source, "destinationKey": destination}
+        if target_bucket != bucket:
+            body["destinationBucket"] = target_bucket
+        api = self._client.from_(bucket)
+        try:
+            with translate_errors("copy", f"{bucket}/{source}"):
+                answer = api._request("POST", ["object", "copy"], json=body).json()
+        except StorageError as exc:
+            if exc.code != ErrorCode.OBJECT_EXISTS:
+                raise
+            logger.debug("Copy target %s/%s exists; overwriting it", target_bucket, destination)
+            self._copy_through_client(bucket, source, target_bucket, destination)
+            return
         if target_bucket == bucket:
-            try:
-                with translate_errors("copy", f"{bucket}/{source}"):
-                    self._client.from_(bucket).copy(source, destination)
-                return
-            except StorageError as exc:
-                if exc.code != ErrorCode.OBJECT_EXISTS:
-                    raise
-                logger.debug("Copy target %s/%s exists; overwriting it", bucket, destination)
+            return
+        if answer.get("Key") == f"{target_bucket}/{destination}":
+            self._copies_across_buckets = True
+            return
+        self._copies_across_buckets = False
+        logger.warning(
+            "The storage server does not copy into another bucket (it answered %s for a copy "
+            "into %s); copies across buckets now go through this process.",
+            answer.get("Key"),
+            target_bucket,
+        )
+        self._remove_stray_copy(bucket, source, destination)
         self._copy_through_client(bucket, source, target_bucket, destination)
+
+    def _remove_stray_copy(self, bucket: str, source: str, stray: str) -> None:
+        """Remove the copy a server made at ``bucket/stray`` instead of in another bucket,
+        where it lists with the source's size and ETag; else keep it and say so."""
+        listed = {info.path: info for info in self.list(bucket, stray.rpartition("/")[0] + "/")}
+        original = {info.path: info for info in self.list(bucket, source.rpartition("/")[0] + "/")}
+        made, origin = listed.get(stray), original.get(source)
+        if made and origin and made.etag and (made.size, made.etag) == (origin.size, origin.etag):
+            self.remove(bucket, [stray])
+            logger.warning("Removed the stray copy %s/%s.", bucket, stray)
+            return
+        logger.error(
+            "The stray copy at %s/%s cannot be told from another object (size or ETag differ "
+            "from %s), so it is kept; remove it by hand after checking it.",
+            bucket,
+            stray,
+            source,
+        )
 
     def remove(self, bucket: str, paths: builtins.list[str]) -> builtins.list[str]:
         """Delete objects; returns the paths that existed and were removed, in request order."""
@@ -350,8 +396,9 @@ class SupabaseStorage:
 
     @property
     def server_side_copy_across_buckets(self) -> bool:
-        """False: :meth:`copy` into another bucket downloads and uploads the bytes."""
-        return False
+        """True until a copy shows that the server cannot copy into another bucket
+        (see :meth:`copy`)."""
+        return self._copies_across_buckets is not False
 
     def local_path(self, bucket: str, path: str) -> None:
         """None: the objects live on the storage server."""

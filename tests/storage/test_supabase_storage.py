@@ -6,6 +6,7 @@ in test_storage_contract.py."""
 from __future__ import annotations
 
 import hashlib
+import json
 import logging
 import random
 import socket
@@ -482,19 +483,74 @@ def test_copy_within_a_bucket_is_server_side_and_overwrites(
         assert direct.get(real_bucket, target) == b"newer"
 
 
-def test_copy_into_another_bucket_goes_through_the_client(
+def test_copy_into_another_bucket_is_server_side_and_overwrites_through_the_client(
     real_storage: RealStorage, real_bucket: str, fault_proxy: StorageProxy
 ) -> None:
     legacy = real_storage.create_bucket("legacy")
-    source = f"u/{JOB}_1754611200.png"
+    source, target = f"u/{JOB}_1754611200.png", asset_path("u", JOB, 0, "png")
     with real_storage.backend() as direct, _through(real_storage, fault_proxy) as storage:
         direct.put(legacy, source, PAYLOAD, "image/png")
 
-        storage.copy(legacy, source, asset_path("u", JOB, 0, "png"), real_bucket)
+        storage.copy(legacy, source, target, real_bucket)
 
-        assert direct.get(real_bucket, asset_path("u", JOB, 0, "png")) == PAYLOAD
-        assert direct.content_type(real_bucket, asset_path("u", JOB, 0, "png")) == "image/png"
-    assert "/storage/v1/object/copy" not in [seen.path for seen in fault_proxy.seen()]
+        assert [(seen.method, seen.path) for seen in fault_proxy.seen()] == [
+            ("POST", "/storage/v1/object/copy")
+        ]  # no byte of the object passed through this process
+        assert storage.server_side_copy_across_buckets is True
+        assert direct.get(real_bucket, target) == PAYLOAD
+        assert direct.content_type(real_bucket, target) == "image/png"
+
+        direct.put(legacy, source, b"newer", "image/png")
+        storage.copy(legacy, source, target, real_bucket)  # the server's copy never overwrites
+        assert direct.get(real_bucket, target) == b"newer"
+        assert [i.path for i in direct.list(legacy)] == [source]
+
+
+class StripDestinationBucket(httpx.BaseTransport):
+    """The network seam of a storage server that predates ``destinationBucket``: the field is
+    dropped from copy requests on their way to the real server, which then copies within the
+    source bucket, as such a server does."""
+
+    def __init__(self) -> None:
+        self.inner = httpx.HTTPTransport()
+        self.copies: list[dict[str, object]] = []
+
+    def handle_request(self, request: httpx.Request) -> httpx.Response:
+        if request.method == "POST" and request.url.path.endswith("/object/copy"):
+            body = json.loads(request.read())
+            self.copies.append(dict(body))
+            body.pop("destinationBucket", None)
+            headers = {k: v for k, v in request.headers.items() if k.lower() != "content-length"}
+            request = httpx.Request(request.method, request.url, headers=headers, json=body)
+        return self.inner.handle_request(request)
+
+    def close(self) -> None:
+        self.inner.close()
+
+
+def test_a_server_that_ignores_the_destination_bucket_is_detected_once_and_cleaned_up(
+    real_storage: RealStorage, real_bucket: str
+) -> None:
+    legacy = real_storage.create_bucket("legacy")
+    sources = [f"u/{JOB}_175461120{n}.png" for n in range(2)]
+    seam = StripDestinationBucket()
+    http = httpx.Client(transport=seam, timeout=30)
+    client = SyncStorageClient(
+        real_storage.storage_url + "/", real_storage.headers(), http_client=http
+    )
+    with real_storage.backend() as direct, SupabaseStorage(client, owns_client=True) as storage:
+        for n, source in enumerate(sources):
+            direct.put(legacy, source, PAYLOAD + bytes([n]), "image/png")
+
+        for n, source in enumerate(sources):
+            storage.copy(legacy, source, asset_path("u", JOB, n, "png"), real_bucket)
+
+        assert storage.server_side_copy_across_buckets is False
+        assert len(seam.copies) == 1  # asked once; the second copy went through the client
+        for n in range(2):
+            assert direct.get(real_bucket, asset_path("u", JOB, n, "png")) == PAYLOAD + bytes([n])
+        # The stray copy the old server made in the legacy bucket is gone; the sources stay.
+        assert [i.path for i in direct.list(legacy)] == sorted(sources)
 
 
 def test_remove_returns_only_what_existed(
