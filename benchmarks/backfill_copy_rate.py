@@ -1,15 +1,19 @@
-"""Objects per second: server-side copy against download-and-upload, on the storage stand-in.
+"""Objects per second: the backfill's copy path against download-and-upload, side by side.
 
-Runs the local Supabase Storage stand-in in this process, seeds legacy-sized PNGs and copies
-them four ways, side by side:
+Runs the local Supabase Storage stand-in in this process (or uses a real server, below), seeds
+legacy-sized PNGs and copies them these ways, each on fresh sources and targets:
 
-* ``server copy, same bucket``: ``SupabaseStorage.copy`` within one bucket (``POST /object/copy``,
-  no bytes through the client);
-* ``server copy, other bucket``: ``POST /object/copy`` with ``destinationBucket`` sent directly
-  (what a backend declaring ``server_side_copy_across_buckets`` would do);
+* ``server copy, same bucket`` and ``server copy, other bucket``: ``SupabaseStorage.copy``
+  (``POST /object/copy``, with ``destinationBucket`` across buckets; no bytes through the client);
 * ``download + upload``: ``get`` from the legacy bucket, ``put`` into the target bucket;
-* ``backfill batch``: the backfill's own path (download, upload, read back and compare SHA-256,
-  WEBP thumbnail), i.e. ``genjobs.backfill.transfer.run_copy_batch``.
+* ``previous backfill path``: what each object cost before (download, upload, download again to
+  verify, download again to thumbnail, upload the thumbnail): 3 downloads and 2 uploads;
+* ``backfill, server copy`` and ``backfill, upload``: the backfill's own batch
+  (``genjobs.backfill.transfer.run_copy_batch``): one download (fingerprint and thumbnail), the
+  copy by the server or an upload, verification by the listed size and MD5 ETag, the thumbnail.
+
+It prints each rate and the backfill's rates as ratios to the previous path and to a plain
+download + upload, all measured in this one run.
 
 The stand-in shares this process (and its GIL) with the client, so the figures compare the
 methods with each other; they are not a forecast for a remote Supabase project.
@@ -26,6 +30,7 @@ Usage: ``python benchmarks/backfill_copy_rate.py [--objects 200] [--size-kb 256]
 from __future__ import annotations
 
 import argparse
+import hashlib
 import io
 import logging
 import os
@@ -46,6 +51,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # devstack is not 
 from devstack.storage_standin import StorageStandIn
 from genjobs.backfill.legacy_paths import LegacyObject, parse_legacy_path
 from genjobs.backfill.plan import PlannedCopy
+from genjobs.backfill.thumbnails import make_thumbnail
 from genjobs.backfill.transfer import CopyOrder, run_copy_batch
 from genjobs.storage.supabase import SupabaseStorage
 
@@ -104,55 +110,75 @@ def main(argv: list[str] | None = None) -> None:
     with storage_server(args.storage_url, args.service_key) as (url, token, where):
         storage = SupabaseStorage.from_supabase(url, token, timeout=30.0)
         user = str(uuid.uuid4())
-        jobs = [str(uuid.uuid4()) for _ in range(args.objects)]
-        sources = [f"{user}/sdxl_{job}_1754550000_1.png" for job in jobs]
         payload = [noise_png(args.size_kb, n % 8) for n in range(args.objects)]
-        for path, data in zip(sources, payload, strict=True):
-            storage.put(SOURCE, path, data, "image/png")
         megabytes = sum(len(p) for p in payload) / 1e6
-        raw = httpx.Client(
-            base_url=f"{url}/storage/v1",
-            headers={"Authorization": f"Bearer {token}", "apiKey": token},
-            timeout=30.0,
-        )
 
-        def same_bucket(n: int) -> None:
-            storage.copy(SOURCE, sources[n], f"{user}/{jobs[n]}/same.png")
+        def seed() -> tuple[list[str], list[str]]:
+            """Fresh legacy sources (and their job ids) for one method."""
+            jobs = [str(uuid.uuid4()) for _ in range(args.objects)]
+            sources = [f"{user}/sdxl_{job}_1754550000_1.png" for job in jobs]
+            for path, data in zip(sources, payload, strict=True):
+                storage.put(SOURCE, path, data, "image/png")
+            return sources, jobs
 
-        def other_bucket(n: int) -> None:
-            answer = raw.post(
-                "/object/copy",
-                json={
-                    "bucketId": SOURCE,
-                    "sourceKey": sources[n],
-                    "destinationBucket": TARGET,
-                    "destinationKey": f"{user}/{jobs[n]}/server.png",
-                },
-            )
-            answer.raise_for_status()
+        def measure(work: Callable[[list[str], list[str], int], object]) -> float:
+            sources, jobs = seed()
+            return timed(args.objects, args.concurrency, lambda n: work(sources, jobs, n))
 
-        def through_client(n: int) -> None:
+        def same_bucket(sources: list[str], jobs: list[str], n: int) -> None:
+            storage.copy(SOURCE, sources[n], f"{user}/{jobs[n]}/0.png")
+
+        def other_bucket(sources: list[str], jobs: list[str], n: int) -> None:
+            storage.copy(SOURCE, sources[n], f"{user}/{jobs[n]}/0.png", TARGET)
+
+        def through_client(sources: list[str], jobs: list[str], n: int) -> None:
             data = storage.get(SOURCE, sources[n])
-            storage.put(TARGET, f"{user}/{jobs[n]}/client.png", data, "image/png")
+            storage.put(TARGET, f"{user}/{jobs[n]}/0.png", data, "image/png")
 
-        results = [
-            ("server copy, same bucket", timed(args.objects, args.concurrency, same_bucket)),
-            ("server copy, other bucket", timed(args.objects, args.concurrency, other_bucket)),
-            ("download + upload", timed(args.objects, args.concurrency, through_client)),
-        ]
-        orders = []
-        for path in sources:
-            parsed = parse_legacy_path(SOURCE, path)
-            assert isinstance(parsed, LegacyObject), parsed
-            item = PlannedCopy(source=parsed, target_bucket=TARGET, size=0)
-            orders.append(CopyOrder(item, target_preexisting=False, thumbnail_preexisting=False))
-        started = time.perf_counter()
-        outcomes = run_copy_batch(
-            storage, orders, target_bucket=TARGET, concurrency=args.concurrency
-        )
-        assert all(o.outcome == "copied" for o in outcomes), outcomes[:3]
-        results.append(("backfill batch (verify+thumb)", time.perf_counter() - started))
-        raw.close()
+        def previous_path(sources: list[str], jobs: list[str], n: int) -> None:
+            data = storage.get(SOURCE, sources[n])
+            target = f"{user}/{jobs[n]}/0.png"
+            storage.put(TARGET, target, data, "image/png")
+            assert (
+                hashlib.sha256(storage.get(TARGET, target)).digest()
+                == hashlib.sha256(data).digest()
+            )
+            webp = make_thumbnail(storage.get(TARGET, target), False)
+            storage.put(TARGET, f"{user}/{jobs[n]}/0.thumb.webp", webp, "image/webp")
+
+        def backfill(server_copy: bool) -> float:
+            sources, _ = seed()
+            orders = []
+            for path in sources:
+                parsed = parse_legacy_path(SOURCE, path)
+                assert isinstance(parsed, LegacyObject), parsed
+                item = PlannedCopy(source=parsed, target_bucket=TARGET, size=0)
+                orders.append(
+                    CopyOrder(
+                        item,
+                        target_preexisting=False,
+                        thumbnail_preexisting=False,
+                        server_copy=server_copy,
+                    )
+                )
+            started = time.perf_counter()
+            outcomes = run_copy_batch(
+                storage, orders, target_bucket=TARGET, concurrency=args.concurrency
+            )
+            seconds = time.perf_counter() - started
+            assert all(o.outcome == "copied" for o in outcomes), outcomes[:3]
+            methods = {o.method for o in outcomes}
+            assert methods == {"server_copy" if server_copy else "upload"}, methods
+            return seconds
+
+        results = {
+            "server copy, same bucket": measure(same_bucket),
+            "server copy, other bucket": measure(other_bucket),
+            "download + upload": measure(through_client),
+            "previous backfill path": measure(previous_path),
+            "backfill, server copy": backfill(server_copy=True),
+            "backfill, upload": backfill(server_copy=False),
+        }
         storage.close()
 
     print(
@@ -160,9 +186,16 @@ def main(argv: list[str] | None = None) -> None:
         f"concurrency {args.concurrency}, {where}"
     )
     print(f"{'method':<32}{'seconds':>9}{'objects/s':>11}{'MB/s':>9}")
-    for name, seconds in results:
+    for name, seconds in results.items():
         rate = args.objects / seconds
         print(f"{name:<32}{seconds:>9.2f}{rate:>11.1f}{megabytes / seconds:>9.1f}")
+    previous = results["previous backfill path"]
+    plain = results["download + upload"]
+    for name in ("backfill, server copy", "backfill, upload"):
+        print(
+            f"{name}: {previous / results[name]:.2f}x the previous backfill path, "
+            f"{plain / results[name]:.2f}x a plain download + upload"
+        )
 
 
 if __name__ == "__main__":
