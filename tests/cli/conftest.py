@@ -6,6 +6,8 @@ from pathlib import Path
 
 import pytest
 
+from genjobs import runtime
+
 BACKEND_VARIABLES = (
     "SUPABASE_URL",
     "SUPABASE_SERVICE_KEY",
@@ -22,7 +24,9 @@ BACKEND_VARIABLES = (
 
 @pytest.fixture
 def cli_home(tmp_path: Path, model_cache: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
-    """GENJOBS_HOME for one CLI call, no backend configured."""
+    """GENJOBS_HOME for one CLI call, no backend configured. The maintenance flows (backfill,
+    cleanup) still keep the runtime they build once per process: it is dropped here."""
+    monkeypatch.setattr(runtime, "_current", None)
     for name in BACKEND_VARIABLES:
         monkeypatch.delenv(name, raising=False)
     monkeypatch.setenv("GENJOBS_HOME", str(tmp_path))
