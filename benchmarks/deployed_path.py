@@ -62,7 +62,7 @@ def job(steps: int, resolution: str = "512x512") -> dict[str, Any]:
 
 
 # -- the same work, called plainly ---------------------------------------------------------
-async def plain_job(raw: dict[str, Any], runtime: Any, renderer: Any = None) -> float:
+async def plain_job(raw: dict[str, Any], connections: Any, renderer: Any = None) -> float:
     """Validate, render, encode, upload and call back with the library functions alone
     (``renderer``: a renderer class, by default the timed renderer)."""
     import httpx
@@ -80,7 +80,7 @@ async def plain_job(raw: dict[str, Any], runtime: Any, renderer: Any = None) -> 
     from genjobs.storage.base import asset_path, thumbnail_path
 
     started = time.perf_counter()
-    settings, storage = runtime.settings, runtime.storage
+    settings, storage = connections.settings, connections.storage
     plan = plan_job(parse_job(raw))
     classify_references(plan)
     output = (renderer or TimedRenderer)(plan.family, settings).render(plan, {}, None)
@@ -117,24 +117,23 @@ async def plain_job(raw: dict[str, Any], runtime: Any, renderer: Any = None) -> 
         plan, output.details, list(uploaded), time.perf_counter() - started, None
     )
     async with httpx.AsyncClient(timeout=30) as client:
-        sender = CallbackSender(
-            runtime.callback_url, runtime.callback_secret, runtime.callback_bearer, client
-        )
+        callback = connections.callback
+        sender = CallbackSender(callback.url, callback.secret, callback.bearer, client)
         await sender.deliver(serialise(payload))
     shutil.rmtree(folder, ignore_errors=True)
     return time.perf_counter() - started
 
 
-def plain_runtime(
+def plain_connections(
     home: Path, standin: Any, receiver: Any, secret: str, renderer_class: str | None = None
 ) -> Any:
-    """The runtime of the plain calls: the storage stand-in and the receiver, no blocks."""
+    """The connections of the plain calls: the storage stand-in and the receiver, no blocks."""
     from pydantic import SecretStr
 
-    from genjobs.runtime import build_runtime
+    from genjobs.connections import connections_from_settings
     from genjobs.settings import Settings
 
-    return build_runtime(
+    return connections_from_settings(
         Settings(
             home=home,
             supabase_url=standin.url,
@@ -294,20 +293,20 @@ def main() -> int:
         from prefect.settings import PREFECT_API_URL, PREFECT_HOME, temporary_settings
         from pydantic import SecretStr
 
+        from flows.entry_settings import using_settings
         from flows.generate import generate_job
-        from genjobs.runtime import build_runtime, set_runtime
+        from genjobs.connections import connections_from_settings
         from genjobs.settings import Settings
 
         steps = 10
-        standin_runtime = plain_runtime(root / "plain-standin", standin, receiver, SECRET)
-        local_runtime = build_runtime(
-            Settings(
-                home=root / "in-process",
-                callback_url=receiver.url,
-                job_callback_secret=SecretStr(SECRET),
-                renderer_class=TIMED,
-            )
+        standin_connections = plain_connections(root / "plain-standin", standin, receiver, SECRET)
+        local_settings = Settings(
+            home=root / "in-process",
+            callback_url=receiver.url,
+            job_callback_secret=SecretStr(SECRET),
+            renderer_class=TIMED,
         )
+        local_connections = connections_from_settings(local_settings)
 
         async def in_process_flow() -> float:
             started = time.perf_counter()
@@ -326,12 +325,11 @@ def main() -> int:
         rows: dict[str, list[float]] = defaultdict(list)
         with temporary_settings({PREFECT_API_URL: stack.api_url, PREFECT_HOME: stack.prefect_home}):
             for round_number in range(args.overhead_jobs + 1):  # round 0 warms up
-                plain_standin = asyncio.run(plain_job(job(steps), standin_runtime))
+                plain_standin = asyncio.run(plain_job(job(steps), standin_connections))
                 in_run, end_to_end = deployed()
-                plain_local = asyncio.run(plain_job(job(steps), local_runtime))
-                set_runtime(local_runtime)
-                flow = asyncio.run(in_process_flow())
-                set_runtime(None)
+                plain_local = asyncio.run(plain_job(job(steps), local_connections))
+                with using_settings(local_settings):
+                    flow = asyncio.run(in_process_flow())
                 if round_number == 0:
                     continue
                 rows["plain (stand-in storage)"].append(plain_standin)

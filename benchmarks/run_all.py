@@ -309,11 +309,15 @@ async def run_flow(job: dict[str, Any]) -> float:
 async def run_plain(job: dict[str, Any]) -> float:
     """The flow's steps as plain function calls (``.fn``): no flow or task runs, no retries,
     no artifacts (Prefect's bookkeeping, part of what the overhead measures)."""
+    import uuid
+
     from prefect.logging import disable_run_logger
 
+    from flows.entry_settings import entry_settings
     from genjobs.assets import scratch_dir
     from genjobs.callback.payload import serialise
-    from genjobs.runtime import get_runtime
+    from genjobs.connections import connections_from_settings
+    from genjobs.storage.provenance import UploadJournal
     from tasks.callback import send_callback
     from tasks.encode import encode_assets
     from tasks.metadata import assemble_metadata
@@ -321,18 +325,30 @@ async def run_plain(job: dict[str, Any]) -> float:
     from tasks.upload import store_asset
     from tasks.validate import validate_job
 
-    settings = get_runtime().settings
+    connections = connections_from_settings(entry_settings())  # as the flow's entry builds
+    settings, storage = connections.settings, connections.storage
+    journal = UploadJournal.for_run(settings.home, uuid.uuid4())
     started = time.perf_counter()
     with disable_run_logger():
-        plan = await validate_job.fn(job)
-        batch = await render_assets.fn(plan)
-        encoded = await encode_assets.fn(batch)
+        plan = await validate_job.fn(job, settings.reference_allow_hosts)
+        batch = await render_assets.fn(plan, connections)
+        encoded = await encode_assets.fn(batch, settings.png_compress_level)
         uploaded = await asyncio.gather(
-            *(store_asset(asset, plan.user_id, plan.job_id) for asset in encoded)
+            *(
+                store_asset(asset, plan.user_id, plan.job_id, journal, storage, settings.bucket)
+                for asset in encoded
+            )
         )
         shutil.rmtree(scratch_dir(settings.work_dir, plan.job_id), ignore_errors=True)
         payload = await assemble_metadata.fn(plan, batch.details, list(uploaded), 0.0)
-        receipt = await send_callback.fn(payload.job_id, payload.status, serialise(payload))
+        receipt = await send_callback.fn(
+            payload.job_id,
+            payload.status,
+            serialise(payload),
+            connections.callback,
+            settings.callback_timeout_seconds,
+        )
+    journal.discard()
     seconds = time.perf_counter() - started
     assert receipt.status_code == 200 and not receipt.skipped, receipt
     return seconds
@@ -412,12 +428,12 @@ async def rss_section(jobs: int) -> list[str]:
 
 
 async def warm_section(warm_jobs: int) -> list[str]:
+    from flows.entry_settings import entry_settings
     from genjobs.render.cache import PIPELINES
     from genjobs.render.sdxl import TINY_FOLDER_NAME
     from genjobs.render.tiny_sdxl import ensure_tiny_sdxl
-    from genjobs.runtime import get_runtime
 
-    ensure_tiny_sdxl(get_runtime().settings.model_dir / TINY_FOLDER_NAME)  # built, not timed
+    ensure_tiny_sdxl(entry_settings().model_dir / TINY_FOLDER_NAME)  # built, not timed
     loads = PIPELINES.load_count("sdxl")
     cold = await run_flow(job_payload(1))
     warm = [await run_flow(job_payload(1)) for _ in range(warm_jobs)]
@@ -437,16 +453,15 @@ async def warm_section(warm_jobs: int) -> list[str]:
 
 async def flow_sections(scratch: Path, chosen: set[str], quick: bool) -> list[str]:
     from benchmarks.fast_renderer import RENDERER_CLASS
+    from flows.entry_settings import using_settings
     from genjobs.devserver.receiver import CallbackReceiver
     from genjobs.prefect_tuning import held_prefect_clients
-    from genjobs.runtime import build_runtime, set_runtime
 
     lines: list[str] = []
     secret = secrets.token_hex(16)
     with CallbackReceiver(secret) as receiver:
         fast = embedded_settings(scratch / "fast", receiver, secret, renderer_class=RENDERER_CLASS)
-        set_runtime(build_runtime(fast))
-        try:
+        with using_settings(fast):  # the settings the flows read at their entry
             async with held_prefect_clients():  # as a process running many jobs should
                 if "overhead" in chosen:
                     lines += report(await overhead_section(3 if quick else 7))
@@ -454,10 +469,8 @@ async def flow_sections(scratch: Path, chosen: set[str], quick: bool) -> list[st
                     lines += report(await rss_section(30 if quick else 100))
                 if "warm" in chosen:
                     tiny = embedded_settings(scratch / "tiny", receiver, secret)
-                    set_runtime(build_runtime(tiny))
-                    lines += report(await warm_section(1 if quick else 3))
-        finally:
-            set_runtime(None)
+                    with using_settings(tiny):
+                        lines += report(await warm_section(1 if quick else 3))
     return lines
 
 

@@ -161,9 +161,9 @@ async def soak(args: argparse.Namespace, scratch: Path) -> None:
 
     from benchmarks.fast_renderer import RENDERER_CLASS
     from devstack.storage_standin import StorageStandIn
+    from flows.entry_settings import using_settings
     from flows.outbox import redeliver_callbacks
     from genjobs.devserver.receiver import CallbackReceiver
-    from genjobs.runtime import build_runtime, set_runtime
     from genjobs.settings import Settings
 
     secret = secrets.token_hex(16)
@@ -188,15 +188,10 @@ async def soak(args: argparse.Namespace, scratch: Path) -> None:
             callback_retry_cap_seconds=1.0,
             renderer_class=RENDERER_CLASS if args.renderer == "fast" else None,
         )
-        runtime = build_runtime(settings)
-        set_runtime(runtime)
         began = time.perf_counter()
-        try:
+        with using_settings(settings):  # each flow run builds its connections from these
             await run_jobs(args, standin, receiver, tally)
             outbox = await redeliver_callbacks()
-        finally:
-            set_runtime(None)
-            runtime.storage.close()
         elapsed = time.perf_counter() - began
         for line in summary(tally, standin, receiver, outbox):
             print(line)

@@ -96,7 +96,7 @@ def main() -> int:
     for name in [n for n in os.environ if n.startswith("GENJOBS_")]:
         del os.environ[name]
 
-    from benchmarks.deployed_path import plain_job, plain_runtime
+    from benchmarks.deployed_path import plain_connections, plain_job
     from benchmarks.fast_renderer import FastRenderer
     from benchmarks.scale import fast_sdxl_stack, percentile, rss_mib, tree_cpu_seconds
 
@@ -121,9 +121,10 @@ def main() -> int:
               f"{args.process_limit}; fast renderer.")  # fmt: skip
 
         # the same work called plainly, one at a time, against the same stand-ins
-        runtime = plain_runtime(root / "plain", standin, receiver, SECRET, FAST)
+        connections = plain_connections(root / "plain", standin, receiver, SECRET, FAST)
         plain = [
-            asyncio.run(plain_job(job(), runtime, FastRenderer)) for _ in range(args.plain_jobs + 1)
+            asyncio.run(plain_job(job(), connections, FastRenderer))
+            for _ in range(args.plain_jobs + 1)
         ][1:]
         plain_s = statistics.median(plain)
         print(f"Plain calls: median {plain_s:.3f} s over {len(plain)}.")

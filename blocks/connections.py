@@ -60,15 +60,15 @@ async def aapply_blocks(settings: Settings, renders: bool = True) -> Settings:
     return _overlay(settings, dict(zip(named, values, strict=True)))
 
 
-def load_connections(settings: Settings | None = None, renders: bool = True) -> Connections:
-    """The connections of ``settings`` (default: the environment's) with their blocks applied.
+def load_connections(settings: Settings, renders: bool = True) -> Connections:
+    """The connections of ``settings`` (read by the caller, an edge) with their blocks applied.
 
     ``renders=False`` (a flow process whose renders run on the GPU workers) skips the model
     registry: such a process never loads a pipeline, so a job does not wait for that block.
     """
-    return connections_from_settings(apply_blocks(settings or Settings(), renders))
+    return connections_from_settings(apply_blocks(settings, renders))
 
 
-async def aload_connections(settings: Settings | None = None, renders: bool = True) -> Connections:
+async def aload_connections(settings: Settings, renders: bool = True) -> Connections:
     """:func:`load_connections` for async code."""
-    return connections_from_settings(await aapply_blocks(settings or Settings(), renders))
+    return connections_from_settings(await aapply_blocks(settings, renders))

@@ -215,7 +215,9 @@ class LocalStack:
     def start_warm_runner(self, name: str = "warm-runner", timeout: float = 120.0) -> Process:
         """``genjobs warm-runner`` at the default socket; returns once it listens
         (the socket appears only then)."""
-        runner = self.spawn(name, [sys.executable, "-m", "genjobs.cli", "warm-runner"], self.env())
+        runner = self.spawn(
+            name, [sys.executable, "-m", "entrypoints.cli", "warm-runner"], self.env()
+        )
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             if self.warm_socket.exists():
@@ -232,8 +234,8 @@ class LocalStack:
     def start_gpu_worker(
         self, name: str, device: str = "cpu", families: str = "sdxl,wan", **env: str
     ) -> Process:
-        """``python -m genjobs.gpu_worker`` with the block names the deployments use."""
-        args = [sys.executable, "-m", "genjobs.gpu_worker", "--device", device]
+        """``python -m entrypoints.gpu_worker`` with the block names the deployments use."""
+        args = [sys.executable, "-m", "entrypoints.gpu_worker", "--device", device]
         args += ["--families", families]
         blocks = {
             "GENJOBS_SUPABASE_BLOCK": "genjobs-supabase",

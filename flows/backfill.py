@@ -36,6 +36,7 @@ from prefect.artifacts import (
 from prefect.runtime import flow_run as current_flow_run
 
 from blocks.connections import aload_connections
+from flows.entry_settings import entry_settings
 from genjobs.backfill.legacy_paths import LEGACY_BUCKETS, VideoJobLookup
 from genjobs.backfill.manifest import ManifestWriter, load_manifest
 from genjobs.backfill.plan import BackfillPlan, BucketInventory, batched, build_plan
@@ -188,7 +189,7 @@ async def backfill_legacy_buckets(
     if since is not None and until is not None and since >= until:
         raise ValueError(f"since ({since}) must be before until ({until})")
     logger = get_run_logger()
-    connections = await aload_connections(renders=False)
+    connections = await aload_connections(entry_settings(), renders=False)
     settings, storage = connections.settings, connections.storage
     dsn = settings.database_dsn.get_secret_value() if settings.database_dsn else None
     if delete_sources and dsn is None:
@@ -317,7 +318,7 @@ async def rollback_backfill(
         dry_run: Only report what would be removed.
     """
     logger = get_run_logger()
-    connections = await aload_connections(renders=False)
+    connections = await aload_connections(entry_settings(), renders=False)
     settings, storage = connections.settings, connections.storage
     path = (
         Path(manifest_path)

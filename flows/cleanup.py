@@ -34,6 +34,7 @@ from prefect.artifacts import acreate_markdown_artifact
 from pydantic import BaseModel, Field
 
 from blocks.connections import aload_connections
+from flows.entry_settings import entry_settings
 from genjobs.backfill.report import table
 from genjobs.db.sql import DSN_SETTING
 from genjobs.db.workspace_evidence import Evidence
@@ -229,7 +230,7 @@ async def cleanup_workspace(
     if moment > datetime.now(UTC):
         raise ValueError(f"now must not be later than the current time, got {moment.isoformat()}")
     logger = get_run_logger()
-    connections = await aload_connections(renders=False)
+    connections = await aload_connections(entry_settings(), renders=False)
     settings, storage = connections.settings, connections.storage
     dsn = settings.database_dsn.get_secret_value() if settings.database_dsn else None
     cutoff = moment - timedelta(days=ttl_days)

@@ -9,6 +9,10 @@ before any render, nothing removed) and when the process crashes (the ``on_crash
 A failed run undoes only what it stored: the objects its upload journal names, where the stored
 bytes still hash to what it wrote (genjobs/storage/provenance.py). Whatever the undo does, the
 failed callback names the run's own error.
+
+The flow is an edge: it reads its settings at entry (flows/entry_settings.py), loads the blocks
+they name into its :class:`~genjobs.connections.Connections` once (while a GPU worker already
+renders), and hands every task what it uses. The crash/cancel hook builds its own.
 """
 
 from __future__ import annotations
@@ -30,13 +34,16 @@ from prefect.settings import get_current_settings
 from prefect.states import State
 from pydantic import BaseModel
 
+from blocks.connections import aload_connections
+from flows.entry_settings import entry_settings
 from genjobs.assets import scratch_dir
 from genjobs.callback.payload import CallbackPayload, failure_payload
+from genjobs.connections import Connections
 from genjobs.errors import ErrorCode, JobCancelled, JobError
 from genjobs.jobs.form import JobParameter
 from genjobs.jobs.payload import parse_job, raw_job_id
 from genjobs.jobs.plan import RenderPlan, plan_job
-from genjobs.runtime import Runtime, aget_runtime, current_settings, get_runtime
+from genjobs.settings import Settings
 from genjobs.storage.provenance import JournalUnreadable, UploadJournal
 from tasks.callback import deliver_callback
 from tasks.encode import encode_assets
@@ -85,11 +92,17 @@ def _emit_outcome(job_id: str, status: str, payload: CallbackPayload) -> None:
     )
 
 
-async def _runtime_or_none() -> Runtime | None:
-    """The run's runtime, or ``None`` when its blocks cannot be loaded: then there is no
-    callback endpoint to report to, and the run fails with the block's error alone."""
+async def run_connections(settings: Settings) -> Connections:
+    """The run's connections: the blocks ``settings`` name laid over them; without the model
+    registry where the renders run on the GPU workers (this process loads no pipeline)."""
+    return await aload_connections(settings, renders=settings.render_dispatch != "gpu_workers")
+
+
+async def _connections_or_none(settings: Settings | None) -> Connections | None:
+    """The run's connections, or ``None`` when its settings or blocks cannot be loaded: then
+    there is no callback endpoint to report to, and the run fails with that error alone."""
     try:
-        return await aget_runtime()
+        return await run_connections(settings or entry_settings())
     except Exception:
         return None
 
@@ -98,6 +111,7 @@ async def _report_failure(
     job_id: str | None,
     error: BaseException,
     journal: UploadJournal | None,
+    connections: Connections,
     *,
     orchestrated: bool = True,
 ) -> None:
@@ -107,7 +121,7 @@ async def _report_failure(
     logger = run_logger(__name__)
     if journal is not None and journal.writes:
         try:
-            await undo_uploads(job_id or "unidentified", journal)
+            await undo_uploads(job_id or "unidentified", journal, connections.storage)
         except Exception as exc:  # the callback below must go out whatever the undo did
             logger.error(
                 "The undo of job %s stopped with an error; what it had not removed is kept: %s",
@@ -119,7 +133,9 @@ async def _report_failure(
         return
     payload = failure_payload(job_id, error)
     _emit_outcome(job_id, "failed", payload)
-    await deliver_callback(payload, orchestrated=orchestrated)
+    await deliver_callback(
+        payload, connections.callback, connections.settings, orchestrated=orchestrated
+    )
 
 
 async def _on_abnormal_end(flow: Flow[..., Any], flow_run: FlowRun, state: State[Any]) -> None:
@@ -154,14 +170,16 @@ async def _report_abnormal_end(
     flow_run: FlowRun, job: Any, error: JobError, *, api_answered: bool
 ) -> None:
     """The hook's report: remove the scratch folder, undo by the journal (where the API
-    answered), send the failed callback."""
+    answered), send the failed callback. The hook is an edge: it builds its own connections
+    (no model registry: it renders nothing); where they cannot be built it touches nothing."""
+    connections = await aload_connections(entry_settings(), renders=False)
+    settings = connections.settings
     plan = _plan_or_none(job)
-    settings = get_runtime().settings
     if plan is not None:
         shutil.rmtree(scratch_dir(settings.work_dir, plan.job_id), ignore_errors=True)
     journal = _journal_to_undo(settings.home, flow_run.id, can_tell=api_answered)
     job_id = plan.job_id if plan else raw_job_id(job)
-    await _report_failure(job_id, error, journal, orchestrated=api_answered)
+    await _report_failure(job_id, error, journal, connections, orchestrated=api_answered)
 
 
 def _journal_to_undo(home: Path, flow_run_id: UUID, can_tell: bool) -> UploadJournal | None:
@@ -227,32 +245,38 @@ async def generate_job(job: JobParameter) -> JobOutcome:
     """
     logger = get_run_logger()
     started = time.perf_counter()
+    settings: Settings | None = None
+    connections: Connections | None = None
     plan: RenderPlan | None = None
     journal: UploadJournal | None = None
     blocks_failed = False
     try:
-        plan = await validate_job(job)
-        started_render = await start_render(plan)
+        settings = entry_settings()
+        plan = await validate_job(job, settings.reference_allow_hosts)
+        started_render = await start_render(plan, settings)
         # A fresh run loads its blocks and builds its storage client while the GPU workers
         # render; a render in this process starts when awaited, after them (it reads the
         # model registry) and after the check of the job's folder.
         try:
-            settings = (await aget_runtime()).settings
+            connections = await run_connections(settings)
         except Exception:
             blocks_failed = True
             await started_render.withdraw("The run's blocks did not load")
             raise
+        storage, settings = connections.storage, connections.settings
         try:
-            await check_job_folder(plan.user_id, plan.job_id, settings)
+            await check_job_folder(plan.user_id, plan.job_id, storage, settings)
         except Exception as exc:
             await started_render.withdraw(f"The job was refused before its render: {exc}")
             raise
         flow_run_id = current_flow_run.get_id()
         assert flow_run_id is not None, "a flow body always runs in a flow run"
         journal = UploadJournal.for_run(settings.home, flow_run_id)
-        batch = await started_render.result()
-        encoded = await encode_assets(batch)
-        uploaded = await upload_job_assets(encoded, plan.user_id, plan.job_id, settings, journal)
+        batch = await started_render.result(connections)
+        encoded = await encode_assets(batch, settings.png_compress_level)
+        uploaded = await upload_job_assets(
+            encoded, plan.user_id, plan.job_id, journal, storage, settings
+        )
         payload = await assemble_metadata(
             plan, batch.details, uploaded, time.perf_counter() - started
         )
@@ -261,21 +285,24 @@ async def generate_job(job: JobParameter) -> JobOutcome:
     except Exception as exc:
         job_id = plan.job_id if plan else raw_job_id(job)
         logger.error("Job %s failed: %s", job_id, exc)
-        if blocks_failed or await _runtime_or_none() is None:
+        if connections is None and not blocks_failed:
+            connections = await _connections_or_none(settings)
+        if connections is None:
             logger.error("No failed callback can be sent: the run's blocks did not load.")
         else:
-            await _report_failure(job_id, exc, journal)
+            await _report_failure(job_id, exc, journal, connections)
         raise
     finally:
-        if plan is not None:
-            work_dir = current_settings().work_dir
-            shutil.rmtree(scratch_dir(work_dir, plan.job_id), ignore_errors=True)
+        if plan is not None and settings is not None:
+            shutil.rmtree(scratch_dir(settings.work_dir, plan.job_id), ignore_errors=True)
     # The stored objects now belong to the job: whatever becomes of the completed callback
     # (accepted, or kept in the outbox), no undo may remove them, a crash hook's included.
     journal.discard()
     # The asset artifacts are written while the backend hears of the job; neither waits.
     receipt, _ = await asyncio.gather(
-        deliver_callback(payload), publish_asset_artifacts(plan, payload), return_exceptions=True
+        deliver_callback(payload, connections.callback, settings),
+        publish_asset_artifacts(plan, payload, storage, settings),
+        return_exceptions=True,
     )
     if isinstance(receipt, BaseException):
         raise receipt

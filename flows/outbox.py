@@ -4,9 +4,10 @@ from __future__ import annotations
 
 from prefect import flow, get_run_logger
 
+from blocks.connections import aload_connections
+from flows.entry_settings import entry_settings
 from genjobs.callback.outbox import Outbox
 from genjobs.errors import CallbackRejected, CallbackUnavailable
-from genjobs.runtime import get_runtime
 from tasks.callback import send_callback
 
 
@@ -14,12 +15,20 @@ from tasks.callback import send_callback
 async def redeliver_callbacks() -> dict[str, int]:
     """Deliver every outbox entry once more (one attempt each; the schedule is the retry)."""
     logger = get_run_logger()
-    outbox = Outbox(get_runtime().settings.outbox_dir)
+    connections = await aload_connections(entry_settings(), renders=False)
+    settings = connections.settings
+    outbox = Outbox(settings.outbox_dir)
     counts = {"delivered": 0, "waiting": 0, "rejected": 0}
     once = send_callback.with_options(retries=0)
     for entry in outbox.entries():
         try:
-            await once(entry.job_id, entry.status, entry.body)
+            await once(
+                entry.job_id,
+                entry.status,
+                entry.body,
+                connections.callback,
+                settings.callback_timeout_seconds,
+            )
         except CallbackUnavailable:
             counts["waiting"] += 1
             continue

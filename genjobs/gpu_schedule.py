@@ -1,7 +1,7 @@
 """One render at a time on this process's GPU, and when the GPU worker may take its next job.
 
 The render task holds :data:`GPU_LOCK` around the pipeline call, so at most one pipeline runs in
-a process, whatever else runs beside it. The GPU worker (genjobs/gpu_worker.py) asks
+a process, whatever else runs beside it. The GPU worker (entrypoints/gpu_worker.py) asks
 :data:`GPU` whether to take another job: when nothing it took is waiting for or using the GPU, or
 when the one render it holds is on the GPU and expected to end within ``prefetch_seconds``. The
 next job's set-up (parameters, state changes, references) then overlaps the end of the current

@@ -143,7 +143,7 @@ class Settings(BaseSettings):
     png_compress_level: int = Field(default=1, ge=0, le=9)
 
     # Where renders run (docs/deployment.md): in the flow's own process, or on the warm GPU
-    # workers (genjobs/gpu_worker.py) through Prefect's background-task queue.
+    # workers (entrypoints/gpu_worker.py) through Prefect's background-task queue.
     render_dispatch: Literal["in_process", "gpu_workers"] = Field(
         default="in_process",
         description="'in_process' renders in the flow run's process; 'gpu_workers' hands the "

@@ -27,7 +27,7 @@ uid is checked).
 
 Start it before the worker, from the same checkout and environment (docs/runbook.md)::
 
-    genjobs warm-runner            # or: python -m genjobs.warm_runner
+    genjobs warm-runner
 
 Restart it after deploying new code, as the GPU workers: it runs the code it imported.
 """
@@ -492,15 +492,14 @@ def _reset_logging() -> None:
     runner_logger.propagate = True
 
 
-def default_socket_path() -> Path:
-    """``$GENJOBS_HOME/warm-runner.sock``, where genjobs.warm_client looks by default."""
-    from genjobs.settings import Settings
-
-    return Settings().home.absolute() / SOCKET_NAME
+def default_socket_path(home: Path) -> Path:
+    """``warm-runner.sock`` in ``home`` (``$GENJOBS_HOME``), where genjobs.warm_client looks by
+    default."""
+    return home.absolute() / SOCKET_NAME
 
 
 def add_runner_arguments(parser: argparse.ArgumentParser) -> None:
-    """The runner's options, shared by ``python -m genjobs.warm_runner`` and ``genjobs``."""
+    """The runner's options (``genjobs warm-runner``)."""
     parser.add_argument("--socket", type=Path, help="default: $GENJOBS_HOME/warm-runner.sock")
     parser.add_argument(
         "--preload",
@@ -510,10 +509,11 @@ def add_runner_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def serve_from_arguments(args: argparse.Namespace) -> int:
-    """Serve with parsed :func:`add_runner_arguments` options; a forked child runs its flow run
-    and returns that run's exit code."""
+    """Serve with parsed :func:`add_runner_arguments` options (the edge fills in ``socket``:
+    :func:`default_socket_path`); a forked child runs its flow run and returns that run's exit
+    code."""
     _configure_runner_logging()
-    runner = WarmRunner(args.socket or default_socket_path(), args.preload or PRELOAD)
+    runner = WarmRunner(args.socket, args.preload or PRELOAD)
     seconds = runner.preload()
     logger.info(
         "The warm runner imported %s in %.1f s and forks flow runs from %s.",
@@ -525,14 +525,3 @@ def serve_from_arguments(args: argparse.Namespace) -> int:
     if forked is None:
         return 0
     return run_flow_run(forked)
-
-
-def main(argv: Sequence[str] | None = None) -> int:
-    """``python -m genjobs.warm_runner [--socket PATH] [--preload MODULE ...]``."""
-    parser = argparse.ArgumentParser(prog="python -m genjobs.warm_runner", description=__doc__)
-    add_runner_arguments(parser)
-    return serve_from_arguments(parser.parse_args(argv))
-
-
-if __name__ == "__main__":
-    sys.exit(main())

@@ -11,23 +11,22 @@ from prefect.cache_policies import NO_CACHE
 from genjobs.callback.outbox import Outbox
 from genjobs.callback.payload import CallbackPayload, serialise
 from genjobs.callback.sender import CallbackReceipt, CallbackSender, retry_delays
+from genjobs.connections import CallbackTarget
 from genjobs.errors import CallbackUnavailable, ErrorCode, JobError
-from genjobs.runtime import Runtime, get_runtime
+from genjobs.settings import Settings
 from genjobs.tls import ssl_context
 from tasks.naming import run_name
 from tasks.retries import retry_if_transient
 from tasks.run_logger import run_logger
 
 
-def sender_for(runtime: Runtime, client: httpx.AsyncClient) -> CallbackSender:
-    if not runtime.callback_url:
+def sender_for(callback: CallbackTarget, client: httpx.AsyncClient) -> CallbackSender:
+    if not callback.url:
         raise JobError(
             "No callback URL is configured (GENJOBS_CALLBACK_URL or SUPABASE_URL)",
             code=ErrorCode.CALLBACK_NOT_CONFIGURED,
         )
-    return CallbackSender(
-        runtime.callback_url, runtime.callback_secret, runtime.callback_bearer, client
-    )
+    return CallbackSender(callback.url, callback.secret, callback.bearer, client)
 
 
 @task(
@@ -36,13 +35,13 @@ def sender_for(runtime: Runtime, client: httpx.AsyncClient) -> CallbackSender:
     task_run_name=run_name("callback"),
     retry_condition_fn=retry_if_transient,  # how often: the callback window, tasks/retries.py
 )
-async def send_callback(job_id: str, status: str, body: bytes) -> CallbackReceipt:
-    """POST the exact ``body`` once per attempt; retries cover 5xx, 429, timeouts, resets."""
-    runtime = get_runtime()
-    async with httpx.AsyncClient(
-        timeout=runtime.settings.callback_timeout_seconds, verify=ssl_context()
-    ) as client:
-        receipt = await sender_for(runtime, client).deliver(body)
+async def send_callback(
+    job_id: str, status: str, body: bytes, callback: CallbackTarget, timeout_seconds: float
+) -> CallbackReceipt:
+    """POST the exact ``body`` to ``callback`` once per attempt (``timeout_seconds`` each);
+    retries cover 5xx, 429, timeouts, resets."""
+    async with httpx.AsyncClient(timeout=timeout_seconds, verify=ssl_context()) as client:
+        receipt = await sender_for(callback, client).deliver(body)
     logger = run_logger(__name__)
     if receipt.skipped:
         logger.warning(
@@ -56,15 +55,19 @@ async def send_callback(job_id: str, status: str, body: bytes) -> CallbackReceip
 
 
 async def deliver_callback(
-    payload: CallbackPayload, *, orchestrated: bool = True
+    payload: CallbackPayload,
+    callback: CallbackTarget,
+    settings: Settings,
+    *,
+    orchestrated: bool = True,
 ) -> CallbackReceipt:
-    """Serialise once, deliver with retries over the configured window, else keep in outbox.
+    """Serialise once, deliver to ``callback`` with retries over the window ``settings`` name
+    (``callback_retry_*``, ``callback_timeout_seconds``), else keep in the outbox
+    (``outbox_dir``).
 
     ``orchestrated=False`` retries in this process instead of through a Prefect task run: for a
     state hook that found the Prefect API unreachable (a task run cannot start without it).
     """
-    runtime = get_runtime()
-    settings = runtime.settings
     body = serialise(payload)
     delays = retry_delays(
         settings.callback_retry_window_seconds,
@@ -76,8 +79,17 @@ async def deliver_callback(
             sender = send_callback.with_options(
                 retries=len(delays), retry_delay_seconds=delays, retry_jitter_factor=0.5
             )
-            return await sender(payload.job_id, payload.status, body)
-        return await _send_with_retries(payload.job_id, payload.status, body, delays)
+            return await sender(
+                payload.job_id, payload.status, body, callback, settings.callback_timeout_seconds
+            )
+        return await _send_with_retries(
+            payload.job_id,
+            payload.status,
+            body,
+            delays,
+            callback=callback,
+            timeout_seconds=settings.callback_timeout_seconds,
+        )
     except CallbackUnavailable:
         Outbox(settings.outbox_dir).put(payload.job_id, payload.status, body)
         run_logger(__name__).error(
@@ -91,12 +103,18 @@ async def deliver_callback(
 
 
 async def _send_with_retries(
-    job_id: str, status: str, body: bytes, delays: list[float]
+    job_id: str,
+    status: str,
+    body: bytes,
+    delays: list[float],
+    *,
+    callback: CallbackTarget,
+    timeout_seconds: float,
 ) -> CallbackReceipt:
     """:func:`send_callback`'s body, retried after each delay while the endpoint is unavailable."""
     for delay in delays:
         try:
-            return await send_callback.fn(job_id, status, body)
+            return await send_callback.fn(job_id, status, body, callback, timeout_seconds)
         except CallbackUnavailable as exc:
             run_logger(__name__).warning(
                 "The %s callback of job %s was not delivered (%s); trying again in %.1f s.",
@@ -106,4 +124,4 @@ async def _send_with_retries(
                 delay,
             )
             await asyncio.sleep(delay)
-    return await send_callback.fn(job_id, status, body)
+    return await send_callback.fn(job_id, status, body, callback, timeout_seconds)

@@ -11,7 +11,6 @@ from prefect.cache_policies import NO_CACHE
 
 from genjobs.assets import EncodedAsset, RenderedBatch
 from genjobs.encode.images import encode_images, encode_thumbnail, to_image
-from genjobs.runtime import get_runtime
 from genjobs.storage.base import MIME_BY_EXTENSION
 from tasks.naming import run_name
 
@@ -47,12 +46,13 @@ def _encode_video(
 
 
 @task(name="encode", task_run_name=run_name("encode"), cache_policy=NO_CACHE)
-async def encode_assets(batch: RenderedBatch) -> list[EncodedAsset]:
+async def encode_assets(batch: RenderedBatch, png_compress_level: int) -> list[EncodedAsset]:
     """PNG (low compression, parallel threads) or H.264 MP4, and a 256 px WEBP thumbnail each.
+    ``png_compress_level`` is the zlib level of the PNGs (0-9).
 
     The encoding runs in a thread, so the flow's event loop stays free meanwhile.
     """
-    encoded = await asyncio.to_thread(_encode, batch)
+    encoded = await asyncio.to_thread(_encode, batch, png_compress_level)
     get_run_logger().info(
         "Encoded %d asset(s) for job %s (%d bytes in all).",
         len(encoded),
@@ -62,15 +62,14 @@ async def encode_assets(batch: RenderedBatch) -> list[EncodedAsset]:
     return encoded
 
 
-def _encode(batch: RenderedBatch) -> list[EncodedAsset]:
-    settings = get_runtime().settings
+def _encode(batch: RenderedBatch, png_compress_level: int) -> list[EncodedAsset]:
     folder = Path(batch.frame_files[0]).parent.parent / "encoded"
     folder.mkdir(parents=True, exist_ok=True)
     arrays = [np.load(path, allow_pickle=False) for path in batch.frame_files]
     if batch.plan.output == "video":
         encoded = [_encode_video(batch, i, frames, folder) for i, frames in enumerate(arrays)]
     else:
-        images = encode_images(arrays, compress_level=settings.png_compress_level)
+        images = encode_images(arrays, compress_level=png_compress_level)
         encoded = [
             EncodedAsset(
                 index=i,

@@ -23,7 +23,8 @@ from genjobs.callback.payload import CallbackPayload
 from genjobs.errors import ErrorCode, JobError, StorageError
 from genjobs.jobs.plan import RenderPlan
 from genjobs.metadata import completed_payload
-from genjobs.runtime import get_runtime
+from genjobs.settings import Settings
+from genjobs.storage.base import StorageBackend
 from tasks.naming import run_name
 from tasks.run_logger import run_logger
 
@@ -45,8 +46,11 @@ async def assemble_metadata(
     return payload
 
 
-async def publish_asset_artifacts(plan: RenderPlan, payload: CallbackPayload) -> None:
-    """The asset table, and the preview table where the storage signs links, on the run.
+async def publish_asset_artifacts(
+    plan: RenderPlan, payload: CallbackPayload, storage: StorageBackend, settings: Settings
+) -> None:
+    """The asset table, and the preview table where ``storage`` signs links, on the run
+    (links last the settings' ``artifact_preview_seconds``, in their bucket).
 
     An artifact is observability: an API error here is logged, and the job still completes.
     """
@@ -69,7 +73,7 @@ async def publish_asset_artifacts(plan: RenderPlan, payload: CallbackPayload) ->
             acreate_table_artifact(
                 key=f"assets-{plan.job_id}", table=rows, description=description
             ),
-            _preview_links([a.thumbnail_url for a in payload.assets]),
+            _preview_links([a.thumbnail_url for a in payload.assets], storage, settings),
         )
         if any(previews):
             await acreate_markdown_artifact(
@@ -83,19 +87,20 @@ async def publish_asset_artifacts(plan: RenderPlan, payload: CallbackPayload) ->
         )
 
 
-async def _preview_links(thumbnails: list[str | None]) -> list[str | None]:
+async def _preview_links(
+    thumbnails: list[str | None], storage: StorageBackend, settings: Settings
+) -> list[str | None]:
     """A signed, expiring URL per thumbnail, where the storage signs URLs; else None each."""
-    runtime = get_runtime()
-    seconds = runtime.settings.artifact_preview_seconds
+    seconds = settings.artifact_preview_seconds
     if not seconds:
         return [None] * len(thumbnails)
-    sign = runtime.storage.signed_url
+    sign = storage.signed_url
 
     async def link(path: str | None) -> str | None:
         if path is None:
             return None
         try:
-            url = await asyncio.to_thread(sign, runtime.settings.bucket, path, seconds)
+            url = await asyncio.to_thread(sign, settings.bucket, path, seconds)
         except StorageError as exc:  # a preview never fails a job
             get_run_logger().warning("No preview link for %s: %s", path, exc)
             return None

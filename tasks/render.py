@@ -1,9 +1,16 @@
 """Render a plan on the GPU (or CPU) and leave the frames in the job's scratch folder.
 
 Three tasks share one body. ``render_assets`` runs in the flow's own process (the embedded
-default). ``render_sdxl`` and ``render_wan`` are what the warm GPU workers serve
-(genjobs/gpu_worker.py): a flow queues them as ``.delay()`` does (tasks/render_dispatch.py), one
-task key per model family, so a worker can serve one family or both.
+default) and takes the flow's :class:`~genjobs.connections.Connections` as a parameter.
+``render_sdxl`` and ``render_wan`` are what the warm GPU workers serve
+(entrypoints/gpu_worker.py): a flow queues them as ``.delay()`` does (tasks/render_dispatch.py),
+one task key per model family, so a worker can serve one family or both.
+
+A queued render's parameters are serialised by Prefect, so they carry the plan alone: no client,
+no secret travels. The GPU worker is an edge: it builds its own connections (settings, blocks,
+its ``--device``) and serves inside :func:`serving_with`, which sets :data:`serving_connections`
+for the tasks it runs (asyncio tasks and ``asyncio.to_thread`` inherit it). A background render
+outside it refuses to start: nothing here falls back to the environment.
 
 While a render runs, a :class:`RenderWatch` is called after every diffusion step: it feeds the
 process-local progress listeners and emits a ``genjobs.render.step`` event, and its monitor
@@ -18,12 +25,15 @@ process.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import contextvars
 import logging
 import os
 import socket
 import threading
 import time
+from collections.abc import Iterator
+from contextvars import ContextVar
 from typing import Any
 from uuid import UUID
 
@@ -39,13 +49,13 @@ from prefect.events import emit_event
 
 from genjobs import progress
 from genjobs.assets import RenderedBatch, scratch_dir
+from genjobs.connections import Connections
 from genjobs.errors import JobCancelled
 from genjobs.gpu_schedule import GPU, GPU_LOCK
 from genjobs.jobs.plan import RenderPlan
 from genjobs.references import ReferenceFetcher, fetch_all
 from genjobs.render.cache import PIPELINES
 from genjobs.render.registry import renderer_for
-from genjobs.runtime import get_runtime
 from genjobs.settings import Settings
 from genjobs.tls import ssl_context
 from tasks.naming import run_name
@@ -285,11 +295,36 @@ def _run_ids() -> tuple[UUID | None, UUID | None]:
     return context.task_run.flow_run_id, context.task_run.id
 
 
-def _render(plan: RenderPlan, *, background: bool) -> RenderedBatch:
+serving_connections: ContextVar[Connections | None] = ContextVar(
+    "genjobs_serving_connections", default=None
+)
+"""The connections of the GPU worker serving the background renders; set by
+:func:`serving_with` alone."""
+
+
+@contextlib.contextmanager
+def serving_with(connections: Connections) -> Iterator[Connections]:
+    """Serve the background renders started inside with ``connections`` (a GPU worker's)."""
+    token = serving_connections.set(connections)
+    try:
+        yield connections
+    finally:
+        serving_connections.reset(token)
+
+
+def _serving() -> Connections:
+    connections = serving_connections.get()
+    if connections is None:
+        raise RuntimeError(
+            "A background render runs only on a GPU worker, inside serving_with(connections)"
+        )
+    return connections
+
+
+def _render(plan: RenderPlan, connections: Connections, *, background: bool) -> RenderedBatch:
     """Fetch references, run the pipeline, save one ``.npy`` frame file per asset."""
     run_logger = get_run_logger()
-    runtime = get_runtime()
-    settings = runtime.settings
+    settings = connections.settings
     started = time.perf_counter()
     loads_before = PIPELINES.load_count()
     flow_run_id, task_run_id = _run_ids()
@@ -297,7 +332,7 @@ def _render(plan: RenderPlan, *, background: bool) -> RenderedBatch:
     watch.start()
     with httpx.Client(timeout=settings.reference_timeout_seconds, verify=ssl_context()) as http:
         fetcher = ReferenceFetcher(
-            runtime.storage,
+            connections.storage,
             http,
             timeout_seconds=settings.reference_timeout_seconds,
             max_bytes=settings.reference_max_bytes,
@@ -367,21 +402,22 @@ _RENDER_OPTIONS: dict[str, Any] = {
 
 
 @task(name="render", **_RENDER_OPTIONS)
-async def render_assets(plan: RenderPlan) -> RenderedBatch:
-    """Render in this process: fetch references, run the pipeline, save the frames."""
-    return await asyncio.to_thread(_render, plan, background=False)
+async def render_assets(plan: RenderPlan, connections: Connections) -> RenderedBatch:
+    """Render in this process with the flow's ``connections``: fetch references, run the
+    pipeline, save the frames."""
+    return await asyncio.to_thread(_render, plan, connections, background=False)
 
 
 @task(name="render-sdxl", **_RENDER_OPTIONS)
 async def render_sdxl(plan: RenderPlan) -> RenderedBatch:
-    """Render an SDXL plan on a GPU worker (served by genjobs/gpu_worker.py)."""
-    return await asyncio.to_thread(_render, plan, background=True)
+    """Render an SDXL plan on a GPU worker (entrypoints/gpu_worker.py), with its connections."""
+    return await asyncio.to_thread(_render, plan, _serving(), background=True)
 
 
 @task(name="render-wan", **_RENDER_OPTIONS)
 async def render_wan(plan: RenderPlan) -> RenderedBatch:
-    """Render a WAN plan on a GPU worker (served by genjobs/gpu_worker.py)."""
-    return await asyncio.to_thread(_render, plan, background=True)
+    """Render a WAN plan on a GPU worker (entrypoints/gpu_worker.py), with its connections."""
+    return await asyncio.to_thread(_render, plan, _serving(), background=True)
 
 
 GPU_RENDER_TASKS = {"sdxl": render_sdxl, "wan": render_wan}

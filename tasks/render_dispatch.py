@@ -48,9 +48,9 @@ from prefect.types import DateTime
 from prefect.utilities.engine import emit_task_run_state_change_event
 
 from genjobs.assets import RenderedBatch
+from genjobs.connections import Connections
 from genjobs.errors import RenderTimeout
 from genjobs.jobs.plan import RenderPlan
-from genjobs.runtime import current_settings
 from genjobs.settings import Settings
 from tasks.render import GPU_RENDER_TASKS, SUPERSEDED, render_assets
 
@@ -78,20 +78,23 @@ class LocalRender:
     def __init__(self, plan: RenderPlan) -> None:
         self.plan = plan
 
-    async def result(self) -> RenderedBatch:
-        return await render_assets.with_options(tags=render_tags(self.plan))(self.plan)
+    async def result(self, connections: Connections) -> RenderedBatch:
+        """Render now, with the flow's ``connections``."""
+        render = render_assets.with_options(tags=render_tags(self.plan))
+        return await render(self.plan, connections)
 
     async def withdraw(self, message: str) -> None:
         """Give the render up before :meth:`result`: nothing has started, nothing to undo."""
 
 
-async def start_render(plan: RenderPlan) -> LocalRender | QueuedRender:
-    """Queue ``plan`` on the GPU workers, or prepare it to render here (``render_dispatch``).
+async def start_render(plan: RenderPlan, settings: Settings) -> LocalRender | QueuedRender:
+    """Queue ``plan`` on the GPU workers, or prepare it to render here (the settings'
+    ``render_dispatch``; a queued render is watched with their ``render_*`` limits).
 
     The flow makes the rest of its job ready while a queued render runs, then awaits
-    ``result()``; ``withdraw(message)`` gives it up instead.
+    ``result(connections)`` (a local render uses them; a queued one renders with its GPU
+    worker's); ``withdraw(message)`` gives it up instead.
     """
-    settings = current_settings()
     if settings.render_dispatch == "gpu_workers":
         queued = QueuedRender(plan, settings)
         await queued.submit()
@@ -141,8 +144,9 @@ class QueuedRender:
         silent = (datetime.now(UTC) - last).total_seconds()
         return silent > self.settings.render_stall_seconds
 
-    async def result(self) -> RenderedBatch:
-        """Wait for the render; submit it again when lost or stuck.
+    async def result(self, connections: Connections) -> RenderedBatch:
+        """Wait for the render; submit it again when lost or stuck. ``connections`` are the
+        flow's: the GPU worker renders with its own.
 
         Raises:
             RenderTimeout: The render was lost or stuck once more than ``render_resubmits``.

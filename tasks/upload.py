@@ -27,9 +27,14 @@ from pydantic import BaseModel
 
 from genjobs.assets import EncodedAsset, UploadedAsset
 from genjobs.errors import ErrorCode, JobAssetsExist, StorageError, is_transient
-from genjobs.runtime import get_runtime
 from genjobs.settings import Settings
-from genjobs.storage.base import MIME_BY_EXTENSION, asset_path, job_prefix, thumbnail_path
+from genjobs.storage.base import (
+    MIME_BY_EXTENSION,
+    StorageBackend,
+    asset_path,
+    job_prefix,
+    thumbnail_path,
+)
 from genjobs.storage.provenance import UploadJournal, Write, undo_writes
 from tasks.naming import run_name
 from tasks.retries import retry_if_transient, storage_policy, with_retries
@@ -44,17 +49,20 @@ class UploadAttempt(BaseModel):
 
 
 async def store_asset(
-    asset: EncodedAsset, user_id: str, job_id: str, journal: UploadJournal
+    asset: EncodedAsset,
+    user_id: str,
+    job_id: str,
+    journal: UploadJournal,
+    storage: StorageBackend,
+    bucket: str,
 ) -> UploadedAsset:
     """Record the original and its thumbnail in the journal, then put the original (upsert,
-    exact content type), then the thumbnail.
+    exact content type), then the thumbnail, into ``bucket`` of ``storage``.
 
     A thumbnail refused for good leaves ``thumbnail_path`` empty (contract 5.4); a transient
     failure of either raises, so the asset is stored again, original included.
     """
     logger = get_run_logger()
-    runtime = get_runtime()
-    bucket = runtime.settings.bucket
     path = asset_path(user_id, job_id, asset.index, asset.extension)
     data = Path(asset.file).read_bytes()
     thumb_path: str | None = None
@@ -66,12 +74,12 @@ async def store_asset(
     if thumb_path is not None:
         writes.append(Write.of(bucket, thumb_path, thumb_data))
     await asyncio.to_thread(journal.record, writes)
-    await asyncio.to_thread(runtime.storage.put, bucket, path, data, asset.content_type)
+    await asyncio.to_thread(storage.put, bucket, path, data, asset.content_type)
     logger.info("Stored %s (%d bytes, %s).", path, len(data), asset.content_type)
     if thumb_path is not None:
         try:
             await asyncio.to_thread(
-                runtime.storage.put, bucket, thumb_path, thumb_data, MIME_BY_EXTENSION["webp"]
+                storage.put, bucket, thumb_path, thumb_data, MIME_BY_EXTENSION["webp"]
             )
         except StorageError as exc:
             if exc.retryable:
@@ -87,12 +95,17 @@ async def store_asset(
 
 @task(name="upload", cache_policy=NO_CACHE, task_run_name=run_name("upload"))
 async def upload_assets(
-    assets: list[EncodedAsset], user_id: str, job_id: str, journal: UploadJournal
+    assets: list[EncodedAsset],
+    user_id: str,
+    job_id: str,
+    journal: UploadJournal,
+    storage: StorageBackend,
+    bucket: str,
 ) -> UploadAttempt:
     """Store every asset at once; report the ones that failed transiently, raise any other
     failure once every upload has settled."""
     settled = await asyncio.gather(
-        *(store_asset(asset, user_id, job_id, journal) for asset in assets),
+        *(store_asset(asset, user_id, job_id, journal, storage, bucket) for asset in assets),
         return_exceptions=True,
     )
     attempt = UploadAttempt(stored=[], again=[])
@@ -122,28 +135,36 @@ async def upload_assets(
     retry_condition_fn=retry_if_transient,  # how often: tasks/retries.py
 )
 async def reupload_asset(
-    asset: EncodedAsset, user_id: str, job_id: str, journal: UploadJournal
+    asset: EncodedAsset,
+    user_id: str,
+    job_id: str,
+    journal: UploadJournal,
+    storage: StorageBackend,
+    bucket: str,
 ) -> UploadedAsset:
     """Store one asset again after a transient failure; Prefect retries transient failures."""
-    return await store_asset(asset, user_id, job_id, journal)
+    return await store_asset(asset, user_id, job_id, journal, storage, bucket)
 
 
 async def upload_job_assets(
     assets: list[EncodedAsset],
     user_id: str,
     job_id: str,
-    settings: Settings,
     journal: UploadJournal,
+    storage: StorageBackend,
+    settings: Settings,
 ) -> list[UploadedAsset]:
-    """Store every asset of a job: all at once, then each transient failure on its own with
-    retries, every put recorded in ``journal`` first. Returns the stored assets in index order;
-    raises the first failure that is left, once every upload has settled."""
-    attempt = await upload_assets(assets, user_id, job_id, journal)
+    """Store every asset of a job in ``storage`` (the settings' bucket): all at once, then each
+    transient failure on its own with retries (the settings' storage policy), every put
+    recorded in ``journal`` first. Returns the stored assets in index order; raises the first
+    failure that is left, once every upload has settled."""
+    bucket = settings.bucket
+    attempt = await upload_assets(assets, user_id, job_id, journal, storage, bucket)
     if not attempt.again:
         return attempt.stored
     reupload = with_retries(reupload_asset, storage_policy(settings))
     settled = await asyncio.gather(
-        *(reupload(asset, user_id, job_id, journal) for asset in attempt.again),
+        *(reupload(asset, user_id, job_id, journal, storage, bucket) for asset in attempt.again),
         return_exceptions=True,
     )
     failures = [result for result in settled if isinstance(result, BaseException)]
@@ -159,7 +180,9 @@ async def upload_job_assets(
     task_run_name=run_name("check"),
     retry_condition_fn=retry_if_transient,
 )
-async def refuse_stored_job(user_id: str, job_id: str) -> None:
+async def refuse_stored_job(
+    user_id: str, job_id: str, storage: StorageBackend, bucket: str
+) -> None:
     """Refuse a run of a job whose folder already holds objects (a re-run of a job an earlier
     run stored): it would overwrite them and, failing, could remove them.
 
@@ -169,10 +192,9 @@ async def refuse_stored_job(user_id: str, job_id: str) -> None:
     Raises:
         JobAssetsExist: The folder holds objects; nothing was rendered, stored or removed.
     """
-    runtime = get_runtime()
-    bucket, folder = runtime.settings.bucket, job_prefix(user_id, job_id)
+    folder = job_prefix(user_id, job_id)
     try:
-        found = await asyncio.to_thread(runtime.storage.list, bucket, folder)
+        found = await asyncio.to_thread(storage.list, bucket, folder)
     except StorageError as exc:
         if exc.code != ErrorCode.BUCKET_NOT_FOUND:
             raise
@@ -184,19 +206,23 @@ async def refuse_stored_job(user_id: str, job_id: str) -> None:
         )
 
 
-async def check_job_folder(user_id: str, job_id: str, settings: Settings) -> None:
-    """:func:`refuse_stored_job`, transient listing failures retried as uploads are."""
-    await with_retries(refuse_stored_job, storage_policy(settings))(user_id, job_id)
+async def check_job_folder(
+    user_id: str, job_id: str, storage: StorageBackend, settings: Settings
+) -> None:
+    """:func:`refuse_stored_job` in the settings' bucket, transient listing failures retried as
+    uploads are."""
+    check = with_retries(refuse_stored_job, storage_policy(settings))
+    await check(user_id, job_id, storage, settings.bucket)
 
 
 @task(name="undo-uploads", task_run_name=run_name("undo"), cache_policy=NO_CACHE)
-async def undo_uploads(job_id: str, journal: UploadJournal) -> list[str]:
+async def undo_uploads(job_id: str, journal: UploadJournal, storage: StorageBackend) -> list[str]:
     """Remove what this run stored whose bytes are still the ones it wrote (storage errors keep
     the objects: see :func:`~genjobs.storage.provenance.undo_writes`); log what is kept and
     why; then discard the journal."""
     logger = run_logger(__name__)
     try:
-        report = await asyncio.to_thread(undo_writes, get_runtime().storage, journal.writes)
+        report = await asyncio.to_thread(undo_writes, storage, journal.writes)
     finally:
         journal.discard()
     for path, reason in report.kept.items():

@@ -10,19 +10,20 @@ from prefect.cache_policies import NO_CACHE
 from genjobs.jobs.payload import parse_job
 from genjobs.jobs.plan import RenderPlan, plan_job
 from genjobs.references import classify_references
-from genjobs.runtime import current_settings
 from tasks.naming import run_name
 
 
 @task(name="validate-job", task_run_name=run_name("validate"), cache_policy=NO_CACHE)
-async def validate_job(job: dict[str, Any]) -> RenderPlan:
+async def validate_job(job: dict[str, Any], allow_hosts: tuple[str, ...]) -> RenderPlan:
     """Refuse a bad payload with an error naming the field; return the render plan.
 
     It needs no connection: a deployed run validates before it loads its blocks.
+    ``allow_hosts`` are the private hosts a reference URL may name
+    (``reference_allow_hosts``).
     """
     plan = plan_job(parse_job(job))
     # Refuses other users' objects and unsafe URLs, without I/O.
-    classify_references(plan, current_settings().reference_allow_hosts)
+    classify_references(plan, allow_hosts)
     get_run_logger().info(
         "Job %s is a %s %s job: %d asset(s) at %dx%d, %d steps, guidance %s, seeds %s.",
         plan.job_id,

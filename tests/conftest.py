@@ -1,4 +1,5 @@
-"""Shared fixtures: one Prefect test API per session, a runtime on a temp folder per test."""
+"""Shared fixtures: one Prefect test API per session; per test, settings on a temp folder
+installed in the environment and the connections built from them."""
 
 from __future__ import annotations
 
@@ -9,9 +10,10 @@ from pathlib import Path
 import pytest
 from pydantic import SecretStr
 
+from genjobs.connections import Connections, connections_from_settings
 from genjobs.devserver.receiver import CallbackReceiver
-from genjobs.runtime import Runtime, build_runtime, set_runtime
 from genjobs.settings import Settings
+from tests.settings_env import install_settings
 
 # The real Supabase Storage server's fixtures (real_storage, real_bucket, fault_proxy, ...).
 pytest_plugins = ["tests.real_storage"]
@@ -60,11 +62,14 @@ def make_settings(
 
 
 @pytest.fixture
-def runtime(
-    tmp_path: Path, model_cache: Path, receiver: CallbackReceiver, callback_secret: str
-) -> Iterator[Runtime]:
-    """The embedded default on a temp folder, reporting to the local receiver."""
-    built = build_runtime(make_settings(tmp_path, model_cache, receiver, callback_secret))
-    set_runtime(built)
-    yield built
-    set_runtime(None)
+def connections(
+    tmp_path: Path,
+    model_cache: Path,
+    receiver: CallbackReceiver,
+    callback_secret: str,
+    monkeypatch: pytest.MonkeyPatch,
+) -> Connections:
+    """The embedded default on a temp folder, reporting to the local receiver: installed in the
+    environment (what a flow reads at its entry), and the connections built from it."""
+    settings = make_settings(tmp_path, model_cache, receiver, callback_secret)
+    return connections_from_settings(install_settings(monkeypatch, settings))

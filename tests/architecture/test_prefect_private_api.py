@@ -85,13 +85,8 @@ RECHECK = (
 
 
 def gpu_worker_module() -> ModuleType:
-    """The module that defines GpuTaskWorker: the process edge, or the library before the move."""
-    try:
-        return importlib.import_module("entrypoints.gpu_worker")
-    except ModuleNotFoundError as error:
-        if error.name not in ("entrypoints", "entrypoints.gpu_worker"):
-            raise
-        return importlib.import_module("genjobs.gpu_worker")
+    """The module that defines GpuTaskWorker."""
+    return importlib.import_module("entrypoints.gpu_worker")
 
 
 def source_of(owner: type, name: str) -> str:

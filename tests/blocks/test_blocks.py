@@ -10,7 +10,8 @@ from prefect.testing.standard_test_suites import BlockStandardTestSuite
 from pydantic import SecretStr
 
 from blocks import JobCallbackEndpoint, ModelRegistry, SupabaseConnection
-from genjobs.runtime import aapply_blocks, apply_blocks
+from blocks.connections import aapply_blocks, apply_blocks
+from flows.generate import run_connections
 from genjobs.settings import Settings
 
 
@@ -71,18 +72,14 @@ def test_saved_blocks_configure_the_runtime_without_exposing_secrets() -> None:
 def test_a_flow_process_that_dispatches_renders_loads_no_model_registry(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
-    from genjobs import runtime
-
     JobCallbackEndpoint(url="http://127.0.0.1:2/cb", secret=SecretStr("hmac-456")).save(
         "test-callback", overwrite=True
     )
     monkeypatch.setenv("GENJOBS_CALLBACK_BLOCK", "test-callback")
     monkeypatch.setenv("GENJOBS_MODELS_BLOCK", "no-such-registry")  # loading it would raise
     monkeypatch.setenv("GENJOBS_RENDER_DISPATCH", "gpu_workers")
-    monkeypatch.setattr(runtime, "_current", None)
-    built = asyncio.run(runtime.aget_runtime())
-    assert built.callback_url == "http://127.0.0.1:2/cb"
-    monkeypatch.setattr(runtime, "_current", None)
+    built = asyncio.run(run_connections(Settings()))
+    assert built.callback.url == "http://127.0.0.1:2/cb"
     monkeypatch.setenv("GENJOBS_RENDER_DISPATCH", "in_process")
     with pytest.raises(ValueError, match="no-such-registry"):
-        asyncio.run(runtime.aget_runtime())
+        asyncio.run(run_connections(Settings()))

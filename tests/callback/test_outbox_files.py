@@ -17,10 +17,11 @@ from flows.generate import generate_job
 from flows.outbox import redeliver_callbacks
 from genjobs.callback.outbox import Outbox, entry_key
 from genjobs.callback.signing import sign
+from genjobs.connections import connections_from_settings
 from genjobs.devserver.receiver import CallbackReceiver
-from genjobs.runtime import build_runtime, set_runtime
 from genjobs.settings import Settings
 from tests.conftest import make_settings
+from tests.settings_env import install_settings
 
 JOB = "5b0c1f4e-1d2a-4c3b-9a8e-7f6d5c4b3a21"
 HOSTILE_IDS = ["./../../x", "../../../../tmp/escape", "/etc/x", "a/b", "..", "x" * 200]
@@ -162,12 +163,14 @@ def test_an_existing_open_home_is_kept_and_reported(
     assert "is open to other users (mode 755)" in caplog.text
 
 
-def test_building_a_runtime_creates_the_home_0700(
+def test_building_the_connections_creates_the_home_0700(
     tmp_path: Path, model_cache: Path, receiver: CallbackReceiver, callback_secret: str
 ) -> None:
     home = tmp_path / "home"
-    runtime = build_runtime(make_settings(home, model_cache, receiver, callback_secret))
-    assert runtime.settings.home == home
+    connections = connections_from_settings(
+        make_settings(home, model_cache, receiver, callback_secret)
+    )
+    assert connections.settings.home == home
     assert mode(home) == 0o700
 
 
@@ -201,7 +204,11 @@ def test_receiver_answers_401_to_a_non_ascii_signature(
 
 @pytest.mark.usefixtures("prefect_api")
 async def test_a_refused_payloads_callback_waits_inside_the_outbox_whatever_its_id(
-    tmp_path: Path, model_cache: Path, receiver: CallbackReceiver, callback_secret: str
+    tmp_path: Path,
+    model_cache: Path,
+    receiver: CallbackReceiver,
+    callback_secret: str,
+    monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     home = tmp_path / "home"
     settings = make_settings(
@@ -212,25 +219,21 @@ async def test_a_refused_payloads_callback_waits_inside_the_outbox_whatever_its_
         callback_retry_window_seconds=0.3,
         callback_retry_base_seconds=0.05,
     )
-    runtime = build_runtime(settings)
-    set_runtime(runtime)
+    install_settings(monkeypatch, settings)
     job = {"id": "./../../x", "user_id": "not-a-uuid", "type": "sdxl_image_fast"}
-    try:
-        receiver.down_for(3600)
-        state = await generate_job(job, return_state=True)
-        assert state.is_failed()
-        outside = files_under(tmp_path) - files_under(home)
-        assert outside == set()
-        (entry,) = Outbox(settings.outbox_dir).entries()
-        assert (entry.job_id, entry.status) == ("./../../x", "failed")
-        assert files_under(settings.outbox_dir) == {settings.outbox_dir / f"{entry.key}.json"}
-        assert (mode(home), mode(settings.outbox_dir)) == (0o700, 0o700)
-        assert mode(settings.outbox_dir / f"{entry.key}.json") == 0o600
+    receiver.down_for(3600)
+    state = await generate_job(job, return_state=True)
+    assert state.is_failed()
+    outside = files_under(tmp_path) - files_under(home)
+    assert outside == set()
+    (entry,) = Outbox(settings.outbox_dir).entries()
+    assert (entry.job_id, entry.status) == ("./../../x", "failed")
+    assert files_under(settings.outbox_dir) == {settings.outbox_dir / f"{entry.key}.json"}
+    assert (mode(home), mode(settings.outbox_dir)) == (0o700, 0o700)
+    assert mode(settings.outbox_dir / f"{entry.key}.json") == 0o600
 
-        receiver.down_for(0)
-        assert await redeliver_callbacks() == {"delivered": 1, "waiting": 0, "rejected": 0}
-    finally:
-        set_runtime(None)
+    receiver.down_for(0)
+    assert await redeliver_callbacks() == {"delivered": 1, "waiting": 0, "rejected": 0}
     assert Outbox(settings.outbox_dir).entries() == []
     (payload,) = receiver.accepted("./../../x")
     assert payload["status"] == "failed" and payload["metadata"]["error_code"] == "INVALID_PAYLOAD"

@@ -2,12 +2,9 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-
-from genjobs.runtime import set_runtime
 
 BACKEND_VARIABLES = (
     "SUPABASE_URL",
@@ -24,16 +21,12 @@ BACKEND_VARIABLES = (
 
 
 @pytest.fixture
-def cli_home(tmp_path: Path, model_cache: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[Path]:
-    """GENJOBS_HOME for one CLI call, no backend configured; the runtime rebuilt after."""
+def cli_home(tmp_path: Path, model_cache: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    """GENJOBS_HOME for one CLI call, no backend configured."""
     for name in BACKEND_VARIABLES:
         monkeypatch.delenv(name, raising=False)
     monkeypatch.setenv("GENJOBS_HOME", str(tmp_path))
     monkeypatch.setenv("GENJOBS_MODEL_CACHE", str(model_cache))
-    monkeypatch.setenv("GENJOBS_CALLBACK_URL", "")  # restored after the CLI sets its own
+    monkeypatch.setenv("GENJOBS_CALLBACK_URL", "")  # the CLI hands its receiver to the run alone
     monkeypatch.setenv("GENJOBS_JOB_CALLBACK_SECRET", "")
-    set_runtime(None)
-    try:
-        yield tmp_path
-    finally:
-        set_runtime(None)
+    return tmp_path

@@ -2,15 +2,15 @@
 
 from __future__ import annotations
 
+import os
 import re
 from pathlib import Path
 
 import pytest
 from PIL import Image
 
-from genjobs.cli import main
+from entrypoints.cli import main
 from genjobs.devserver.receiver import CallbackReceiver
-from genjobs.runtime import set_runtime
 
 pytestmark = pytest.mark.usefixtures("prefect_api")
 
@@ -25,26 +25,28 @@ def test_run_renders_stores_and_reports_through_the_local_receiver(
         monkeypatch.delenv(name, raising=False)
     monkeypatch.setenv("GENJOBS_HOME", str(tmp_path))
     monkeypatch.setenv("GENJOBS_MODEL_CACHE", str(model_cache))
-    monkeypatch.setenv("GENJOBS_CALLBACK_URL", "")  # restored after the CLI sets its own
+    monkeypatch.setenv("GENJOBS_CALLBACK_URL", "")  # the CLI hands its receiver to the run alone
     monkeypatch.setenv("GENJOBS_JOB_CALLBACK_SECRET", "")
-    try:
-        code = main(
-            [
-                "run",
-                "--prompt",
-                "a red boat",
-                "--num-images",
-                "3",
-                "--seed",
-                "5",
-                "--steps",
-                "10",
-                "--resolution",
-                "256x256",
-            ]
-        )
-    finally:
-        set_runtime(None)
+    code = main(
+        [
+            "run",
+            "--prompt",
+            "a red boat",
+            "--num-images",
+            "3",
+            "--seed",
+            "5",
+            "--steps",
+            "10",
+            "--resolution",
+            "256x256",
+        ]
+    )
+    # The receiver reached the run in its settings, not through the environment.
+    assert (os.environ["GENJOBS_CALLBACK_URL"], os.environ["GENJOBS_JOB_CALLBACK_SECRET"]) == (
+        "",
+        "",
+    )
     out = capsys.readouterr().out
     assert code == 0, out
     pngs = [Path(p) for p in re.findall(r"^  (\S+\.png)", out, re.MULTILINE)]

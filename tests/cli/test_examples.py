@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 from PIL import Image
 
-from genjobs.cli import main
+from entrypoints.cli import main
 from genjobs.devserver.receiver import CallbackReceiver
 from genjobs.jobs.payload import parse_job
 from genjobs.jobs.plan import plan_job

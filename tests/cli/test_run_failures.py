@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from genjobs.cli import main
+from entrypoints.cli import main
 from genjobs.devserver.receiver import CallbackReceiver
 
 pytestmark = pytest.mark.usefixtures("prefect_api")

@@ -13,9 +13,9 @@ from pathlib import Path
 
 import pytest
 
+from entrypoints.cli import build_parser, main
 from genjobs.callback.outbox import Outbox
 from genjobs.callback.payload import failure_payload, serialise
-from genjobs.cli import build_parser, main
 from genjobs.devserver.receiver import CallbackReceiver
 from genjobs.errors import InvalidPayload
 
@@ -49,7 +49,7 @@ def test_gpu_worker_starts_on_the_cpu_and_subscribes(tmp_path: Path, prefect_api
     }
     for name in ("GENJOBS_SUPABASE_BLOCK", "GENJOBS_MODELS_BLOCK", "SUPABASE_URL"):
         env.pop(name, None)
-    command = [sys.executable, "-m", "genjobs.cli", "gpu-worker", "--device", "cpu"]
+    command = [sys.executable, "-m", "entrypoints.cli", "gpu-worker", "--device", "cpu"]
     worker = subprocess.Popen(
         [*command, "--families", "sdxl", "--no-warm"],
         cwd=tmp_path,

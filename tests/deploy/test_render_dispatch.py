@@ -3,7 +3,7 @@ sends one cancelled callback, and a render presumed lost is submitted again and 
 
 The renders use the timed renderer (devstack/timed_renderer.py: real pipeline cache, sleeping
 steps), the local callback receiver and local storage; the GPU worker runs in a thread of this
-process, as genjobs/gpu_worker.py runs it in its own.
+process, as entrypoints/gpu_worker.py runs it in its own.
 """
 
 from __future__ import annotations
@@ -22,14 +22,15 @@ from prefect.client.orchestration import get_client
 from prefect.client.schemas.filters import FlowRunFilter, FlowRunFilterName
 from prefect.states import Cancelling
 
+from entrypoints.gpu_worker import GpuTaskWorker
 from flows.generate import generate_job
 from genjobs import progress
+from genjobs.connections import Connections, connections_from_settings
 from genjobs.devserver.receiver import CallbackReceiver
-from genjobs.gpu_worker import GpuTaskWorker
-from genjobs.runtime import Runtime, build_runtime, set_runtime
-from tasks.render import SUPERSEDED, render_sdxl
+from tasks.render import SUPERSEDED, render_sdxl, serving_with
 from tests.conftest import make_settings
 from tests.flows.helpers import USER_ID, sdxl_job
+from tests.settings_env import install_settings
 
 pytestmark = pytest.mark.usefixtures("prefect_api")
 TIMED = "devstack.timed_renderer:TimedRenderer"
@@ -46,7 +47,7 @@ def steps() -> Iterator[list[tuple[int, int]]]:
     unsubscribe()
 
 
-def timed_runtime(
+def timed_connections(
     tmp_path: Path,
     model_cache: Path,
     receiver: CallbackReceiver,
@@ -54,15 +55,14 @@ def timed_runtime(
     monkeypatch: pytest.MonkeyPatch,
     step_seconds: float,
     **overrides: Any,
-) -> Runtime:
+) -> Connections:
+    """Settings with the timed renderer installed in the environment; their connections."""
     monkeypatch.setenv("GENJOBS_TIMED_STEP_SECONDS", str(step_seconds))
     monkeypatch.setenv("GENJOBS_TIMED_LOAD_SECONDS", "0")
     settings = make_settings(
         tmp_path, model_cache, receiver, secret, renderer_class=TIMED, **overrides
     )
-    runtime = build_runtime(settings)
-    set_runtime(runtime)
-    return runtime
+    return connections_from_settings(install_settings(monkeypatch, settings))
 
 
 async def flow_run_id_of(job_id: str) -> UUID:
@@ -80,8 +80,9 @@ def in_thread(action: Callable[[], None]) -> threading.Thread:
 
 
 @contextlib.contextmanager
-def gpu_worker_thread(*tasks: Any) -> Iterator[None]:
-    """A GpuTaskWorker on its own event loop in a thread, cancelled on exit."""
+def gpu_worker_thread(connections: Connections, *tasks: Any) -> Iterator[None]:
+    """A GpuTaskWorker serving with ``connections`` on its own event loop in a thread,
+    cancelled on exit."""
     loop = asyncio.new_event_loop()
     started = threading.Event()
     runner: dict[str, asyncio.Task[Any]] = {}
@@ -92,7 +93,10 @@ def gpu_worker_thread(*tasks: Any) -> Iterator[None]:
         assert current is not None
         runner["task"] = current
         started.set()
-        with contextlib.suppress(asyncio.CancelledError, BaseExceptionGroup):
+        with (
+            contextlib.suppress(asyncio.CancelledError, BaseExceptionGroup),
+            serving_with(connections),
+        ):
             await worker.astart()
 
     thread = in_thread(lambda: loop.run_until_complete(serve()))
@@ -113,7 +117,7 @@ async def test_cancelling_a_run_stops_its_render_at_a_step_and_reports_it_once(
     monkeypatch: pytest.MonkeyPatch,
     steps: list[tuple[int, int]],
 ) -> None:
-    runtime = timed_runtime(
+    connections = timed_connections(
         tmp_path, model_cache, receiver, callback_secret, monkeypatch, 0.1,
         cancel_check_seconds=0.2,
     )  # fmt: skip
@@ -133,7 +137,6 @@ async def test_cancelling_a_run_stops_its_render_at_a_step_and_reports_it_once(
     state = await generate_job(job, return_state=True)
     stopped_at = time.monotonic()
     canceller.join(10)
-    set_runtime(None)
 
     assert state.is_cancelling() or state.is_cancelled(), state
     done = max(step for step, _ in steps)
@@ -143,8 +146,8 @@ async def test_cancelling_a_run_stops_its_render_at_a_step_and_reports_it_once(
     assert payload["status"] == "failed" and payload["assets"] == []
     assert payload["metadata"]["error_code"] == "CANCELLED"
     assert "cancelled" in payload["error_message"]
-    assert not (runtime.settings.resolved_storage_root / "workspace-temp" / USER_ID).exists()
-    assert not (runtime.settings.work_dir / job["id"]).exists()
+    assert not (connections.settings.resolved_storage_root / "workspace-temp" / USER_ID).exists()
+    assert not (connections.settings.work_dir / job["id"]).exists()
 
 
 async def test_a_render_presumed_lost_is_submitted_again_and_rendered_once(
@@ -155,7 +158,7 @@ async def test_a_render_presumed_lost_is_submitted_again_and_rendered_once(
     monkeypatch: pytest.MonkeyPatch,
     steps: list[tuple[int, int]],
 ) -> None:
-    timed_runtime(
+    connections = timed_connections(
         tmp_path, model_cache, receiver, callback_secret, monkeypatch, 0.01,
         render_dispatch="gpu_workers", render_queue_timeout_seconds=1.0,
         render_poll_seconds=0.2,
@@ -173,9 +176,8 @@ async def test_a_render_presumed_lost_is_submitted_again_and_rendered_once(
             if any(r.state and r.state.name == SUPERSEDED for r in runs):
                 break
             await asyncio.sleep(0.1)
-    with gpu_worker_thread(render_sdxl):
+    with gpu_worker_thread(connections, render_sdxl):
         state = await asyncio.wait_for(running, 60)
-    set_runtime(None)
 
     assert state.is_completed(), state.message
     async with get_client() as client:
@@ -195,15 +197,12 @@ async def test_a_render_presumed_lost_is_submitted_again_and_rendered_once(
 async def test_a_run_whose_blocks_do_not_load_withdraws_its_queued_render(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    set_runtime(None)  # as in a deployed run: the flow builds its runtime from the environment
+    # As in a deployed run: the flow reads the environment at its entry.
     monkeypatch.setenv("GENJOBS_HOME", str(tmp_path))
     monkeypatch.setenv("GENJOBS_RENDER_DISPATCH", "gpu_workers")
     monkeypatch.setenv("GENJOBS_CALLBACK_BLOCK", "no-such-endpoint")
     job = sdxl_job()
-    try:
-        state = await generate_job(job, return_state=True)  # type: ignore[arg-type]
-    finally:
-        set_runtime(None)
+    state = await generate_job(job, return_state=True)  # type: ignore[arg-type]
 
     assert state.is_failed() and "no-such-endpoint" in (state.message or "")
     deadline = time.monotonic() + 30  # the server records task runs in batches

@@ -3,7 +3,7 @@ the render lost after ``render_stall_seconds`` and submits it again, and another
 renders it, long before the run timeout would have given up on it.
 
 The flow runs in this process on the session's Prefect API; the GPU workers are
-``python -m genjobs.gpu_worker`` subprocesses with the timed renderer (sleeping steps).
+``python -m entrypoints.gpu_worker`` subprocesses with the timed renderer (sleeping steps).
 """
 
 from __future__ import annotations
@@ -25,16 +25,15 @@ from prefect.settings import get_current_settings
 
 from flows.generate import generate_job
 from genjobs.devserver.receiver import CallbackReceiver
-from genjobs.runtime import set_runtime
 from tasks.render import SUPERSEDED
-from tests.deploy.test_render_dispatch import TIMED, timed_runtime
+from tests.deploy.test_render_dispatch import TIMED, timed_connections
 from tests.flows.helpers import sdxl_job
 
 pytestmark = [pytest.mark.usefixtures("prefect_api"), pytest.mark.slow]
 REPO_ROOT = Path(__file__).resolve().parents[2]
 STEP_SECONDS = 0.25
 RECEIVED = b"Received render "
-WORKER_COMMAND = (sys.executable, "-m", "genjobs.gpu_worker", "--device", "cpu")
+WORKER_COMMAND = (sys.executable, "-m", "entrypoints.gpu_worker", "--device", "cpu")
 
 
 class WorkerProcess:
@@ -150,12 +149,12 @@ async def test_a_render_whose_worker_was_killed_is_submitted_again_and_completes
     monkeypatch: pytest.MonkeyPatch,
     workers: list[WorkerProcess],
 ) -> None:
-    runtime = timed_runtime(
+    connections = timed_connections(
         tmp_path, model_cache, receiver, callback_secret, monkeypatch, STEP_SECONDS,
         render_dispatch="gpu_workers", render_poll_seconds=0.2,
         render_stall_seconds=3.0, render_run_timeout_seconds=1800.0,
     )  # fmt: skip
-    env = worker_env(runtime.settings.home, model_cache)
+    env = worker_env(connections.settings.home, model_cache)
     logs = tmp_path / "logs"
     logs.mkdir()
     workers += [WorkerProcess("first", env, logs), WorkerProcess("second", env, logs)]
@@ -174,7 +173,6 @@ async def test_a_render_whose_worker_was_killed_is_submitted_again_and_completes
     holder.stop(signal.SIGKILL)
 
     state = await asyncio.wait_for(running, 90)  # the run timeout alone would wait 1800 s
-    set_runtime(None)
 
     assert state.is_completed(), state.message
     (other,) = [w for w in workers if w is not holder]

@@ -1,9 +1,8 @@
-"""Helpers for flow tests: job payloads, run inspection through the Prefect API, flaky storage."""
+"""Helpers for flow tests: job payloads, run inspection through the Prefect API."""
 
 from __future__ import annotations
 
 import asyncio
-import threading
 import time
 import uuid
 from collections import Counter
@@ -12,9 +11,6 @@ from typing import Any
 from prefect.client.orchestration import get_client
 from prefect.client.schemas.filters import FlowRunFilter, FlowRunFilterId
 from prefect.client.schemas.objects import TaskRun
-
-from genjobs.errors import StorageError
-from genjobs.storage.base import StorageBackend, StoredObject
 
 USER_ID = "3f1b6a52-8c0d-4d8e-9b9a-2f4c7e1d0a11"
 
@@ -74,34 +70,3 @@ async def task_run_names(flow_run_id: uuid.UUID) -> list[str]:
 async def task_run_counts(flow_run_id: uuid.UUID) -> Counter[str]:
     """How many task runs of each task the flow run made (by task name prefix)."""
     return Counter(name.split("-")[0] for name in await task_run_names(flow_run_id))
-
-
-class FlakyStorage:
-    """Wraps a real backend; the first ``failures`` puts of paths ending in ``suffix`` fail
-    with a transient StorageError, as a 503 from the server would after translation."""
-
-    def __init__(self, inner: StorageBackend, suffix: str, failures: int, retryable: bool = True):
-        self.inner = inner
-        self.suffix = suffix
-        self.remaining = failures
-        self.retryable = retryable
-        self.attempts: Counter[str] = Counter()
-        self._lock = threading.Lock()
-
-    def put(self, bucket: str, path: str, data: bytes, content_type: str) -> StoredObject:
-        with self._lock:
-            self.attempts[path] += 1
-            fail = path.endswith(self.suffix) and self.remaining > 0
-            if fail:
-                self.remaining -= 1
-        if fail:
-            raise StorageError(
-                "Storage answered 503",
-                status="503",
-                code="STORAGE_UNAVAILABLE" if self.retryable else "INVALID_MIME_TYPE",
-                retryable=self.retryable,
-            )
-        return self.inner.put(bucket, path, data, content_type)
-
-    def __getattr__(self, name: str) -> Any:
-        return getattr(self.inner, name)

@@ -8,7 +8,7 @@ import io
 import json
 import re
 import uuid
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from pathlib import Path
 from urllib.parse import parse_qs, urlsplit
 
@@ -24,12 +24,13 @@ from devstack.storage_proxy import StorageProxy
 from flows.generate import generate_job
 from flows.outbox import redeliver_callbacks
 from genjobs.callback.outbox import Outbox
+from genjobs.connections import Connections, connections_from_settings
 from genjobs.devserver.receiver import CallbackReceiver
-from genjobs.runtime import Runtime, build_runtime, set_runtime
 from genjobs.storage.supabase import SupabaseStorage
 from tests.conftest import make_settings
 from tests.flows.helpers import USER_ID, sdxl_job, task_run_counts
 from tests.real_storage import WORKSPACE_BUCKET, RealStorage
+from tests.settings_env import install_settings
 
 pytestmark = pytest.mark.usefixtures("prefect_api")
 
@@ -42,10 +43,12 @@ def use_supabase(
     callback_secret: str,
     real_storage: RealStorage,
     fault_proxy: StorageProxy,
-) -> Iterator[Callable[..., Runtime]]:
-    """Installs a runtime on the real server through the proxy; overrides tune settings."""
+    monkeypatch: pytest.MonkeyPatch,
+) -> Callable[..., Connections]:
+    """Installs settings for the real server through the proxy in the environment (what the
+    flow reads at its entry); overrides tune them. Returns their connections."""
 
-    def install(**overrides: object) -> Runtime:
+    def install(**overrides: object) -> Connections:
         values: dict[str, object] = {
             "supabase_url": fault_proxy.url,
             "supabase_service_key": real_storage.service_key,
@@ -53,17 +56,15 @@ def use_supabase(
         }
         values.update(overrides)
         settings = make_settings(tmp_path, model_cache, receiver, callback_secret, **values)
-        runtime = build_runtime(settings)
-        assert isinstance(runtime.storage, SupabaseStorage)
-        set_runtime(runtime)
-        return runtime
+        connections = connections_from_settings(install_settings(monkeypatch, settings))
+        assert isinstance(connections.storage, SupabaseStorage)
+        return connections
 
-    yield install
-    set_runtime(None)
+    return install
 
 
 @pytest.fixture
-def supabase_runtime(use_supabase: Callable[..., Runtime]) -> Runtime:
+def supabase_connections(use_supabase: Callable[..., Connections]) -> Connections:
     return use_supabase()
 
 
@@ -90,7 +91,7 @@ def job_objects(
 
 
 async def test_job_stores_objects_at_contract_paths_with_exact_content_types(
-    supabase_runtime: Runtime, real_storage: RealStorage, receiver: CallbackReceiver
+    supabase_connections: Connections, real_storage: RealStorage, receiver: CallbackReceiver
 ) -> None:
     job = sdxl_job(num_images=1, seed=7)
     state = await generate_job(job, return_state=True)
@@ -108,7 +109,7 @@ async def test_job_stores_objects_at_contract_paths_with_exact_content_types(
 
 
 async def test_the_preview_artifact_links_each_thumbnail_for_a_limited_time(
-    use_supabase: Callable[..., Runtime], real_storage: RealStorage
+    use_supabase: Callable[..., Connections], real_storage: RealStorage
 ) -> None:
     use_supabase(artifact_preview_seconds=600)
     job = sdxl_job(num_images=1, seed=3)
@@ -133,7 +134,7 @@ async def test_the_preview_artifact_links_each_thumbnail_for_a_limited_time(
 
 
 async def test_disallowed_mime_type_fails_the_job_with_a_clear_code(
-    use_supabase: Callable[..., Runtime],
+    use_supabase: Callable[..., Connections],
     real_storage: RealStorage,
     fault_proxy: StorageProxy,
     receiver: CallbackReceiver,
@@ -153,7 +154,7 @@ async def test_disallowed_mime_type_fails_the_job_with_a_clear_code(
 
 
 async def test_two_gateway_503s_store_the_object_once_and_render_once(
-    supabase_runtime: Runtime,
+    supabase_connections: Connections,
     real_storage: RealStorage,
     fault_proxy: StorageProxy,
     receiver: CallbackReceiver,
@@ -171,7 +172,7 @@ async def test_two_gateway_503s_store_the_object_once_and_render_once(
 
 
 async def test_a_gateway_stalled_mid_upload_is_timed_out_and_the_retry_stores_the_object(
-    use_supabase: Callable[..., Runtime],
+    use_supabase: Callable[..., Connections],
     real_storage: RealStorage,
     fault_proxy: StorageProxy,
     receiver: CallbackReceiver,
@@ -200,7 +201,7 @@ async def test_a_gateway_stalled_mid_upload_is_timed_out_and_the_retry_stores_th
 
 @pytest.mark.slow
 async def test_receiver_down_through_a_dozen_attempts_still_gets_one_accepted_delivery(
-    use_supabase: Callable[..., Runtime], receiver: CallbackReceiver
+    use_supabase: Callable[..., Connections], receiver: CallbackReceiver
 ) -> None:
     # The production window is 15 minutes of attempts whose delays double up to a minute; the
     # same schedule scaled down (delays doubling from 0.2 s up to 1 s) meets an outage of 15 s.
@@ -219,14 +220,14 @@ async def test_receiver_down_through_a_dozen_attempts_still_gets_one_accepted_de
 
 
 async def test_undeliverable_callback_waits_in_the_outbox_and_is_redelivered_once(
-    use_supabase: Callable[..., Runtime], receiver: CallbackReceiver
+    use_supabase: Callable[..., Connections], receiver: CallbackReceiver
 ) -> None:
-    runtime = use_supabase(callback_retry_window_seconds=0.3, callback_retry_base_seconds=0.1)
+    connections = use_supabase(callback_retry_window_seconds=0.3, callback_retry_base_seconds=0.1)
     job = sdxl_job(num_images=1)
     receiver.down_for(3600)
     state = await generate_job(job, return_state=True)
     assert state.is_failed()  # the assets are stored; the callback is not yet delivered
-    (entry,) = Outbox(runtime.settings.outbox_dir).entries()
+    (entry,) = Outbox(connections.settings.outbox_dir).entries()
     assert (entry.job_id, entry.status) == (job["id"], "completed")
     assert receiver.accepted(job["id"]) == []
     receiver.down_for(0)
@@ -239,7 +240,7 @@ async def test_undeliverable_callback_waits_in_the_outbox_and_is_redelivered_onc
 
 @pytest.mark.slow
 async def test_a_video_fast_job_on_the_embedded_default_completes_against_the_real_server(
-    supabase_runtime: Runtime, real_storage: RealStorage, receiver: CallbackReceiver
+    supabase_connections: Connections, real_storage: RealStorage, receiver: CallbackReceiver
 ) -> None:
     """The embedded tiny WAN renders the contract's video (480x832, 81 frames, 16 fps, H.264)
     and the real server stores it; the documented minimum of 10 steps keeps the test short."""

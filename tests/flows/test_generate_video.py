@@ -14,10 +14,11 @@ import pytest
 from PIL import Image
 
 from flows.generate import generate_job
+from genjobs.connections import connections_from_settings
 from genjobs.devserver.receiver import CallbackReceiver
-from genjobs.runtime import build_runtime, set_runtime
 from tests.conftest import make_settings
 from tests.flows.helpers import USER_ID
+from tests.settings_env import install_settings
 
 pytestmark = pytest.mark.usefixtures("prefect_api")
 
@@ -38,8 +39,7 @@ async def test_video_job_stores_an_81_frame_h264_mp4_and_reports_true_facts(
         callback_secret,
         renderer_class="devstack.timed_renderer:TimedRenderer",
     )
-    runtime = build_runtime(settings)
-    set_runtime(runtime)
+    connections = connections_from_settings(install_settings(monkeypatch, settings))
     job = {
         "id": str(uuid.uuid4()),
         "user_id": USER_ID,
@@ -48,10 +48,7 @@ async def test_video_job_stores_an_81_frame_h264_mp4_and_reports_true_facts(
         "config": {"seed": 0},
         "metadata": {},
     }
-    try:
-        state = await generate_job(job, return_state=True)
-    finally:
-        set_runtime(None)
+    state = await generate_job(job, return_state=True)
     assert state.is_completed(), state.message
     folder = settings.resolved_storage_root / "workspace-temp" / USER_ID / job["id"]
     assert sorted(p.name for p in folder.iterdir()) == ["0.mp4", "0.thumb.webp"]
@@ -65,7 +62,7 @@ async def test_video_job_stores_an_81_frame_h264_mp4_and_reports_true_facts(
     assert frames == 81
     assert Image.open(folder / "0.thumb.webp").size == (147, 256)
     assert (
-        runtime.storage.content_type(  # type: ignore[attr-defined]
+        connections.storage.content_type(  # type: ignore[attr-defined]
             "workspace-temp", f"{USER_ID}/{job['id']}/0.mp4"
         )
         == "video/mp4"

@@ -12,8 +12,8 @@ from prefect.logging.handlers import APILogHandler
 from prefect.states import Cancelling
 
 from flows.generate import generate_job
+from genjobs.connections import Connections
 from genjobs.devserver.receiver import CallbackReceiver
-from genjobs.runtime import Runtime
 from tests.flows.helpers import USER_ID, sdxl_job, task_runs
 from tests.flows.test_failed_run_undo import folder, new_flow_run, store_as_run
 
@@ -21,12 +21,12 @@ pytestmark = pytest.mark.usefixtures("prefect_api")
 
 
 async def test_the_cancellation_hook_attaches_its_task_runs_and_logs_to_the_flow_run(
-    runtime: Runtime, receiver: CallbackReceiver
+    connections: Connections, receiver: CallbackReceiver
 ) -> None:
     job = sdxl_job(num_images=1)
     prefix = f"{USER_ID}/{job['id']}"
     cancelled = await new_flow_run(job)
-    store_as_run(runtime, cancelled, {f"{prefix}/0.png": b"run 0"})
+    store_as_run(connections, cancelled, {f"{prefix}/0.png": b"run 0"})
     async with get_client() as client:
         await client.set_flow_run_state(cancelled.id, Cancelling(), force=True)
         cancelled = await client.read_flow_run(cancelled.id)
@@ -35,7 +35,7 @@ async def test_the_cancellation_hook_attaches_its_task_runs_and_logs_to_the_flow
     await generate_job.on_cancellation_hooks[0](generate_job, cancelled, cancelled.state)
     await APILogHandler.aflush()
 
-    assert folder(runtime, job) == {}
+    assert folder(connections, job) == {}
     (payload,) = receiver.accepted(job["id"])
     assert (payload["status"], payload["metadata"]["error_code"]) == ("failed", "CANCELLED")
     runs = {run.name.split("-")[0]: run for run in await task_runs(cancelled.id)}

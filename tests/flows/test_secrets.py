@@ -21,10 +21,10 @@ from prefect.logging.handlers import APILogHandler
 
 from flows.generate import generate_job
 from genjobs.devserver.receiver import CallbackReceiver
-from genjobs.runtime import build_runtime, set_runtime
 from tests.conftest import make_settings
 from tests.flows.helpers import sdxl_job
 from tests.real_storage import RealStorage
+from tests.settings_env import install_settings
 
 pytestmark = pytest.mark.usefixtures("prefect_api")
 
@@ -58,6 +58,7 @@ async def test_secrets_stay_out_of_logs_artifacts_parameters_and_results(
     real_storage: RealStorage,
     real_bucket: str,
     caplog: pytest.LogCaptureFixture,
+    monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     service_key = real_storage.service_key
     jpeg_only = real_storage.create_bucket(allowed_mime_types=("image/jpeg",))
@@ -72,16 +73,13 @@ async def test_secrets_stay_out_of_logs_artifacts_parameters_and_results(
             supabase_service_key=service_key,
             bucket=bucket,
         )
-        set_runtime(build_runtime(settings))
+        install_settings(monkeypatch, settings)
 
     caplog.set_level(logging.DEBUG)
-    try:
-        install(real_bucket)
-        completed = await generate_job(sdxl_job(num_images=1), return_state=True)
-        install(jpeg_only)  # refuses the PNG originals: a run that fails in storage
-        failed = await generate_job(sdxl_job(num_images=1), return_state=True)
-    finally:
-        set_runtime(None)
+    install(real_bucket)
+    completed = await generate_job(sdxl_job(num_images=1), return_state=True)
+    install(jpeg_only)  # refuses the PNG originals: a run that fails in storage
+    failed = await generate_job(sdxl_job(num_images=1), return_state=True)
     assert completed.is_completed() and failed.is_failed()
     secrets = {
         "service key": service_key,

@@ -14,15 +14,17 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from prefect.client.orchestration import get_client
 
 from devstack.storage_proxy import StorageProxy
 from devstack.tokens import role_key
 from flows.generate import generate_job
 from genjobs.devserver.receiver import CallbackReceiver
-from genjobs.runtime import Runtime, build_runtime, set_runtime
+from genjobs.settings import Settings
 from tests.conftest import make_settings
 from tests.flows.helpers import USER_ID, sdxl_job, settled_task_runs
 from tests.real_storage import WORKSPACE_BUCKET, RealStorage
+from tests.settings_env import install_settings
 
 pytestmark = pytest.mark.usefixtures("prefect_api")
 BUCKET = WORKSPACE_BUCKET
@@ -36,24 +38,22 @@ def install(
     model_cache: Path,
     receiver: CallbackReceiver,
     callback_secret: str,
-) -> Iterator[Callable[..., Runtime]]:
-    """Installs a runtime on the real server through the fault proxy; overrides tune settings."""
+    monkeypatch: pytest.MonkeyPatch,
+) -> Iterator[Callable[..., Settings]]:
+    """Installs settings for the real server through the fault proxy in the environment (what
+    the flow reads at its entry); overrides tune them."""
 
-    def runtime_with(**overrides: Any) -> Runtime:
+    def settings_with(**overrides: Any) -> Settings:
         values = {
             "supabase_url": fault_proxy.url,
             "supabase_service_key": real_storage.service_key,
             "storage_timeout_seconds": 60.0,
             **overrides,
         }
-        runtime = build_runtime(
-            make_settings(tmp_path, model_cache, receiver, callback_secret, **values)
-        )
-        set_runtime(runtime)
-        return runtime
+        settings = make_settings(tmp_path, model_cache, receiver, callback_secret, **values)
+        return install_settings(monkeypatch, settings)
 
-    yield runtime_with
-    set_runtime(None)
+    yield settings_with
 
 
 def closed_port_url() -> str:
@@ -85,7 +85,7 @@ def job_objects(real: RealStorage, job: dict[str, Any]) -> list[str]:
     ],
 )
 async def test_storage_refusing_every_request_ends_the_run_with_one_failed_callback(
-    install: Callable[..., Runtime],
+    install: Callable[..., Settings],
     real_storage: RealStorage,
     receiver: CallbackReceiver,
     tmp_path: Path,
@@ -121,7 +121,7 @@ async def test_storage_refusing_every_request_ends_the_run_with_one_failed_callb
     ("fault", "code"), [("403", "STORAGE_ACCESS_DENIED"), ("drop", "STORAGE_UNAVAILABLE")]
 )
 async def test_storage_failing_after_the_check_keeps_what_the_undo_cannot_check(
-    install: Callable[..., Runtime],
+    install: Callable[..., Settings],
     real_storage: RealStorage,
     fault_proxy: StorageProxy,
     receiver: CallbackReceiver,
@@ -159,7 +159,7 @@ async def test_storage_failing_after_the_check_keeps_what_the_undo_cannot_check(
 
 
 async def test_a_run_failing_in_its_upload_removes_exactly_what_it_stored_with_its_bytes(
-    install: Callable[..., Runtime],
+    install: Callable[..., Settings],
     real_storage: RealStorage,
     fault_proxy: StorageProxy,
     receiver: CallbackReceiver,
@@ -194,3 +194,67 @@ async def test_a_run_failing_in_its_upload_removes_exactly_what_it_stored_with_i
     assert job_objects(real_storage, job) == [f"{prefix}/0.png", f"{prefix}/mine.png"]
     with real_storage.backend() as reader:
         assert reader.get(BUCKET, f"{prefix}/0.png") == b"rewritten by another writer"
+
+
+def posts_of(proxy: StorageProxy, path: str) -> list[int]:
+    """The status of every upload of ``path`` the proxy saw (its own refusals included)."""
+    return [
+        seen.status
+        for seen in proxy.seen()
+        if seen.method == "POST" and seen.path.startswith(f"/storage/v1/object/{BUCKET}/{path}")
+    ]
+
+
+async def test_upload_failing_twice_is_retried_without_rendering_again(
+    install: Callable[..., Settings],
+    real_storage: RealStorage,
+    fault_proxy: StorageProxy,
+    receiver: CallbackReceiver,
+) -> None:
+    install()
+    job = sdxl_job(num_images=3)
+    prefix = f"{USER_ID}/{job['id']}"
+    fault_proxy.fail(f"^POST /storage/v1/object/{BUCKET}/{prefix}/1\\.png", status=503, times=2)
+
+    state = await generate_job(job, return_state=True)
+
+    assert state.is_completed(), state.message
+    runs = await settled_task_runs(state.state_details.flow_run_id, "callback")
+    names = sorted(run.name for run in runs)
+    counts = Counter(name.split("-")[0] for name in names)
+    # One upload task for the job; the asset that failed is stored again by its own task,
+    # whose first attempt fails once more and whose retry succeeds.
+    assert counts["render"] == 1 and counts["upload"] == 1 and counts["reupload"] == 1
+    assert posts_of(fault_proxy, f"{prefix}/1.png") == [503, 503, 200]
+    assert all(posts_of(fault_proxy, f"{prefix}/{i}.png") == [200] for i in (0, 2))
+    # Every run name carries the job id.
+    steps = ("validate", "check", "render", "encode", "upload", "reupload", "metadata", "callback")
+    assert names == sorted(f"{step}-{job['id']}" for step in steps)
+    async with get_client() as client:
+        flow_run = await client.read_flow_run(state.state_details.flow_run_id)
+    assert flow_run.name == f"job-{job['id']}"
+    assert job_objects(real_storage, job) == [
+        f"{prefix}/{i}.{ext}" for i in range(3) for ext in ("png", "thumb.webp")
+    ]
+    assert [p["status"] for p in receiver.accepted(job["id"])] == ["completed"]
+
+
+async def test_permanent_upload_failure_fails_the_job_and_removes_partial_uploads(
+    install: Callable[..., Settings],
+    real_storage: RealStorage,
+    fault_proxy: StorageProxy,
+    receiver: CallbackReceiver,
+) -> None:
+    install()
+    job = sdxl_job(num_images=3)
+    prefix = f"{USER_ID}/{job['id']}"
+    fault_proxy.fail(f"^POST /storage/v1/object/{BUCKET}/{prefix}/2\\.png", status=415, times=None)
+
+    state = await generate_job(job, return_state=True)
+
+    assert state.is_failed()
+    assert posts_of(fault_proxy, f"{prefix}/2.png") == [415]
+    assert job_objects(real_storage, job) == []  # assets 0 and 1 were undone
+    (payload,) = receiver.accepted(job["id"])
+    assert payload["status"] == "failed" and payload["assets"] == []
+    assert payload["metadata"]["error_code"] == "INVALID_MIME_TYPE"

@@ -25,11 +25,12 @@ from flows.generate import generate_job
 from flows.outbox import redeliver_callbacks
 from genjobs.callback.outbox import Outbox
 from genjobs.callback.sender import CallbackSender
+from genjobs.connections import Connections, connections_from_settings
 from genjobs.devserver.receiver import CallbackReceiver
-from genjobs.runtime import Runtime, build_runtime, set_runtime
 from genjobs.storage.supabase import SupabaseStorage
 from tests.flows.helpers import USER_ID, sdxl_job
 from tests.real_storage import RealStorage
+from tests.settings_env import install_settings
 from tests.stress.faults import (
     BUCKET,
     HANG_SECONDS,
@@ -65,24 +66,22 @@ def inject(proxy: StorageProxy, kind: str, pattern: str, **how: int | None) -> l
 
 
 @pytest.fixture
-def faulty_runtime(
+def faulty_connections(
     tmp_path: Path,
     model_cache: Path,
     receiver: CallbackReceiver,
     callback_secret: str,
     real_storage: RealStorage,
     fault_proxy: StorageProxy,
-) -> Iterator[Runtime]:
-    runtime = build_runtime(
-        supabase_settings(
-            tmp_path, model_cache, receiver, callback_secret, real_storage, fault_proxy
-        )
+    monkeypatch: pytest.MonkeyPatch,
+) -> Iterator[Connections]:
+    settings = supabase_settings(
+        tmp_path, model_cache, receiver, callback_secret, real_storage, fault_proxy
     )
-    assert isinstance(runtime.storage, SupabaseStorage)
-    set_runtime(runtime)
-    yield runtime
-    set_runtime(None)
-    runtime.storage.close()
+    connections = connections_from_settings(install_settings(monkeypatch, settings))
+    assert isinstance(connections.storage, SupabaseStorage)
+    yield connections
+    connections.storage.close()
 
 
 @pytest.mark.parametrize(
@@ -91,7 +90,7 @@ def faulty_runtime(
 async def test_upload_faults_and_a_down_receiver_lose_nothing_and_repeat_nothing(
     kind: str,
     images: int,
-    faulty_runtime: Runtime,
+    faulty_connections: Connections,
     real_storage: RealStorage,
     fault_proxy: StorageProxy,
     receiver: CallbackReceiver,
@@ -151,11 +150,11 @@ async def test_upload_faults_and_a_down_receiver_lose_nothing_and_repeat_nothing
             assert (await sender.deliver(delivered.body)).skipped
     assert len(receiver.accepted(job["id"])) == 1
     assert len(receiver.assets(job["id"])) == images
-    assert not list(faulty_runtime.settings.work_dir.glob("*")), "scratch folder left behind"
+    assert not list(faulty_connections.settings.work_dir.glob("*")), "scratch folder left behind"
 
 
 async def test_a_refused_upload_removes_every_partial_upload_even_one_still_in_flight(
-    faulty_runtime: Runtime,
+    faulty_connections: Connections,
     real_storage: RealStorage,
     fault_proxy: StorageProxy,
     receiver: CallbackReceiver,
@@ -190,6 +189,7 @@ async def test_undeliverable_callback_waits_in_the_outbox_and_is_delivered_once_
     callback_secret: str,
     real_storage: RealStorage,
     fault_proxy: StorageProxy,
+    monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     settings = supabase_settings(
         tmp_path,
@@ -201,29 +201,24 @@ async def test_undeliverable_callback_waits_in_the_outbox_and_is_delivered_once_
         callback_retry_window_seconds=0.5,
         callback_retry_base_seconds=0.1,
     )
-    runtime = build_runtime(settings)
-    set_runtime(runtime)
+    install_settings(monkeypatch, settings)
     job = sdxl_job(num_images=1)
     fault_proxy.fail(f"^POST /storage/v1/object/{BUCKET}/", times=None, every=FAULT_EVERY)
-    try:
-        receiver.down_for(3600)
-        state = await generate_job(job, return_state=True)
-        # The assets are stored; only the callback is missing, and it waits in the outbox.
-        assert state.is_failed()
-        stored = job_objects(real_storage, USER_ID, job["id"])
-        assert stored == contract_paths(USER_ID, job["id"], 1)
-        (entry,) = Outbox(settings.outbox_dir).entries()
-        assert (entry.job_id, entry.status) == (job["id"], "completed")
-        assert receiver.accepted(job["id"]) == []
-        refused = len(receiver.requests)
-        assert refused >= 2 and all(r.answered == 503 for r in receiver.requests)
+    receiver.down_for(3600)
+    state = await generate_job(job, return_state=True)
+    # The assets are stored; only the callback is missing, and it waits in the outbox.
+    assert state.is_failed()
+    stored = job_objects(real_storage, USER_ID, job["id"])
+    assert stored == contract_paths(USER_ID, job["id"], 1)
+    (entry,) = Outbox(settings.outbox_dir).entries()
+    assert (entry.job_id, entry.status) == (job["id"], "completed")
+    assert receiver.accepted(job["id"]) == []
+    refused = len(receiver.requests)
+    assert refused >= 2 and all(r.answered == 503 for r in receiver.requests)
 
-        receiver.down_for(0)
-        assert await redeliver_callbacks() == {"delivered": 1, "waiting": 0, "rejected": 0}
-        assert await redeliver_callbacks() == {"delivered": 0, "waiting": 0, "rejected": 0}
-    finally:
-        set_runtime(None)
-        runtime.storage.close()  # type: ignore[attr-defined]
+    receiver.down_for(0)
+    assert await redeliver_callbacks() == {"delivered": 1, "waiting": 0, "rejected": 0}
+    assert await redeliver_callbacks() == {"delivered": 0, "waiting": 0, "rejected": 0}
     assert Outbox(settings.outbox_dir).entries() == []
     assert len(receiver.requests) == refused + 1
     (payload,) = receiver.accepted(job["id"])

@@ -24,6 +24,7 @@ from prefect.exceptions import PrefectHTTPStatusError
 from flows.generate import generate_job
 from genjobs.assets import scratch_dir
 from genjobs.callback.payload import failure_payload, serialise, storable_text
+from genjobs.connections import Connections
 from genjobs.devserver.receiver import CallbackReceiver
 from genjobs.errors import (
     InvalidPayload,
@@ -35,7 +36,6 @@ from genjobs.jobs.payload import parse_job, raw_job_id
 from genjobs.jobs.plan import RenderPlan, plan_job
 from genjobs.references import HttpReference, ReferenceFetcher, classify_references
 from genjobs.render.cache import PIPELINES
-from genjobs.runtime import Runtime
 from genjobs.storage.base import asset_path, thumbnail_path
 from genjobs.storage.local import LocalFolderStorage
 from tests.flows.helpers import task_run_counts
@@ -253,8 +253,8 @@ def prefect_accepts(job: dict[str, Any]) -> bool:
     return size < PREFECT_MAX_PARAMETER_BYTES - 1024  # headroom for the API's own encoding
 
 
-def stored_files(runtime: Runtime) -> list[Path]:
-    root = Path(runtime.settings.resolved_storage_root)
+def stored_files(connections: Connections) -> list[Path]:
+    root = Path(connections.settings.resolved_storage_root)
     return sorted(p for p in root.rglob("*") if p.is_file()) if root.exists() else []
 
 
@@ -277,7 +277,7 @@ def stored_files(runtime: Runtime) -> list[Path]:
     )
 )
 async def test_hostile_payload_through_the_flow_ends_in_one_failed_callback_and_no_render(
-    hostile: Hostile, runtime: Runtime, receiver: CallbackReceiver
+    hostile: Hostile, connections: Connections, receiver: CallbackReceiver
 ) -> None:
     job = hostile.payload
     assume(prefect_accepts(job))
@@ -296,7 +296,7 @@ async def test_hostile_payload_through_the_flow_ends_in_one_failed_callback_and_
     counts = await task_run_counts(state.state_details.flow_run_id)
     assert counts["render"] == 0 and counts["upload"] == 0, counts
     assert PIPELINES.load_count() == loads_before
-    assert stored_files(runtime) == []
+    assert stored_files(connections) == []
     new_requests = receiver.requests[requests_before:]
     if job_id is None:
         assert new_requests == [], "a callback was sent for a payload without a usable id"
@@ -321,7 +321,7 @@ async def test_hostile_payload_through_the_flow_ends_in_one_failed_callback_and_
     ["http://169.254.169.254/latest/meta-data/", "http://[::1]:9/a.png", "http://localhost/a.png"],
 )
 async def test_private_reference_fails_the_job_at_validation(
-    url: str, runtime: Runtime, receiver: CallbackReceiver
+    url: str, connections: Connections, receiver: CallbackReceiver
 ) -> None:
     """A host written as a non-public address is refused by validation: no render task run,
     no model loaded, one failed callback naming the reference. (A host name that resolves to
@@ -334,7 +334,7 @@ async def test_private_reference_fails_the_job_at_validation(
     counts = await task_run_counts(state.state_details.flow_run_id)
     assert counts["render"] == 0 and counts["upload"] == 0, counts
     assert PIPELINES.load_count() == loads_before
-    assert stored_files(runtime) == []
+    assert stored_files(connections) == []
     (payload,) = receiver.accepted(job["id"])
     assert payload["status"] == "failed" and payload["assets"] == []
     assert payload["metadata"]["error_code"] == "INVALID_PAYLOAD"
@@ -350,7 +350,7 @@ async def test_private_reference_fails_the_job_at_validation(
     ids=["lone-surrogate", "over-512-KiB"],
 )
 async def test_a_payload_the_prefect_api_cannot_take_never_becomes_a_run(
-    prompt: str, refusal: type[Exception], runtime: Runtime, receiver: CallbackReceiver
+    prompt: str, refusal: type[Exception], connections: Connections, receiver: CallbackReceiver
 ) -> None:
     """Parameters must be UTF-8 JSON of at most 512 KiB: a lone surrogate (legal in JSON text)
     cannot be sent, and the API answers 422 to a larger payload. No run is created, so nothing
@@ -361,4 +361,4 @@ async def test_a_payload_the_prefect_api_cannot_take_never_becomes_a_run(
     with pytest.raises(refusal):
         await generate_job(job)
     assert PIPELINES.load_count() == loads_before
-    assert receiver.requests == [] and stored_files(runtime) == []
+    assert receiver.requests == [] and stored_files(connections) == []

@@ -40,10 +40,10 @@ from genjobs.jobs.payload import parse_job
 from genjobs.jobs.plan import plan_job
 from genjobs.render.sdxl import TINY_FOLDER_NAME
 from genjobs.render.tiny_sdxl import ensure_tiny_sdxl
-from genjobs.runtime import build_runtime, set_runtime
 from genjobs.settings import Settings
 from tests.flows.helpers import USER_ID, sdxl_job
 from tests.real_storage import RealStorage
+from tests.settings_env import install_settings
 from tests.stress.faults import BUCKET, check_stored_assets, contract_paths, supabase_settings
 
 pytestmark = [pytest.mark.usefixtures("prefect_api"), pytest.mark.slow]
@@ -150,6 +150,7 @@ async def test_jobs_killed_before_storing_finish_when_rerun_and_jobs_with_object
     callback_secret: str,
     real_storage: RealStorage,
     fault_proxy: StorageProxy,
+    monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     ensure_tiny_sdxl(model_cache / TINY_FOLDER_NAME)  # built once here, loaded by the workers
     settings = supabase_settings(
@@ -201,16 +202,10 @@ async def test_jobs_killed_before_storing_finish_when_rerun_and_jobs_with_object
 
     # The same jobs again, in a healthy worker.
     left_behind = {scenario.name: stored(scenario.job) for scenario in scenarios}
-    runtime = build_runtime(settings)
-    set_runtime(runtime)
-    try:
-        states = {
-            scenario.name: await generate_job(scenario.job, return_state=True)
-            for scenario in scenarios
-        }
-    finally:
-        set_runtime(None)
-        runtime.storage.close()  # type: ignore[attr-defined]
+    install_settings(monkeypatch, settings)
+    states = {
+        scenario.name: await generate_job(scenario.job, return_state=True) for scenario in scenarios
+    }
 
     job_id = after_render["id"]
     assert states["after_render"].is_completed(), states["after_render"].message

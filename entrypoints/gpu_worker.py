@@ -1,7 +1,10 @@
 """The long-lived GPU worker: one process per GPU keeps its pipelines loaded and renders for
 every flow run that hands it a render (``render_dispatch = "gpu_workers"``).
 
-It is a Prefect task worker serving the background render tasks of tasks/render.py. Prefect's
+It is a Prefect task worker serving the background render tasks of tasks/render.py. It is an
+edge: it reads the settings, loads the blocks they name and builds its own connections (its
+``--device`` taking precedence), and serves the renders inside ``serving_with`` (tasks/render.py)
+so they use them; a queued render's parameters carry the plan alone. Prefect's
 own task worker acknowledges the next queued run while it is still busy, so that run would wait
 for this GPU even when another GPU is idle, and would be lost with this process if it died.
 :class:`GpuTaskWorker` takes a run from the server's queue only when its GPU is idle or about to
@@ -10,9 +13,9 @@ when it may take another. A run the server sends to a worker that disconnects wi
 acknowledging it goes back to the head of the queue. The render holds ``GPU_LOCK`` around the
 pipeline call, so one pipeline runs at a time while the next job is set up.
 
-Start one per GPU (``genjobs gpu-worker --device cuda:0``, or ``python -m genjobs.gpu_worker``;
-see docs/runbook.md). It needs a Prefect server (``PREFECT_API_URL``): background tasks do not
-work with the ephemeral API.
+Start one per GPU (``genjobs gpu-worker --device cuda:0``, or
+``python -m entrypoints.gpu_worker``; see docs/runbook.md). It needs a Prefect server
+(``PREFECT_API_URL``): background tasks do not work with the ephemeral API.
 """
 
 from __future__ import annotations
@@ -33,18 +36,20 @@ from prefect.events import emit_event
 from prefect.settings import get_current_settings
 from prefect.task_worker import StopTaskWorker, TaskWorker
 
+from blocks.connections import load_connections
+from genjobs.connections import Connections
 from genjobs.gpu_schedule import GPU
 from genjobs.jobs.types import Family
 from genjobs.prefect_tuning import held_prefect_clients
 from genjobs.render.cache import PIPELINES
 from genjobs.render.registry import renderer_for
-from genjobs.runtime import Runtime, build_runtime, set_runtime
-from tasks.render import GPU_RENDER_TASKS, worker_label
+from genjobs.settings import Settings
+from tasks.render import GPU_RENDER_TASKS, serving_with, worker_label
 from tasks.render_dispatch import HEARTBEAT_EVENT, heartbeat_resource
 
-# Named, not __name__: run as ``python -m genjobs.gpu_worker`` this module is ``__main__``, and
-# its lines would miss the "genjobs" handler serve_from_arguments sets up.
-logger = logging.getLogger("genjobs.gpu_worker")
+# Named, not __name__: run as ``python -m entrypoints.gpu_worker`` this module is ``__main__``,
+# and its lines would miss the handler serve_from_arguments sets up.
+logger = logging.getLogger("entrypoints.gpu_worker")
 
 ALL_FAMILIES: tuple[Family, ...] = ("sdxl", "wan")
 SUBSCRIPTION_PATH = "/task_runs/subscriptions/scheduled"
@@ -120,23 +125,21 @@ class GpuTaskWorker(TaskWorker):
                 logger.debug("The task subscription was already closed.")
 
 
-def gpu_runtime(device: str) -> Runtime:
-    """The process runtime (settings and blocks) with this worker's device taking precedence."""
-    runtime = build_runtime()
-    update: dict[str, Any] = {"home": runtime.settings.home.resolve()}  # frame paths absolute
+def gpu_connections(device: str) -> Connections:
+    """This worker's connections (settings and blocks), its device taking precedence."""
+    connections = load_connections(Settings())
+    update: dict[str, Any] = {"home": connections.settings.home.resolve()}  # frame paths absolute
     if device != "auto":
         update["device"] = device
-    settings = runtime.settings.model_copy(update=update)
-    runtime = dataclasses.replace(runtime, settings=settings)
-    set_runtime(runtime)
-    return runtime
+    settings = connections.settings.model_copy(update=update)
+    return dataclasses.replace(connections, settings=settings)
 
 
-def warm_up(runtime: Runtime, families: Sequence[Family]) -> float:
+def warm_up(connections: Connections, families: Sequence[Family]) -> float:
     """Load the pipelines of ``families`` now, so the first job does not pay for it."""
     started = time.perf_counter()
     for family in families:
-        renderer = renderer_for(family, runtime.settings)
+        renderer = renderer_for(family, connections.settings)
         load = getattr(renderer, "pipelines", None)
         if callable(load):
             load()
@@ -144,7 +147,7 @@ def warm_up(runtime: Runtime, families: Sequence[Family]) -> float:
     logger.info(
         "Warmed up %s on %s in %.1f s (%d pipeline load(s)).",
         ", ".join(families),
-        runtime.settings.device,
+        connections.settings.device,
         seconds,
         PIPELINES.load_count(),
     )
@@ -162,26 +165,28 @@ async def aserve_gpu_worker(
     unknown = [f for f in families if f not in GPU_RENDER_TASKS]
     if unknown or not families:
         raise ValueError(f"Families must be some of {', '.join(ALL_FAMILIES)}, got {families!r}")
-    runtime = gpu_runtime(device)
+    connections = gpu_connections(device)
+    settings = connections.settings
     if warm:
-        await asyncio.to_thread(warm_up, runtime, families)
+        await asyncio.to_thread(warm_up, connections, families)
     worker = GpuTaskWorker(
         *(GPU_RENDER_TASKS[f] for f in families),
-        prefetch_seconds=runtime.settings.gpu_prefetch_seconds,
-        heartbeat_seconds=runtime.settings.render_heartbeat_seconds,
+        prefetch_seconds=settings.gpu_prefetch_seconds,
+        heartbeat_seconds=settings.render_heartbeat_seconds,
     )
     logger.info(
         "GPU worker %s serves %s renders, one at a time.",
-        worker_label(runtime.settings),
+        worker_label(settings),
         ", ".join(families),
     )
     try:
         # Every render reuses one async and one sync client (each new one reads the CA bundle:
         # measured 0.1 s of each render's set-up, half of it before the render starts).
         async with held_prefect_clients():
-            await worker.astart(timeout=timeout)
+            with serving_with(connections):
+                await worker.astart(timeout=timeout)
     except* (StopTaskWorker, TimeoutError):
-        logger.info("GPU worker %s stopped.", worker_label(runtime.settings))
+        logger.info("GPU worker %s stopped.", worker_label(settings))
 
 
 def serve_gpu_worker(
@@ -211,7 +216,7 @@ def serve_gpu_worker(
 
 
 def add_worker_arguments(parser: argparse.ArgumentParser) -> None:
-    """The GPU worker's options, shared by ``python -m genjobs.gpu_worker`` and ``genjobs``."""
+    """The GPU worker's options, shared by ``python -m entrypoints.gpu_worker`` and ``genjobs``."""
     parser.add_argument("--device", default="auto", help="cuda:N, cpu or auto (default auto)")
     parser.add_argument(
         "--families", default="sdxl,wan", help="sdxl, wan or sdxl,wan (default sdxl,wan)"
@@ -226,7 +231,7 @@ def serve_from_arguments(args: argparse.Namespace) -> int:
     handler.setFormatter(
         logging.Formatter("%(asctime)s | %(levelname)-7s | %(name)s - %(message)s")
     )
-    for name in ("genjobs", "tasks"):
+    for name in ("genjobs", "tasks", "entrypoints"):
         package_logger = logging.getLogger(name)
         package_logger.setLevel(logging.INFO)
         package_logger.addHandler(handler)
@@ -236,8 +241,8 @@ def serve_from_arguments(args: argparse.Namespace) -> int:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    """``python -m genjobs.gpu_worker --device cuda:0 [--families sdxl,wan] [--no-warm]``."""
-    parser = argparse.ArgumentParser(prog="python -m genjobs.gpu_worker", description=__doc__)
+    """``python -m entrypoints.gpu_worker --device cuda:0 [--families sdxl,wan] [--no-warm]``."""
+    parser = argparse.ArgumentParser(prog="python -m entrypoints.gpu_worker", description=__doc__)
     add_worker_arguments(parser)
     return serve_from_arguments(parser.parse_args(argv))
 

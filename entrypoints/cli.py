@@ -4,6 +4,10 @@ maintenance runs, the GPU worker and the dev servers.
 ``genjobs run --prompt "..."`` renders, stores, and reports one job. With no callback URL
 configured it starts the local callback receiver on loopback first, so the whole round trip
 (signature included) happens on this machine. The job payload: docs/payload.md.
+
+The command is an edge: it reads the settings, changes them from its options (``model_copy``)
+and hands them to the flows it runs in this process (flows/entry_settings.py); nothing is
+passed through ``os.environ``.
 """
 
 from __future__ import annotations
@@ -17,13 +21,12 @@ import secrets
 import sys
 import traceback
 import uuid
-from collections.abc import Iterator
-from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
 from pydantic import ValidationError
 
+from flows.entry_settings import using_settings
 from genjobs.jobs.types import supported_job_types
 from genjobs.prefect_tuning import allow_slow_ephemeral_start
 
@@ -124,27 +127,10 @@ def _quiet_prefect_console() -> None:
                 handler.addFilter(not_prefect)
 
 
-@contextmanager
-def _environment_restored(*names: str) -> Iterator[None]:
-    """Put ``names`` back as they were afterwards (set, or absent)."""
-    saved = {name: os.environ.get(name) for name in names}
-    try:
-        yield
-    finally:
-        for name, value in saved.items():
-            if value is None:
-                os.environ.pop(name, None)
-            else:
-                os.environ[name] = value
-
-
 def _run(args: argparse.Namespace) -> int:
-    # The local receiver is handed to the run through the environment, for this run only.
-    with _environment_restored("GENJOBS_CALLBACK_URL", "GENJOBS_JOB_CALLBACK_SECRET"):
-        return _run_job(args)
+    from pydantic import SecretStr
 
-
-def _run_job(args: argparse.Namespace) -> int:
+    from blocks.connections import load_connections
     from genjobs.jobs.payload import raw_job_id
     from genjobs.run_report import failure_line
     from genjobs.settings import Settings
@@ -162,23 +148,24 @@ def _run_job(args: argparse.Namespace) -> int:
         )
         settings.ensure_home()
         receiver = CallbackReceiver(secret, settings.home / "receiver.sqlite").start()
-        os.environ["GENJOBS_CALLBACK_URL"] = receiver.url
-        os.environ["GENJOBS_JOB_CALLBACK_SECRET"] = secret
+        # The local receiver is handed to this run alone, in its settings.
+        settings = settings.model_copy(
+            update={"callback_url": receiver.url, "job_callback_secret": SecretStr(secret)}
+        )
         print(f"Local callback receiver listening at {receiver.url}")
 
     from flows.generate import generate_job
     from genjobs import progress
-    from genjobs.runtime import get_runtime, set_runtime
 
     if not args.verbose:
         _quiet_prefect_console()
-    set_runtime(None)
-    runtime = get_runtime()
+    connections = load_connections(settings, renders=False)  # what this command reports
     bar = _ProgressBar()
     unsubscribe = progress.subscribe(bar)
-    print(f"Running job {job.get('id')} ({job.get('type')}) on {runtime.storage_name} storage.")
+    print(f"Running job {job.get('id')} ({job.get('type')}) on {connections.storage_name} storage.")
     try:
-        outcome = asyncio.run(generate_job(job))
+        with using_settings(settings):
+            outcome = asyncio.run(generate_job(job))
     except Exception as exc:
         bar.close()
         if args.verbose:
@@ -186,8 +173,8 @@ def _run_job(args: argparse.Namespace) -> int:
         line = failure_line(
             exc,
             job_id=raw_job_id(job),
-            url=runtime.callback_url,
-            outbox=runtime.settings.outbox_dir,
+            url=connections.callback.url,
+            outbox=connections.settings.outbox_dir,
             receiver=receiver,
         )
         print(line, file=sys.stderr)
@@ -200,13 +187,13 @@ def _run_job(args: argparse.Namespace) -> int:
     print(f"Job {outcome.job_id} {outcome.status}: {len(outcome.assets)} asset(s).")
 
     def where(path: str) -> Path:
-        bucket = runtime.settings.bucket
-        return runtime.storage.local_path(bucket, path) or Path(bucket) / path
+        bucket = connections.settings.bucket
+        return connections.storage.local_path(bucket, path) or Path(bucket) / path
 
     for path, thumb in zip(outcome.assets, outcome.thumbnails, strict=True):
         print(f"  {where(path)}  (thumbnail: {where(thumb) if thumb else 'none'})")
     state = "skipped by" if outcome.callback_skipped else "accepted by"
-    print(f"Callback {state} {runtime.callback_url} with HTTP {outcome.callback_status_code}.")
+    print(f"Callback {state} {connections.callback.url} with HTTP {outcome.callback_status_code}.")
     if receiver is not None:
         rows = receiver.assets(outcome.job_id)
         print(
@@ -242,7 +229,7 @@ def _receiver(args: argparse.Namespace) -> int:
 
 
 def _gpu_worker(args: argparse.Namespace) -> int:
-    from genjobs.gpu_worker import serve_from_arguments
+    from entrypoints.gpu_worker import serve_from_arguments
 
     return serve_from_arguments(args)
 
@@ -256,10 +243,12 @@ def _run_flow(args: argparse.Namespace, flow_call: Any) -> Any:
 
 def _redeliver(args: argparse.Namespace) -> int:
     from flows.outbox import redeliver_callbacks
-    from genjobs.runtime import get_runtime
+    from genjobs.settings import Settings
 
-    outbox = get_runtime().settings.outbox_dir
-    counts = _run_flow(args, redeliver_callbacks)
+    settings = Settings()
+    with using_settings(settings):
+        counts = _run_flow(args, redeliver_callbacks)
+    outbox = settings.outbox_dir
     print(
         f"Outbox {outbox}: {counts['delivered']} delivered, {counts['waiting']} still waiting, "
         f"{counts['rejected']} refused (they stay for an operator)."
@@ -299,13 +288,16 @@ def _cleanup(args: argparse.Namespace) -> int:
 
 
 def _warm_runner(args: argparse.Namespace) -> int:
-    from genjobs.warm_runner import serve_from_arguments
+    from genjobs.settings import Settings
+    from genjobs.warm_runner import default_socket_path, serve_from_arguments
 
+    if args.socket is None:
+        args.socket = default_socket_path(Settings().home)
     return serve_from_arguments(args)
 
 
 def build_parser() -> argparse.ArgumentParser:
-    from genjobs.gpu_worker import add_worker_arguments
+    from entrypoints.gpu_worker import add_worker_arguments
     from genjobs.warm_runner import add_runner_arguments
 
     verbose = argparse.ArgumentParser(add_help=False)
