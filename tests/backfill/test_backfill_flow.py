@@ -225,10 +225,14 @@ async def test_faults_lose_nothing(
     seeded: SeededStorage, backfill_settings: Settings, legacy_seed: LegacySeed, tmp_path: Path
 ) -> None:
     manifest = tmp_path / "manifest.jsonl"
+    # Every server-side copy is refused, so each object falls back to an upload; the first four
+    # uploads into the target (those fallbacks: a thumbnail follows only a stored asset) are
+    # refused too, and those objects end refused.
+    copies_refused = seeded.proxy.fail("^POST /storage/v1/object/copy", status=403, times=None)
     refusals = seeded.proxy.fail(f"^POST /storage/v1/object/{TARGET}/", status=403, times=4)
     unavailable = seeded.proxy.fail("", status=503, times=None, every=50)
     first = await backfill_legacy_buckets(dry_run=False, manifest_path=str(manifest), batch_size=60)
-    assert unavailable.hits > 10 and refusals.hits == 4
+    assert unavailable.hits > 10 and refusals.hits == 4 and copies_refused.hits >= 4
     assert first.outcomes.get("failed", 0) == 0
     refused = first.outcomes.get("refused", 0)
     assert 1 <= refused <= 4
