@@ -2,8 +2,9 @@
 
 ``backfill_legacy_buckets`` lists the eleven legacy buckets (contract section 7), maps every
 object onto ``{user_id}/{job_id}/{index}.{ext}`` in the target bucket and, unless it is a dry
-run (the default), copies in batches with bounded concurrency: each copy is read back and
-checked (size and SHA-256) before it counts, its missing ``{index}.thumb.webp`` is made, and
+run (the default), copies in batches with bounded concurrency: each copy is checked before it
+counts (its listed size and MD5 ETag, or, in a run that removes its sources, read back with the
+source's size and SHA-256), its missing ``{index}.thumb.webp`` is made, and
 every step lands in the manifest (JSON lines, see :mod:`genjobs.backfill.manifest`), which is
 also the checkpoint a later or resumed run starts from. Nothing pre-existing is overwritten,
 nor a verified copy that someone changed since (a conflict); sources are removed only on
@@ -232,6 +233,8 @@ async def backfill_legacy_buckets(
             plan=plan,
             writer=writer,
             cross_bucket_server_copy=storage.server_side_copy_across_buckets,
+            # A source is removed only once its copy was read back with the same SHA-256.
+            read_back=delete_sources,
         )
         steps = BackfillSteps(run, storage, settings, concurrency, max_objects_per_second, dsn)
         run.record_unmappable()

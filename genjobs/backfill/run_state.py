@@ -85,6 +85,8 @@ class BackfillRun:
     plan: BackfillPlan
     writer: ManifestWriter
     cross_bucket_server_copy: bool
+    read_back: bool = False
+    """Verify each copy by reading it back (SHA-256), not by its listing: when sources go."""
     records: list[ManifestRecord] = field(default_factory=list)
     verified_earlier: int = 0
     created_objects: int = 0
@@ -209,7 +211,8 @@ class BackfillRun:
         state = self.manifest.state(item.key)
         target = found.get(item.target_path)
         thumbnail = found.get(item.thumbnail_path)
-        if verified_earlier(state, item, target, thumbnail):
+        # A run that removes sources verifies every copy again by reading it back.
+        if not self.read_back and verified_earlier(state, item, target, thumbnail):
             self.verified_earlier += 1
             return None
         ours_target = state is not None and state.owns_target
@@ -220,6 +223,7 @@ class BackfillRun:
             thumbnail_preexisting=thumbnail is not None and not ours_thumbnail,
             server_copy=self.server_copy_for(item),
             verified_before=state is not None and state.verified_once,
+            read_back=self.read_back,
         )
         self.append(
             record_for(

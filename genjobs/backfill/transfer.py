@@ -3,8 +3,9 @@
 Each object is downloaded once: its bytes are fingerprinted (size, SHA-256, MD5), written to the
 target (by the server where it can copy, else uploaded), and thumbnailed. A copy counts only once
 the target is verified: by its listed size and MD5 ETag, which the server computes from the bytes
-it stored, or, where the listing carries no MD5 (a backend without ETags, an object stored in
-parts), by reading the target back and comparing size and SHA-256.
+it stored, or by reading the target back and comparing size and SHA-256 where the listing carries
+no MD5 (a backend without ETags, an object stored in parts) and in a run that removes its sources
+(a source goes only once a copy with its SHA-256 is read back).
 
 :func:`copy_and_verify` raises storage errors a retry could fix and returns refusals for good
 (a MIME type or size the target refuses, a source that vanished) as a result.
@@ -153,6 +154,7 @@ def copy_and_verify(
     existing_target: ObjectInfo | None,
     may_overwrite: bool,
     server_copy: bool,
+    read_back: bool = False,
 ) -> CopyResult:
     """Copy one source to its target and verify the target, downloading the source once.
 
@@ -164,6 +166,8 @@ def copy_and_verify(
             bytes there may be replaced; otherwise they are a conflict and stay.
         server_copy: Let the server copy the bytes (``storage.copy``); falls back to an upload
             when the server refuses.
+        read_back: Verify the written target by reading it back (size and SHA-256) rather than
+            by its listed size and MD5 ETag: a run that removes its sources does.
 
     Raises:
         StorageError: A retryable failure, or a verification mismatch (retryable).
@@ -176,7 +180,8 @@ def copy_and_verify(
         return CopyResult("refused", detail=f"The source could not be read: {exc.message}")
     source_print = fingerprint(data)
     if existing_target is not None:
-        holds = _target_holds(storage, item, source_print, existing_target)
+        listed = None if read_back else existing_target
+        holds = _target_holds(storage, item, source_print, listed)
         if holds:
             return CopyResult(
                 "already_present",
@@ -199,7 +204,8 @@ def copy_and_verify(
         return CopyResult(
             "refused", source_print, detail=f"The target refused the object: {exc.message}"
         )
-    if not _target_holds(storage, item, source_print, _listed_target(storage, item)):
+    listed = None if read_back else _listed_target(storage, item)
+    if not _target_holds(storage, item, source_print, listed):
         raise StorageError(
             f"The copy of {item.key} at {item.target_bucket}/{item.target_path} does not hold "
             f"the bytes of its source ({source_print.size} bytes, sha256 "
@@ -264,6 +270,8 @@ class CopyOrder:
         server_copy: Let the server copy the bytes.
         verified_before: An earlier run verified this copy, so other bytes at the target now
             were written by someone else: a conflict, never overwritten.
+        read_back: Verify the copy by reading it back (SHA-256), as a run that removes its
+            sources does.
     """
 
     item: PlannedCopy
@@ -271,6 +279,7 @@ class CopyOrder:
     thumbnail_preexisting: bool
     server_copy: bool = False
     verified_before: bool = False
+    read_back: bool = False
 
     @property
     def may_overwrite(self) -> bool:
@@ -354,6 +363,7 @@ def backfill_object(
         existing_target=existing.get(item.target_path),
         may_overwrite=order.may_overwrite,
         server_copy=order.server_copy,
+        read_back=order.read_back,
     )
     base = {
         "key": item.key,
