@@ -62,11 +62,29 @@ def read_job_file(path: str) -> dict[str, Any]:
     return job
 
 
+DEFAULT_NUM_IMAGES = 3
+"""Images a ``genjobs run`` image job renders when ``--num-images`` is not given."""
+
+
+def _renders_images(job_type: str) -> bool:
+    """Whether ``job_type`` renders images (an unknown type is refused later, by the flow)."""
+    from genjobs.jobs.types import job_type_spec, normalise_job_type
+
+    try:
+        return job_type_spec(normalise_job_type(job_type)).output == "image"
+    except Exception:
+        return True
+
+
 def _job_from_args(args: argparse.Namespace) -> dict[str, Any]:
     if args.job_file:
         return read_job_file(args.job_file)
-    config: dict[str, Any] = {"num_images": args.num_images}
+    config: dict[str, Any] = {}
+    num_images = args.num_images
+    if num_images is None and _renders_images(args.type):
+        num_images = DEFAULT_NUM_IMAGES
     for key, value in (
+        ("num_images", num_images),
         ("seed", args.seed),
         ("resolution", args.resolution),
         ("num_inference_steps", args.steps),
@@ -335,8 +353,8 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument(
         "--num-images",
         type=int,
-        default=3,
-        help="images to render; the batch is 1, 3 or 6 (2 -> 3, 4 or more -> 6); video: 1",
+        help="images to render (default 3); the batch is 1, 3 or 6 (2 -> 3, 4 or more -> 6); "
+        "a video job renders one video",
     )
     run.add_argument("--seed", type=int, help="base seed, 0-2147483647; image i gets seed + i")
     run.add_argument("--steps", type=int, help="num_inference_steps, 10-50 (default by type)")
