@@ -175,9 +175,11 @@ class LocalStack:
             time.sleep(0.25)
         raise TimeoutError(f"prefect server did not answer in {timeout} s")
 
-    def create_pools(self, *names: str) -> None:
+    def create_pools(self, *names: str, worker_type: str = "genjobs-process") -> None:
+        """The pools, as the runbook creates the GPU pool (the project's worker type)."""
         for name in names:
-            answer = self.request("POST", "/work_pools/", json={"name": name, "type": "process"})
+            body = {"name": name, "type": worker_type}
+            answer = self.request("POST", "/work_pools/", json=body)
             if answer.status_code != 409:  # already there
                 answer.raise_for_status()
 
@@ -200,17 +202,29 @@ class LocalStack:
 
     # -- workers ----------------------------------------------------------------------------
     def start_process_worker(
-        self, pool: str, limit: int | None = None, query_seconds: float = 1.0, **env: str
+        self,
+        pool: str,
+        limit: int | None = None,
+        query_seconds: float = 1.0,
+        worker_type: str | None = None,
+        name: str | None = None,
+        queues: Sequence[str] = (),
+        **env: str,
     ) -> Process:
-        """``prefect worker start`` on ``pool``, with the block names the generation flows'
-        crash and cancellation hooks need: the worker runs those hooks in its own process when
-        the flow-run command is the warm client."""
+        """``prefect worker start`` on ``pool``, of the pool's type unless ``worker_type`` says
+        otherwise (``process``: Prefect's own, which only polls), with the block names the
+        generation flows' crash and cancellation hooks need: the worker runs those hooks in its
+        own process when the flow-run command is the warm client."""
         args = [sys.executable, "-m", "prefect", "worker", "start", "--pool", pool]
-        args += ["--type", "process", "--name", f"{pool}-worker"]
+        args += ["--name", name or f"{pool}-worker"]
+        if worker_type is not None:
+            args += ["--type", worker_type]
+        for queue in queues:
+            args += ["--work-queue", queue]
         if limit is not None:
             args += ["--limit", str(limit)]
         variables = {**BLOCK_ENV, "PREFECT_WORKER_QUERY_SECONDS": str(query_seconds), **env}
-        return self.spawn(f"worker-{pool}", args, self.env(**variables))
+        return self.spawn(f"worker-{name or pool}", args, self.env(**variables))
 
     def start_warm_runner(self, name: str = "warm-runner", timeout: float = 120.0) -> Process:
         """``genjobs warm-runner`` at the default socket; returns once it listens

@@ -1,7 +1,9 @@
 """The deployment as shipped: a real ``prefect server start`` on loopback, the pools, the three
-blocks, ``prefect deploy`` from prefect.yaml, the warm runner, a process worker on gpu-pool whose
-flow runs it forks, and GPU workers (on the CPU), each its own subprocess. Jobs come in through
-the REST API as queue-job sends them.
+blocks, ``prefect deploy`` from prefect.yaml, the warm runner, the project's worker on gpu-pool
+(type ``genjobs-process``, found through the package's entry point) whose flow runs the warm
+runner forks, and GPU workers (on the CPU), each its own subprocess. Jobs come in through the
+REST API as queue-job sends them. The worker polls only every 60 s: every job here is taken
+because the server scheduled it.
 
 The blocks point at this test's local stand-ins: the Supabase Storage stand-in (real HTTP, the
 real storage3 client) and the local callback receiver. Two GPU workers render SDXL with the tiny
@@ -32,6 +34,7 @@ from tests.real_storage import RealStorage
 pytestmark = pytest.mark.slow
 BUCKET = "workspace-temp"
 SECRET = "deploy-tests-callback-secret"
+WORKER_POLL_SECONDS = 60.0  # longer than any test waits for a run to start
 
 
 @pytest.fixture(scope="module")
@@ -69,7 +72,7 @@ def stack(
             )
             running.deploy("sdxl", "wan")
             running.start_warm_runner()
-            running.start_process_worker("gpu-pool", query_seconds=0.25)
+            running.start_process_worker("gpu-pool", query_seconds=WORKER_POLL_SECONDS)
             running.start_gpu_worker(
                 "gpu-wan",
                 families="wan",
@@ -364,6 +367,39 @@ def test_a_job_runs_in_a_process_forked_by_the_warm_runner(
         15,
         "the run's completion log in the API",
     )
+
+
+def test_the_worker_takes_each_run_when_it_is_scheduled_not_at_its_poll(
+    stack: LocalStack, receiver: CallbackReceiver
+) -> None:
+    deployment = stack.deployment_id("generate-job", "sdxl")
+    jobs = [sdxl_job(num_images=1) for _ in range(3)]
+    runs = []
+    for job in jobs:
+        runs.append(stack.trigger(deployment, job))
+        time.sleep(1.0)
+    done = stack.wait_for_flow_runs([run["id"] for run in runs], timeout=120)
+    assert [run["state"]["type"] for run in done] == ["COMPLETED"] * 3, stack.logs()
+    for run in runs:
+        states = stack.request("GET", "/flow_run_states/", params={"flow_run_id": run["id"]})
+        first: dict[str, str] = {}
+        for state in sorted(states.json(), key=lambda state: str(state["timestamp"])):
+            first.setdefault(state["type"], state["timestamp"])
+        waited = _seconds_between(first["SCHEDULED"], first["PENDING"])
+        # a poll every 60 s would leave a run scheduled for 30 s on average
+        assert waited < 5.0, f"{run['name']} waited {waited:.1f} s for the worker"
+    for job in jobs:
+        (payload,) = receiver.accepted(job["id"])
+        assert payload["status"] == "completed"
+    worker = next(p for p in stack.processes if p.name == "worker-gpu-pool")
+    assert "takes flow runs of pool 'gpu-pool' as they are scheduled" in worker.output()
+    assert "Worker type mismatch" not in worker.output()
+
+
+def _seconds_between(earlier: str, later: str) -> float:
+    from datetime import datetime
+
+    return (datetime.fromisoformat(later) - datetime.fromisoformat(earlier)).total_seconds()
 
 
 def test_a_killed_flow_process_ends_crashed_with_one_failed_callback_and_spares_the_rest(

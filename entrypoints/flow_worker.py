@@ -1,0 +1,140 @@
+"""The project's worker type, ``genjobs-process``: Prefect's process worker that takes a flow run
+as soon as the server schedules it, instead of at its next poll.
+
+A process worker finds new flow runs by polling its pool every ``PREFECT_WORKER_QUERY_SECONDS``,
+so a triggered job waits half that interval on average before anything happens, and a short
+interval costs the server a query per worker several times a second. This worker also listens
+on the server's event stream (``/api/events/out``) for ``prefect.flow-run.Scheduled`` and polls
+at once when a run is scheduled in its own pool (and queues, where it serves only some). Events
+that arrive together are answered by one poll. The timed poll stays as the safety net: for runs
+scheduled for later, and while the event stream is down (the worker subscribes again every few
+seconds, and says so in its log). With the events, the poll can run every few seconds.
+
+Everything else is the process worker's, unchanged: the job template and its variables, the
+flow-run command (``python -m genjobs.warm_client`` on the GPU pool), the limit, cancellation and
+crash reporting. Only public members of Prefect's worker classes are used: ``setup``,
+``teardown`` and ``get_and_submit_flow_runs``.
+
+The project registers the type through the ``prefect.collections`` entry point, so with the
+project installed::
+
+    prefect work-pool create gpu-pool --type genjobs-process
+    prefect worker start --pool gpu-pool
+
+A pool created as ``--type process`` works too: start the worker with ``--type genjobs-process``
+(Prefect logs that the types differ; the job template is the same).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from collections.abc import Sequence
+from typing import Any
+
+from prefect.events import Event
+from prefect.events.clients import get_events_subscriber
+from prefect.events.filters import EventFilter, EventNameFilter
+from prefect.logging.loggers import get_worker_logger
+from prefect.workers.process import ProcessWorker
+
+WAKE_EVENT = "prefect.flow-run.Scheduled"
+RESUBSCRIBE_SECONDS = 5.0
+"""How long the worker waits before subscribing again after the event stream failed."""
+
+
+def scheduled_in(event: Event, pool: str, queues: Sequence[str]) -> bool:
+    """Whether ``event`` schedules a flow run in ``pool`` (and one of ``queues``, when given)."""
+    if event.event != WAKE_EVENT:
+        return False
+    related = {resource.role: resource.get("prefect.resource.name") for resource in event.related}
+    if related.get("work-pool") != pool:
+        return False
+    return not queues or related.get("work-queue") in queues
+
+
+class EventDrivenProcessWorker(ProcessWorker):
+    """A process worker that also polls when the server schedules a run in its pool."""
+
+    type = "genjobs-process"
+    _display_name = "Process (event-driven)"
+    _description = (
+        "Runs each flow run as a subprocess, like the process worker, and takes a new run as "
+        "soon as the server schedules it instead of at its next poll."
+    )
+
+    def __init__(
+        self, work_pool_name: str, work_queues: list[str] | None = None, **kwargs: Any
+    ) -> None:
+        super().__init__(work_pool_name=work_pool_name, work_queues=work_queues, **kwargs)
+        self.pool_name = work_pool_name
+        self.queue_names = tuple(work_queues or ())
+        self.event_polls = 0  # polls started by a scheduled event
+        self._wake: asyncio.Event | None = None
+        self._listeners: list[asyncio.Task[None]] = []
+
+    async def setup(self) -> None:
+        await super().setup()
+        self._wake = asyncio.Event()
+        self._listeners = [
+            asyncio.create_task(self._listen(), name="scheduled-events"),
+            asyncio.create_task(self._poll_when_woken(), name="poll-on-event"),
+        ]
+
+    async def teardown(self, *exc_info: Any) -> None:
+        for task in self._listeners:
+            task.cancel()
+        for task in self._listeners:
+            with contextlib.suppress(asyncio.CancelledError, Exception):
+                await task
+        self._listeners = []
+        await super().teardown(*exc_info)
+
+    async def _listen(self) -> None:
+        """Set the wake-up for each run scheduled in this pool; subscribe again on failure."""
+        logger = get_worker_logger(self)
+        event_filter = EventFilter(event=EventNameFilter(name=[WAKE_EVENT]))  # type: ignore[call-arg]
+        while True:
+            try:
+                async with get_events_subscriber(
+                    filter=event_filter, reconnect_on_clean_close=True
+                ) as events:
+                    logger.info(
+                        "Worker %r takes flow runs of pool %r as they are scheduled.",
+                        self.name,
+                        self.pool_name,
+                    )
+                    async for event in events:
+                        if scheduled_in(event, self.pool_name, self.queue_names):
+                            assert self._wake is not None
+                            self._wake.set()
+            except asyncio.CancelledError:
+                raise
+            except Exception as exc:
+                logger.warning(
+                    "Worker %r lost the server's event stream (%s); it polls on its interval "
+                    "and subscribes again in %.0f s.",
+                    self.name,
+                    exc,
+                    RESUBSCRIBE_SECONDS,
+                )
+            await asyncio.sleep(RESUBSCRIBE_SECONDS)
+
+    async def _poll_when_woken(self) -> None:
+        """One poll per wake-up: events that arrive during a poll are answered by the next."""
+        assert self._wake is not None
+        while True:
+            await self._wake.wait()
+            self._wake.clear()
+            self.event_polls += 1
+            try:
+                await self.get_and_submit_flow_runs()
+            except asyncio.CancelledError:
+                raise
+            except Exception as exc:
+                get_worker_logger(self).warning(
+                    "Worker %r could not take the newly scheduled flow runs (%s); its next "
+                    "poll will.",
+                    self.name,
+                    exc,
+                )
