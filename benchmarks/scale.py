@@ -1,12 +1,12 @@
 """Scale run: many jobs through the deployed path with a renderer that costs nothing.
 
     python benchmarks/scale.py [--jobs 1000] [--in-flight 8] [--process-limit 16]
-                               [--path warm|process] [--query-seconds 0.25]
+                               [--path warm|process] [--query-seconds 5]
                                [--gpu-workers 1] [--max-minutes 60] [--database-url URL]
 
 It starts the deployment as shipped (devstack/stack.py: a real ``prefect server start`` on
-loopback, the pools, the blocks, ``prefect deploy`` from prefect.yaml, the warm runner, a process
-worker on gpu-pool and GPU workers on the CPU device) with the fast renderer
+loopback, the pools, the blocks, ``prefect deploy`` from prefect.yaml, the warm runner, the
+project's worker on gpu-pool and GPU workers on the CPU device) with the fast renderer
 (benchmarks/fast_renderer.py). Storage is the Supabase Storage stand-in over HTTP, callbacks go
 to the local receiver. Jobs are triggered as queue-job would (REST ``create_flow_run``, the job
 id as idempotency key), keeping ``--in-flight`` jobs triggered and not yet finished (a closed
@@ -181,7 +181,12 @@ def main() -> int:
         default="warm",
         help="warm: flow runs forked by the warm runner (as shipped); process: new processes",
     )
-    parser.add_argument("--query-seconds", type=float, default=0.25, help="worker poll")
+    parser.add_argument(
+        "--query-seconds",
+        type=float,
+        default=5.0,
+        help="worker poll (the runbook's; the project's worker also polls on each scheduled run)",
+    )
     parser.add_argument("--gpu-workers", type=int, default=1)
     parser.add_argument("--max-minutes", type=float, default=60.0)
     parser.add_argument(

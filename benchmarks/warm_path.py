@@ -1,24 +1,37 @@
-"""Warm runner against the plain process worker, side by side in one run.
+"""The deployed path as shipped against the two before it, side by side in one run.
 
-    python benchmarks/warm_path.py [--jobs 40] [--in-flight 8] [--query-seconds 0.25]
+    python benchmarks/warm_path.py [--jobs 40] [--in-flight 8] [--database-url URL]
 
 It starts the deployment as shipped (devstack/stack.py: a real ``prefect server start``, the
-pool, the blocks, ``prefect deploy`` from prefect.yaml, the warm runner, one process worker on
-gpu-pool and one GPU worker on the CPU) with the renderer that costs nothing
-(benchmarks/fast_renderer.py), and a copy of the sdxl deployment without the ``command`` job
-variable, whose flow runs the same worker starts as new Python processes (the plain process
-worker). Jobs go in through the REST API with ``--in-flight`` of them triggered and not yet
-finished (a closed loop), alternating between the two paths in rounds so that both see the same
-machine load. Then, per path:
+pool, the blocks, ``prefect deploy`` from prefect.yaml, the warm runner and one GPU worker on the
+CPU) with the renderer that costs nothing (benchmarks/fast_renderer.py), and runs the same jobs
+through three paths, each on a work queue of its own:
+
+- ``shipped``: the project's worker (type ``genjobs-process``, entrypoints/flow_worker.py), which
+  takes a run when the server schedules it and polls every ``--event-query-seconds`` besides,
+  and the warm runner forking the flow run;
+- ``polling``: Prefect's process worker polling every ``--query-seconds``, and the warm runner
+  (the path before the project's worker);
+- ``process``: Prefect's process worker polling every ``--query-seconds``, and a new Python
+  process per flow run (a copy of the deployment without the ``command`` job variable).
+
+Only the path being measured has a worker running, so the server's CPU during a round is that
+path's. Jobs go in through the REST API with ``--in-flight`` of them triggered and not yet
+finished (a closed loop), the paths alternating in rounds so that each sees the same machine.
+Then, per path:
 
 - overhead: trigger to Completed minus the same work called plainly (validate, render, encode,
   upload, callback with the library functions, one at a time), median and p99;
 - trigger to render start (the GPU worker's ``pipeline_started``), median and p99;
 - flow runs per minute over the path's rounds;
-- orchestration CPU per job: CPU seconds of the process worker and of the warm runner, their
-  children included (the flow-run processes), over the path's jobs;
-- resident memory of the process worker and of the warm runner before and after.
+- orchestration CPU per job, server and workers together: the Prefect server, the flow worker,
+  the warm runner and the GPU worker, their children included (the flow-run processes); the
+  server's database is its SQLite file in the server process, or PostgreSQL outside it (then
+  not counted: the figure says so);
+- resident memory of the flow worker and of the warm runner before and after.
 
+With one job in flight (``--in-flight 1``) the overhead is the path's own latency; with more,
+a closed loop's latency is ``in_flight / throughput`` (Little's law), so it measures throughput.
 Nothing is asserted: it prints what it measured.
 """
 
@@ -43,7 +56,7 @@ from benchmarks.common import job_payload  # noqa: E402
 
 SECRET = "warm-path-callback-secret"
 FAST = "benchmarks.fast_renderer:FastRenderer"
-PATHS = ("warm runner", "process worker")
+PATHS = ("shipped", "polling", "process")
 
 
 def job() -> dict[str, Any]:
@@ -85,12 +98,19 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--jobs", type=int, default=40, help="per path")
     parser.add_argument("--in-flight", type=int, default=8)
-    parser.add_argument("--rounds", type=int, default=2, help="alternations of the two paths")
-    parser.add_argument("--query-seconds", type=float, default=0.25, help="worker poll")
+    parser.add_argument("--rounds", type=int, default=2, help="alternations of the paths")
+    parser.add_argument(
+        "--query-seconds", type=float, default=0.25, help="poll of Prefect's process worker"
+    )
+    parser.add_argument(
+        "--event-query-seconds", type=float, default=5.0, help="poll of the project's worker"
+    )
     parser.add_argument("--process-limit", type=int, default=16, help="worker --limit")
     parser.add_argument("--plain-jobs", type=int, default=8, help="plain calls to subtract")
     parser.add_argument("--database-url", help="Prefect server database (default SQLite)")
+    parser.add_argument("--paths", default=",".join(PATHS), help="which paths, comma-separated")
     args = parser.parse_args()
+    paths = [name for name in args.paths.split(",") if name]
     os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
     os.environ["PREFECT_LOGGING_LEVEL"] = "WARNING"
     for name in [n for n in os.environ if n.startswith("GENJOBS_")]:
@@ -104,21 +124,37 @@ def main() -> int:
     clock = time.monotonic()
     with fast_sdxl_stack(root, args.database_url, SECRET) as (stack, receiver, standin):
         deployments = {
-            "warm runner": stack.deployment_id("generate-job", "sdxl"),
-            "process worker": stack.copy_deployment(
+            "shipped": stack.deployment_id("generate-job", "sdxl"),
+            "polling": stack.copy_deployment(
+                "generate-job", "sdxl", "sdxl-polling", without_job_variables=[]
+            ),
+            "process": stack.copy_deployment(
                 "generate-job", "sdxl", "sdxl-process", without_job_variables=["command"]
             ),
         }
+        queues = {"shipped": "sdxl", "polling": "sdxl-polling", "process": "sdxl-process"}
         runner = stack.start_warm_runner()
-        worker = stack.start_process_worker(
-            "gpu-pool", limit=args.process_limit, query_seconds=args.query_seconds
-        )
         stack.start_gpu_worker("gpu-0", families="sdxl")
         stack.wait_for_task_workers(1)
+        server = next(p for p in stack.processes if p.name == "server")
+        gpu_worker = next(p for p in stack.processes if p.name == "gpu-0")
+
+        def start_worker(path: str) -> Any:
+            shipped = path == "shipped"
+            return stack.start_process_worker(
+                "gpu-pool",
+                limit=args.process_limit,
+                query_seconds=args.event_query_seconds if shipped else args.query_seconds,
+                worker_type=None if shipped else "process",
+                name=f"{path}-worker",
+                queues=[queues[path]],
+            )
+
         load = ", ".join(f"{v:.1f}" for v in os.getloadavg())
         print(f"Stack ready in {time.monotonic() - clock:.0f} s; {os.cpu_count()} CPUs, load "
-              f"average {load}; worker poll {args.query_seconds} s, limit "
-              f"{args.process_limit}; fast renderer.")  # fmt: skip
+              f"average {load}; Prefect's worker polls every {args.query_seconds} s, the "
+              f"project's every {args.event_query_seconds} s and on each scheduled run; "
+              f"limit {args.process_limit}; fast renderer.")  # fmt: skip
 
         # the same work called plainly, one at a time, against the same stand-ins
         connections = plain_connections(root / "plain", standin, receiver, SECRET, FAST)
@@ -129,9 +165,6 @@ def main() -> int:
         plain_s = statistics.median(plain)
         print(f"Plain calls: median {plain_s:.3f} s over {len(plain)}.")
 
-        # warm up both paths (first imports, first clients), then alternate rounds
-        for name in PATHS:
-            closed_loop(stack, deployments[name], 2, 2)
         latency: dict[str, list[float]] = defaultdict(list)
         wall: dict[str, float] = defaultdict(float)
         cpu: dict[str, float] = defaultdict(float)
@@ -141,18 +174,21 @@ def main() -> int:
         triggered_at: dict[str, float] = {}  # job id -> epoch seconds
         per_round = max(1, args.jobs // args.rounds)
         for _ in range(args.rounds):
-            for name in PATHS:
+            for name in paths:
+                worker = start_worker(name)
+                closed_loop(stack, deployments[name], 2, 2)  # the worker's first runs
+                pids = (server.popen.pid, worker.popen.pid, runner.popen.pid, gpu_worker.popen.pid)
                 memory[name].append((rss_mib(worker.popen.pid), rss_mib(runner.popen.pid)))
-                cpu_before = tree_cpu_seconds(worker.popen.pid) + tree_cpu_seconds(runner.popen.pid)
+                cpu_before = sum(tree_cpu_seconds(pid) for pid in pids)
                 started = time.monotonic()
                 triggered, ended, job_ids = closed_loop(
                     stack, deployments[name], per_round, args.in_flight
                 )
                 wall[name] += time.monotonic() - started
-                cpu_after = tree_cpu_seconds(worker.popen.pid) + tree_cpu_seconds(runner.popen.pid)
-                cpu[name] += cpu_after - cpu_before
+                cpu[name] += sum(tree_cpu_seconds(pid) for pid in pids) - cpu_before
                 jobs_done[name] += len(ended)
                 memory[name].append((rss_mib(worker.popen.pid), rss_mib(runner.popen.pid)))
+                worker.stop()
                 for run_id, at in triggered.items():
                     latency[name].append(ended[run_id] - at - plain_s)
                     path_of[job_ids[run_id]] = name
@@ -172,22 +208,31 @@ def main() -> int:
     print(
         f"{args.jobs} jobs per path in {args.rounds} rounds, {args.in_flight} in flight, seconds:"
     )
-    header = f"{'':38s}" + "".join(f"{name:>18s}" for name in PATHS)
-    print(header)
+    print(f"{'':44s}" + "".join(f"{name:>12s}" for name in paths))
 
-    def row(label: str, values: dict[str, float], fmt: str = "{:18.3f}") -> None:
-        print(f"{label:38s}" + "".join(fmt.format(values[name]) for name in PATHS))
+    def row(label: str, values: dict[str, float], fmt: str = "{:12.3f}") -> None:
+        print(f"{label:44s}" + "".join(fmt.format(values[name]) for name in paths))
 
-    row("overhead, trigger to Completed, median", {n: statistics.median(latency[n]) for n in PATHS})
-    row("overhead, p99", {n: percentile(latency[n], 0.99) for n in PATHS})
-    row("trigger to render start, median", {n: statistics.median(to_render[n]) for n in PATHS})
-    row("trigger to render start, p99", {n: percentile(to_render[n], 0.99) for n in PATHS})
-    row("flow runs per minute", {n: 60 * jobs_done[n] / wall[n] for n in PATHS}, "{:18.1f}")
-    row("orchestration CPU s per job", {n: cpu[n] / max(jobs_done[n], 1) for n in PATHS})
+    row("overhead, trigger to Completed, median", {n: statistics.median(latency[n]) for n in paths})
+    row("overhead, p99", {n: percentile(latency[n], 0.99) for n in paths})
+    row("trigger to render start, median", {n: statistics.median(to_render[n]) for n in paths})
+    row("trigger to render start, p99", {n: percentile(to_render[n], 0.99) for n in paths})
+    row("flow runs per minute", {n: 60 * jobs_done[n] / wall[n] for n in paths}, "{:12.1f}")
+    row("orchestration CPU s per job" + ("" if args.database_url is None else " (without DB)"),
+        {n: cpu[n] / max(jobs_done[n], 1) for n in paths})  # fmt: skip
+    if paths and paths[0] == "shipped":
+        print("Ratios, shipped / each other path (lower is better):")
+        medians = {n: statistics.median(latency[n]) for n in paths}
+        renders = {n: statistics.median(to_render[n]) for n in paths}
+        per_job = {n: cpu[n] / max(jobs_done[n], 1) for n in paths}
+        for other in paths[1:]:
+            print(f"  against {other}: overhead median {medians['shipped'] / medians[other]:.2f}, "
+                  f"trigger to render median {renders['shipped'] / renders[other]:.2f}, "
+                  f"CPU per job {per_job['shipped'] / per_job[other]:.2f}")  # fmt: skip
     print("Resident memory, MiB, first -> last measurement of each path:")
-    for name in PATHS:
+    for name in paths:
         first, last = memory[name][0], memory[name][-1]
-        print(f"  {name}: process worker {first[0]:.0f} -> {last[0]:.0f}, warm runner "
+        print(f"  {name}: flow worker {first[0]:.0f} -> {last[0]:.0f}, warm runner "
               f"{first[1]:.0f} -> {last[1]:.0f}")  # fmt: skip
     print(f"\nTotal {time.monotonic() - clock:.0f} s.")
     shutil.rmtree(root, ignore_errors=True)
