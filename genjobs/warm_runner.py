@@ -53,11 +53,14 @@ import sys
 import threading
 import time
 import warnings
-from collections.abc import Mapping, Sequence
+from collections.abc import Mapping, MutableMapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from types import FrameType
 
+from pydantic import BaseModel
+
+from genjobs.tls import ssl_context
 from genjobs.warm_client import HEADER, SOCKET_NAME
 
 logger = logging.getLogger("genjobs.warm_runner")  # also when run as __main__
@@ -88,6 +91,8 @@ class ForkedRun:
     env: dict[str, str]
     cwd: str
     same_logging: bool = False  # the run's logging settings are the runner's: no set-up again
+    same_tls: bool = False  # the run's CA settings are the runner's: its TLS context serves
+    plain_http_ca_file: Path | None = None  # see :func:`spare_ca_bundle_reads`
 
 
 class WarmRunner:
@@ -102,6 +107,7 @@ class WarmRunner:
         self._selector: selectors.BaseSelector | None = None
         self._listener: socket.socket | None = None
         self._wakeup: tuple[int, int] | None = None
+        self.plain_http_ca_file: Path | None = None
 
     # -- start -----------------------------------------------------------------------------
     def preload(self) -> float:
@@ -113,11 +119,7 @@ class WarmRunner:
         started = time.perf_counter()
         for name in self.preload_modules:
             importlib.import_module(name)
-        # A run's first block load imports the installed Prefect collections (the project's
-        # worker type among them, about 0.2 s): import them here once instead.
-        from prefect.plugins import load_prefect_collections
-
-        load_prefect_collections()
+        _warm_up()
         if "PIL.Image" in sys.modules:  # its format plugins load on the first encode
             sys.modules["PIL.Image"].init()
         # The imported objects live as long as the runner: keep them out of the collector's
@@ -153,6 +155,7 @@ class WarmRunner:
             os.umask(old_umask)
         listener.listen(128)
         listener.setblocking(False)
+        self.plain_http_ca_file = write_plain_http_ca_file(self.socket_path.parent)
         staging.rename(self.socket_path)
         return listener
 
@@ -287,9 +290,15 @@ class WarmRunner:
         fds.clear()
         os.chdir(request.cwd)
         same_logging = _logging_environment(request.env) == _logging_environment(os.environ)
+        same_tls = _tls_environment(request.env) == _tls_environment(os.environ)
         os.environ.clear()
         os.environ.update(request.env)
-        return dataclasses.replace(request, same_logging=same_logging)
+        return dataclasses.replace(
+            request,
+            same_logging=same_logging,
+            same_tls=same_tls,
+            plain_http_ca_file=self.plain_http_ca_file,
+        )
 
     def _client_spoke(self, conn: socket.socket, pid: int) -> None:
         try:
@@ -387,6 +396,40 @@ def _read_request(conn: socket.socket) -> tuple[list[int], ForkedRun]:
     )
 
 
+def _warm_up() -> None:
+    """What every forked run would otherwise do first, done once before any fork (each measured
+    with py-spy on forked runs):
+
+    - import the installed Prefect collections, which a run's first block load imports (the
+      project's worker type among them, about 0.2 s);
+    - complete Prefect's client schemas, which pydantic otherwise builds in each process on
+      their first validation (the flow run, the deployment, the state updates: about 8 % of a
+      forked run's CPU);
+    - build the project's TLS context (genjobs/tls.py), which reads the CA bundle (about 6 %).
+
+    None of it starts a thread or opens a connection.
+    """
+    from prefect.client.schemas import actions, filters, objects, responses
+    from prefect.plugins import load_prefect_collections
+
+    load_prefect_collections()
+    for module in (objects, responses, actions, filters):
+        for value in vars(module).values():
+            if (
+                isinstance(value, type)
+                and issubclass(value, BaseModel)
+                and not value.__pydantic_complete__
+            ):
+                with contextlib.suppress(Exception):  # left to build on first use, as before
+                    value.model_rebuild()
+    ssl_context()
+
+
+def _tls_environment(environ: Mapping[str, str]) -> dict[str, str]:
+    """The variables the project's TLS context is read from (genjobs/tls.py)."""
+    return {name: environ[name] for name in ("SSL_CERT_FILE", "SSL_CERT_DIR") if name in environ}
+
+
 def _logging_environment(environ: Mapping[str, str]) -> dict[str, str]:
     """The variables Prefect's logging configuration is read from."""
     return {
@@ -420,6 +463,9 @@ def run_flow_run(run: ForkedRun) -> int:
 
     atexit.register(_EXIT.now)  # registered first: runs after the run's own exit handlers
     _reset_logging()
+    if not run.same_tls:
+        ssl_context.cache_clear()  # built from the runner's CA settings, not the run's
+    spare_ca_bundle_reads(os.environ, run.plain_http_ca_file)
     refresh_global_settings_context()
     if not run.same_logging:
         setup_logging(incremental=False)
@@ -437,6 +483,57 @@ def run_flow_run(run: ForkedRun) -> int:
         else:
             _EXIT.code = 0
     return _EXIT.code
+
+
+PLAIN_HTTP_CA_NAME = "warm-runner-plain-http-ca.pem"
+
+
+def write_plain_http_ca_file(folder: Path) -> Path | None:
+    """A file holding one public root certificate (the first of certifi's bundle), for
+    :func:`spare_ca_bundle_reads`; ``None`` when it cannot be written."""
+    import certifi
+
+    bundle = Path(certifi.where()).read_text()
+    end_marker = "-----END CERTIFICATE-----"
+    start = bundle.find("-----BEGIN CERTIFICATE-----")
+    end = bundle.find(end_marker, start)
+    if start < 0 or end < 0:
+        return None
+    target = folder / PLAIN_HTTP_CA_NAME
+    staging = folder / f".{PLAIN_HTTP_CA_NAME}.{os.getpid()}"
+    try:
+        staging.write_text(bundle[start : end + len(end_marker)] + "\n")
+        staging.chmod(0o600)
+        staging.replace(target)
+    except OSError as exc:
+        logger.warning("The warm runner could not write %s: %s", target, exc)
+        return None
+    return target
+
+
+def spare_ca_bundle_reads(environ: MutableMapping[str, str], ca_file: Path | None) -> bool:
+    """Point the run's Prefect API clients at a one-certificate CA file where the API is plain
+    HTTP; whether it did.
+
+    Every Prefect API client builds a verifying TLS context from ``PREFECT_API_SSL_CERT_FILE``
+    (default: certifi's bundle of about 150 certificates, some 16 ms of CPU to read), also for an
+    ``http://`` API, where no TLS handshake ever happens: a flow run opens about nine such
+    clients (the engine's, the log and event workers', the pull steps', the suspension observer's,
+    the block loads'), a third of a forked run's CPU. With a plain-HTTP API the file is never used
+    for a handshake, so a small one serves; an ``https://`` API, a file the operator set, or
+    ``PREFECT_API_TLS_INSECURE_SKIP_VERIFY`` leave the setting as it was.
+    """
+    api_url = environ.get("PREFECT_API_URL", "")
+    if (
+        ca_file is None
+        or not api_url.lower().startswith("http://")
+        or environ.get("PREFECT_API_SSL_CERT_FILE")
+        or environ.get("PREFECT_API_TLS_INSECURE_SKIP_VERIFY", "").lower() in ("1", "true")
+        or not ca_file.is_file()
+    ):
+        return False
+    environ["PREFECT_API_SSL_CERT_FILE"] = str(ca_file)
+    return True
 
 
 class _ExitWithoutTeardown:

@@ -10,15 +10,22 @@ from __future__ import annotations
 import contextlib
 import os
 import signal
+import ssl
 import subprocess
 import sys
 import time
 from collections.abc import Iterator
 from pathlib import Path
 
+import certifi
 import pytest
 
 from devstack.stack import REPO_ROOT
+from genjobs.warm_runner import (
+    PLAIN_HTTP_CA_NAME,
+    spare_ca_bundle_reads,
+    write_plain_http_ca_file,
+)
 
 CHILD_SCRIPT = """
 import os, signal, sys, time
@@ -32,6 +39,8 @@ run = WarmRunner(Path(sys.argv[1]), preload=()).serve()
 if run is None:
     sys.exit(0)
 Path(run.env["REPORT"]).write_text(f"{os.getpid()} {os.getppid()} {os.getcwd()}")
+if run.plain_http_ca_file is not None:
+    Path(run.env["REPORT"] + ".ca").write_text(str(run.plain_http_ca_file))
 print("hello from the forked process", flush=True)
 if run.env.get("CRASH"):
     os._exit(int(run.env["CRASH"]))
@@ -118,6 +127,54 @@ def test_a_forked_run_gets_the_clients_streams_environment_folder_and_exit_code(
     pid, parent, cwd = _report(tmp_path / "report")
     assert parent == process.pid and pid != client.pid
     assert cwd == str(folder)
+    # the runner wrote one public root certificate next to its socket and hands it on
+    ca_file = Path((tmp_path / "report.ca").read_text())
+    assert ca_file == sock.parent / PLAIN_HTTP_CA_NAME
+    pem = ca_file.read_text()
+    assert (
+        pem.count("-----BEGIN CERTIFICATE-----") == 1 and pem in Path(certifi.where()).read_text()
+    )
+    ssl.create_default_context(cafile=str(ca_file))  # loads as a CA file
+
+
+@pytest.mark.parametrize(
+    ("environ", "spared"),
+    [
+        ({"PREFECT_API_URL": "http://prefect.internal:4200/api"}, True),
+        ({"PREFECT_API_URL": "HTTP://127.0.0.1:4200/api"}, True),
+        # TLS to the API: the real bundle stays
+        ({"PREFECT_API_URL": "https://prefect.internal/api"}, False),
+        ({"PREFECT_API_URL": "https://api.prefect.cloud/api/accounts/a/workspaces/w"}, False),
+        # what an operator set stays
+        (
+            {"PREFECT_API_URL": "http://h/api", "PREFECT_API_SSL_CERT_FILE": "/etc/ca.pem"},
+            False,
+        ),
+        (
+            {"PREFECT_API_URL": "http://h/api", "PREFECT_API_TLS_INSECURE_SKIP_VERIFY": "true"},
+            False,
+        ),
+        ({}, False),  # no API URL: an ephemeral API, left alone
+    ],
+)
+def test_only_a_plain_http_api_gets_the_small_ca_file(
+    tmp_path: Path, environ: dict[str, str], spared: bool
+) -> None:
+    ca_file = write_plain_http_ca_file(tmp_path)
+    assert ca_file is not None
+    before = dict(environ)
+    assert spare_ca_bundle_reads(environ, ca_file) is spared
+    if spared:
+        assert environ == {**before, "PREFECT_API_SSL_CERT_FILE": str(ca_file)}
+    else:
+        assert environ == before
+
+
+def test_without_its_file_the_run_keeps_the_full_bundle(tmp_path: Path) -> None:
+    environ = {"PREFECT_API_URL": "http://h/api"}
+    assert not spare_ca_bundle_reads(environ, None)
+    assert not spare_ca_bundle_reads(environ, tmp_path / "gone.pem")
+    assert environ == {"PREFECT_API_URL": "http://h/api"}
 
 
 @pytest.mark.parametrize(
