@@ -15,9 +15,10 @@ loop, so latency measures the path and not an ever-growing backlog). Triggering 
 
 Then every job is checked end to end and the run prints: runs per minute sustained (between
 10 % and 90 % of the completions), job latency p50/p99 (trigger to flow run Completed), the
-orchestration CPU seconds per job (the process worker and the warm runner, with their flow-run
-processes), the resident memory of the server (with its child processes), the process worker,
-the warm runner and the GPU workers at the start and the end, and what was lost or duplicated:
+orchestration CPU seconds per job (the server, the flow worker, the warm runner and the GPU
+workers, with their children: the flow-run processes), the resident memory of the server (with
+its child processes), the flow worker, the warm runner and the GPU workers at the start and the
+end, and what was lost or duplicated:
 flow runs per job (and a second trigger of a sample of finished jobs with the same idempotency
 key), renders per job (``genjobs.render.finished`` events), accepted terminal callbacks per job,
 asset rows per job, and stored objects per job. Nothing is asserted: it prints what it measured.
@@ -221,7 +222,13 @@ def main() -> int:
             "warm runner": rss_mib(runner.popen.pid),
             **{g.name: tree_rss_mib(g.popen.pid) for g in gpus},
         }
-        cpu_start = tree_cpu_seconds(worker.popen.pid) + tree_cpu_seconds(runner.popen.pid)
+        cpu_parts = {
+            "server": server.popen.pid,
+            "flow worker": worker.popen.pid,
+            "warm runner": runner.popen.pid,
+            **{g.name: g.popen.pid for g in gpus},
+        }
+        cpu_start = {name: tree_cpu_seconds(pid) for name, pid in cpu_parts.items()}
         database = "PostgreSQL" if args.database_url else "SQLite"
         print(f"Stack ready in {time.monotonic() - clock:.0f} s: server on {database}, process "
               f"worker (limit {args.process_limit}, poll {args.query_seconds} s, flow runs "
@@ -240,9 +247,10 @@ def main() -> int:
             "warm runner": rss_mib(runner.popen.pid),
             **{g.name: tree_rss_mib(g.popen.pid) for g in gpus},
         }
-        cpu_per_job = (
-            tree_cpu_seconds(worker.popen.pid) + tree_cpu_seconds(runner.popen.pid) - cpu_start
-        ) / max(len(jobs), 1)
+        cpu_per_job = {
+            name: (tree_cpu_seconds(pid) - cpu_start[name]) / max(len(jobs), 1)
+            for name, pid in cpu_parts.items()
+        }
 
         # -- what the API holds ---------------------------------------------------------------
         time.sleep(3)  # let the batched task-run and event writes land
@@ -301,8 +309,10 @@ def main() -> int:
     )
     for message, count in failures.most_common(3):
         print(f"  {count} run(s) ended: {message}")
-    print(f"Orchestration CPU per job (process worker and warm runner, with the flow-run "
-          f"processes): {cpu_per_job:.2f} s")  # fmt: skip
+    parts = ", ".join(f"{name} {seconds:.3f}" for name, seconds in cpu_per_job.items())
+    database_cpu = "" if args.database_url is None else "; PostgreSQL's own CPU not counted"
+    print(f"Orchestration CPU per job, server and workers with their children: "
+          f"{sum(cpu_per_job.values()):.2f} s ({parts}){database_cpu}")  # fmt: skip
     print("Resident memory, MiB (start -> end; the server with its children):")
     for name in memory_start:
         print(f"  {name:15s} {memory_start[name]:8.0f} -> {memory_end[name]:8.0f}")

@@ -10,6 +10,9 @@ through three paths, each on a work queue of its own:
 - ``shipped``: the project's worker (type ``genjobs-process``, entrypoints/flow_worker.py), which
   takes a run when the server schedules it and polls every ``--event-query-seconds`` besides,
   and the warm runner forking the flow run;
+- ``full-ca``: the shipped path, with ``PREFECT_API_SSL_CERT_FILE`` set to certifi's bundle in
+  the deployment's environment, as an operator may set it: the forked runs' API clients then
+  read the full bundle (genjobs/warm_runner.py, ``spare_ca_bundle_reads``);
 - ``polling``: Prefect's process worker polling every ``--query-seconds``, and the warm runner
   (the path before the project's worker);
 - ``process``: Prefect's process worker polling every ``--query-seconds``, and a new Python
@@ -56,7 +59,7 @@ from benchmarks.common import job_payload  # noqa: E402
 
 SECRET = "warm-path-callback-secret"
 FAST = "benchmarks.fast_renderer:FastRenderer"
-PATHS = ("shipped", "polling", "process")
+PATHS = ("shipped", "full-ca", "polling", "process")
 
 
 def job() -> dict[str, Any]:
@@ -116,6 +119,8 @@ def main() -> int:
     for name in [n for n in os.environ if n.startswith("GENJOBS_")]:
         del os.environ[name]
 
+    import certifi
+
     from benchmarks.deployed_path import plain_connections, plain_job
     from benchmarks.fast_renderer import FastRenderer
     from benchmarks.scale import fast_sdxl_stack, percentile, rss_mib, tree_cpu_seconds
@@ -125,6 +130,13 @@ def main() -> int:
     with fast_sdxl_stack(root, args.database_url, SECRET) as (stack, receiver, standin):
         deployments = {
             "shipped": stack.deployment_id("generate-job", "sdxl"),
+            "full-ca": stack.copy_deployment(
+                "generate-job",
+                "sdxl",
+                "sdxl-full-ca",
+                without_job_variables=[],
+                extra_env={"PREFECT_API_SSL_CERT_FILE": certifi.where()},
+            ),
             "polling": stack.copy_deployment(
                 "generate-job", "sdxl", "sdxl-polling", without_job_variables=[]
             ),
@@ -132,7 +144,7 @@ def main() -> int:
                 "generate-job", "sdxl", "sdxl-process", without_job_variables=["command"]
             ),
         }
-        queues = {"shipped": "sdxl", "polling": "sdxl-polling", "process": "sdxl-process"}
+        queues = {"shipped": "sdxl", **{name: f"sdxl-{name}" for name in PATHS[1:]}}
         runner = stack.start_warm_runner()
         stack.start_gpu_worker("gpu-0", families="sdxl")
         stack.wait_for_task_workers(1)
@@ -140,7 +152,7 @@ def main() -> int:
         gpu_worker = next(p for p in stack.processes if p.name == "gpu-0")
 
         def start_worker(path: str) -> Any:
-            shipped = path == "shipped"
+            shipped = path in ("shipped", "full-ca")
             return stack.start_process_worker(
                 "gpu-pool",
                 limit=args.process_limit,

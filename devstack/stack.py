@@ -277,10 +277,16 @@ class LocalStack:
         return str(answer.json()["id"])
 
     def copy_deployment(
-        self, flow_name: str, deployment: str, new_name: str, without_job_variables: Sequence[str]
+        self,
+        flow_name: str,
+        deployment: str,
+        new_name: str,
+        without_job_variables: Sequence[str],
+        extra_env: Mapping[str, str] | None = None,
     ) -> str:
         """A second deployment of the same flow, pool and pull steps, less some job variables
-        (``command``: the same jobs through the plain process worker); returns its id."""
+        (``command``: the same jobs through the plain process worker) and with ``extra_env`` in
+        its runs' environment; returns its id."""
         source = self.request("GET", f"/deployments/name/{flow_name}/{deployment}").json()
         body = {
             key: source[key]
@@ -298,6 +304,8 @@ class LocalStack:
         job_variables = dict(source.get("job_variables") or {})
         for name in without_job_variables:
             job_variables.pop(name, None)
+        if extra_env:
+            job_variables["env"] = {**job_variables.get("env", {}), **extra_env}
         body.update(name=new_name, job_variables=job_variables, work_queue_name=new_name)
         answer = self.request("POST", "/deployments/", json=body)
         answer.raise_for_status()
