@@ -69,7 +69,6 @@ class EventDrivenProcessWorker(ProcessWorker):
         super().__init__(work_pool_name=work_pool_name, work_queues=work_queues, **kwargs)
         self.pool_name = work_pool_name
         self.queue_names = tuple(work_queues or ())
-        self.event_polls = 0  # polls started by a scheduled event
         self._wake: asyncio.Event | None = None
         self._listeners: list[asyncio.Task[None]] = []
 
@@ -126,7 +125,6 @@ class EventDrivenProcessWorker(ProcessWorker):
         while True:
             await self._wake.wait()
             self._wake.clear()
-            self.event_polls += 1
             try:
                 await self.get_and_submit_flow_runs()
             except asyncio.CancelledError:

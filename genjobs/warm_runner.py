@@ -506,6 +506,7 @@ def write_plain_http_ca_file(folder: Path) -> Path | None:
         staging.chmod(0o600)
         staging.replace(target)
     except OSError as exc:
+        staging.unlink(missing_ok=True)
         logger.warning("The warm runner could not write %s: %s", target, exc)
         return None
     return target

@@ -170,6 +170,13 @@ def test_only_a_plain_http_api_gets_the_small_ca_file(
         assert environ == before
 
 
+def test_a_ca_file_that_cannot_be_written_is_none_and_leaves_nothing_behind(
+    tmp_path: Path,
+) -> None:
+    assert write_plain_http_ca_file(tmp_path / "missing") is None
+    assert list(tmp_path.iterdir()) == []
+
+
 def test_without_its_file_the_run_keeps_the_full_bundle(tmp_path: Path) -> None:
     environ = {"PREFECT_API_URL": "http://h/api"}
     assert not spare_ca_bundle_reads(environ, None)
