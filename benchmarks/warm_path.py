@@ -11,8 +11,9 @@ through three paths, each on a work queue of its own:
   takes a run when the server schedules it and polls every ``--event-query-seconds`` besides,
   and the warm runner forking the flow run;
 - ``full-ca``: the shipped path, with ``PREFECT_API_SSL_CERT_FILE`` set to certifi's bundle in
-  the deployment's environment, as an operator may set it: the forked runs' API clients then
-  read the full bundle (genjobs/warm_runner.py, ``spare_ca_bundle_reads``);
+  the worker's environment, as an operator may set it: the worker's API clients and those of
+  the runs it starts (Prefect passes the worker's settings on) then read the full bundle
+  (genjobs/plain_http_ca.py);
 - ``polling``: Prefect's process worker polling every ``--query-seconds``, and the warm runner
   (the path before the project's worker);
 - ``process``: Prefect's process worker polling every ``--query-seconds``, and a new Python
@@ -31,7 +32,8 @@ Then, per path:
   the warm runner and the GPU worker, their children included (the flow-run processes); the
   server's database is its SQLite file in the server process, or PostgreSQL outside it (then
   not counted: the figure says so);
-- resident memory of the flow worker and of the warm runner before and after.
+- resident memory of the flow worker and of the warm runner at the start and end of each round
+  (each round starts the path's worker anew).
 
 With one job in flight (``--in-flight 1``) the overhead is the path's own latency; with more,
 a closed loop's latency is ``in_flight / throughput`` (Little's law), so it measures throughput.
@@ -131,11 +133,7 @@ def main() -> int:
         deployments = {
             "shipped": stack.deployment_id("generate-job", "sdxl"),
             "full-ca": stack.copy_deployment(
-                "generate-job",
-                "sdxl",
-                "sdxl-full-ca",
-                without_job_variables=[],
-                extra_env={"PREFECT_API_SSL_CERT_FILE": certifi.where()},
+                "generate-job", "sdxl", "sdxl-full-ca", without_job_variables=[]
             ),
             "polling": stack.copy_deployment(
                 "generate-job", "sdxl", "sdxl-polling", without_job_variables=[]
@@ -160,6 +158,7 @@ def main() -> int:
                 worker_type=None if shipped else "process",
                 name=f"{path}-worker",
                 queues=[queues[path]],
+                **({"PREFECT_API_SSL_CERT_FILE": certifi.where()} if path == "full-ca" else {}),
             )
 
         load = ", ".join(f"{v:.1f}" for v in os.getloadavg())
@@ -181,7 +180,7 @@ def main() -> int:
         wall: dict[str, float] = defaultdict(float)
         cpu: dict[str, float] = defaultdict(float)
         jobs_done: dict[str, int] = defaultdict(int)
-        memory: dict[str, list[tuple[float, float]]] = defaultdict(list)
+        memory: dict[str, list[tuple[float, float, float, float]]] = defaultdict(list)
         path_of: dict[str, str] = {}  # job id -> path
         triggered_at: dict[str, float] = {}  # job id -> epoch seconds
         per_round = max(1, args.jobs // args.rounds)
@@ -190,7 +189,7 @@ def main() -> int:
                 worker = start_worker(name)
                 closed_loop(stack, deployments[name], 2, 2)  # the worker's first runs
                 pids = (server.popen.pid, worker.popen.pid, runner.popen.pid, gpu_worker.popen.pid)
-                memory[name].append((rss_mib(worker.popen.pid), rss_mib(runner.popen.pid)))
+                worker_start, runner_start = rss_mib(worker.popen.pid), rss_mib(runner.popen.pid)
                 cpu_before = sum(tree_cpu_seconds(pid) for pid in pids)
                 started = time.monotonic()
                 triggered, ended, job_ids = closed_loop(
@@ -199,7 +198,14 @@ def main() -> int:
                 wall[name] += time.monotonic() - started
                 cpu[name] += sum(tree_cpu_seconds(pid) for pid in pids) - cpu_before
                 jobs_done[name] += len(ended)
-                memory[name].append((rss_mib(worker.popen.pid), rss_mib(runner.popen.pid)))
+                memory[name].append(
+                    (
+                        worker_start,
+                        rss_mib(worker.popen.pid),
+                        runner_start,
+                        rss_mib(runner.popen.pid),
+                    )
+                )
                 worker.stop()
                 for run_id, at in triggered.items():
                     latency[name].append(ended[run_id] - at - plain_s)
@@ -241,11 +247,13 @@ def main() -> int:
             print(f"  against {other}: overhead median {medians['shipped'] / medians[other]:.2f}, "
                   f"trigger to render median {renders['shipped'] / renders[other]:.2f}, "
                   f"CPU per job {per_job['shipped'] / per_job[other]:.2f}")  # fmt: skip
-    print("Resident memory, MiB, first -> last measurement of each path:")
+    print(f"Resident memory, MiB, start -> end of each round ({per_round} jobs, the path's worker "
+          "started anew each round):")  # fmt: skip
     for name in paths:
-        first, last = memory[name][0], memory[name][-1]
-        print(f"  {name}: flow worker {first[0]:.0f} -> {last[0]:.0f}, warm runner "
-              f"{first[1]:.0f} -> {last[1]:.0f}")  # fmt: skip
+        for worker_start, worker_end, runner_start, runner_end in memory[name]:
+            print(f"  {name}: flow worker {worker_start:.0f} -> {worker_end:.0f} "
+                  f"({100 * (worker_end - worker_start) / worker_start:+.0f} %), warm runner "
+                  f"{runner_start:.0f} -> {runner_end:.0f}")  # fmt: skip
     print(f"\nTotal {time.monotonic() - clock:.0f} s.")
     shutil.rmtree(root, ignore_errors=True)
     return 0

@@ -53,13 +53,14 @@ import sys
 import threading
 import time
 import warnings
-from collections.abc import Mapping, MutableMapping, Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from types import FrameType
 
 from pydantic import BaseModel
 
+from genjobs.plain_http_ca import spare_ca_bundle_reads, write_plain_http_ca_file
 from genjobs.tls import ssl_context
 from genjobs.warm_client import HEADER, SOCKET_NAME
 
@@ -80,6 +81,7 @@ PRELOAD = (
 a run would otherwise import on first use (measured with ``python -X importtime``)."""
 
 REQUEST_TIMEOUT_SECONDS = 5.0
+PLAIN_HTTP_CA_NAME = "warm-runner-plain-http-ca.pem"  # beside the socket
 _PR_SET_PDEATHSIG = 1
 _PEER_CREDENTIALS = struct.Struct("3i")  # pid, uid, gid of SO_PEERCRED
 
@@ -155,7 +157,9 @@ class WarmRunner:
             os.umask(old_umask)
         listener.listen(128)
         listener.setblocking(False)
-        self.plain_http_ca_file = write_plain_http_ca_file(self.socket_path.parent)
+        self.plain_http_ca_file = write_plain_http_ca_file(
+            self.socket_path.parent, PLAIN_HTTP_CA_NAME
+        )
         staging.rename(self.socket_path)
         return listener
 
@@ -483,58 +487,6 @@ def run_flow_run(run: ForkedRun) -> int:
         else:
             _EXIT.code = 0
     return _EXIT.code
-
-
-PLAIN_HTTP_CA_NAME = "warm-runner-plain-http-ca.pem"
-
-
-def write_plain_http_ca_file(folder: Path) -> Path | None:
-    """A file holding one public root certificate (the first of certifi's bundle), for
-    :func:`spare_ca_bundle_reads`; ``None`` when it cannot be written."""
-    import certifi
-
-    bundle = Path(certifi.where()).read_text()
-    end_marker = "-----END CERTIFICATE-----"
-    start = bundle.find("-----BEGIN CERTIFICATE-----")
-    end = bundle.find(end_marker, start)
-    if start < 0 or end < 0:
-        return None
-    target = folder / PLAIN_HTTP_CA_NAME
-    staging = folder / f".{PLAIN_HTTP_CA_NAME}.{os.getpid()}"
-    try:
-        staging.write_text(bundle[start : end + len(end_marker)] + "\n")
-        staging.chmod(0o600)
-        staging.replace(target)
-    except OSError as exc:
-        staging.unlink(missing_ok=True)
-        logger.warning("The warm runner could not write %s: %s", target, exc)
-        return None
-    return target
-
-
-def spare_ca_bundle_reads(environ: MutableMapping[str, str], ca_file: Path | None) -> bool:
-    """Point the run's Prefect API clients at a one-certificate CA file where the API is plain
-    HTTP; whether it did.
-
-    Every Prefect API client builds a verifying TLS context from ``PREFECT_API_SSL_CERT_FILE``
-    (default: certifi's bundle of about 150 certificates, some 16 ms of CPU to read), also for an
-    ``http://`` API, where no TLS handshake ever happens: a flow run opens about nine such
-    clients (the engine's, the log and event workers', the pull steps', the suspension observer's,
-    the block loads'), a third of a forked run's CPU. With a plain-HTTP API the file is never used
-    for a handshake, so a small one serves; an ``https://`` API, a file the operator set, or
-    ``PREFECT_API_TLS_INSECURE_SKIP_VERIFY`` leave the setting as it was.
-    """
-    api_url = environ.get("PREFECT_API_URL", "")
-    if (
-        ca_file is None
-        or not api_url.lower().startswith("http://")
-        or environ.get("PREFECT_API_SSL_CERT_FILE")
-        or environ.get("PREFECT_API_TLS_INSECURE_SKIP_VERIFY", "").lower() in ("1", "true")
-        or not ca_file.is_file()
-    ):
-        return False
-    environ["PREFECT_API_SSL_CERT_FILE"] = str(ca_file)
-    return True
 
 
 class _ExitWithoutTeardown:

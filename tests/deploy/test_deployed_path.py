@@ -26,6 +26,7 @@ import pytest
 from PIL import Image
 
 from devstack.stack import LocalStack, blocks_script, local_stack
+from entrypoints.flow_worker import WORKER_CA_NAME
 from genjobs.devserver.receiver import CallbackReceiver
 from genjobs.storage.base import asset_path, thumbnail_path
 from tests.flows.helpers import USER_ID, sdxl_job
@@ -394,6 +395,10 @@ def test_the_worker_takes_each_run_when_it_is_scheduled_not_at_its_poll(
     worker = next(p for p in stack.processes if p.name == "worker-gpu-pool")
     assert "takes flow runs of pool 'gpu-pool' as they are scheduled" in worker.output()
     assert "Worker type mismatch" not in worker.output()
+    # the API is plain HTTP: the worker's clients, and its runs', read one certificate
+    assert "reads a one-certificate CA file for its plain-HTTP API" in worker.output()
+    ca_file = stack.genjobs_home / WORKER_CA_NAME
+    assert ca_file.read_text().count("-----BEGIN CERTIFICATE-----") == 1
 
 
 def _seconds_between(earlier: str, later: str) -> float:

@@ -21,11 +21,7 @@ import certifi
 import pytest
 
 from devstack.stack import REPO_ROOT
-from genjobs.warm_runner import (
-    PLAIN_HTTP_CA_NAME,
-    spare_ca_bundle_reads,
-    write_plain_http_ca_file,
-)
+from genjobs.warm_runner import PLAIN_HTTP_CA_NAME
 
 CHILD_SCRIPT = """
 import os, signal, sys, time
@@ -135,53 +131,6 @@ def test_a_forked_run_gets_the_clients_streams_environment_folder_and_exit_code(
         pem.count("-----BEGIN CERTIFICATE-----") == 1 and pem in Path(certifi.where()).read_text()
     )
     ssl.create_default_context(cafile=str(ca_file))  # loads as a CA file
-
-
-@pytest.mark.parametrize(
-    ("environ", "spared"),
-    [
-        ({"PREFECT_API_URL": "http://prefect.internal:4200/api"}, True),
-        ({"PREFECT_API_URL": "HTTP://127.0.0.1:4200/api"}, True),
-        # TLS to the API: the real bundle stays
-        ({"PREFECT_API_URL": "https://prefect.internal/api"}, False),
-        ({"PREFECT_API_URL": "https://api.prefect.cloud/api/accounts/a/workspaces/w"}, False),
-        # what an operator set stays
-        (
-            {"PREFECT_API_URL": "http://h/api", "PREFECT_API_SSL_CERT_FILE": "/etc/ca.pem"},
-            False,
-        ),
-        (
-            {"PREFECT_API_URL": "http://h/api", "PREFECT_API_TLS_INSECURE_SKIP_VERIFY": "true"},
-            False,
-        ),
-        ({}, False),  # no API URL: an ephemeral API, left alone
-    ],
-)
-def test_only_a_plain_http_api_gets_the_small_ca_file(
-    tmp_path: Path, environ: dict[str, str], spared: bool
-) -> None:
-    ca_file = write_plain_http_ca_file(tmp_path)
-    assert ca_file is not None
-    before = dict(environ)
-    assert spare_ca_bundle_reads(environ, ca_file) is spared
-    if spared:
-        assert environ == {**before, "PREFECT_API_SSL_CERT_FILE": str(ca_file)}
-    else:
-        assert environ == before
-
-
-def test_a_ca_file_that_cannot_be_written_is_none_and_leaves_nothing_behind(
-    tmp_path: Path,
-) -> None:
-    assert write_plain_http_ca_file(tmp_path / "missing") is None
-    assert list(tmp_path.iterdir()) == []
-
-
-def test_without_its_file_the_run_keeps_the_full_bundle(tmp_path: Path) -> None:
-    environ = {"PREFECT_API_URL": "http://h/api"}
-    assert not spare_ca_bundle_reads(environ, None)
-    assert not spare_ca_bundle_reads(environ, tmp_path / "gone.pem")
-    assert environ == {"PREFECT_API_URL": "http://h/api"}
 
 
 @pytest.mark.parametrize(
