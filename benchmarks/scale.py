@@ -18,7 +18,8 @@ Then every job is checked end to end and the run prints: runs per minute sustain
 orchestration CPU seconds per job (the server, the flow worker, the warm runner and the GPU
 workers, with their children: the flow-run processes), the resident memory of the server (with
 its child processes), the flow worker, the warm runner and the GPU workers at the start and the
-end, and what was lost or duplicated:
+end (the flow worker's also at each progress report, and its growth from the first tenth of the
+jobs on), and what was lost or duplicated:
 flow runs per job (and a second trigger of a sample of finished jobs with the same idempotency
 key), renders per job (``genjobs.render.finished`` events), accepted terminal callbacks per job,
 asset rows per job, and stored objects per job. Nothing is asserted: it prints what it measured.
@@ -36,7 +37,7 @@ import sys
 import tempfile
 import time
 from collections import Counter
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from datetime import datetime
 from pathlib import Path
 from typing import Any
@@ -138,9 +139,16 @@ def percentile(values: list[float], q: float) -> float:
 
 
 def run_jobs(
-    stack: Any, deployment: str, total: int, in_flight: int, deadline: float
+    stack: Any,
+    deployment: str,
+    total: int,
+    in_flight: int,
+    deadline: float,
+    samples: list[tuple[int, float]] | None = None,
+    memory: Callable[[], float] | None = None,
 ) -> tuple[dict[str, dict[str, Any]], dict[str, float], dict[str, float]]:
-    """Closed loop: keep ``in_flight`` jobs running; returns jobs, trigger times, end times."""
+    """Closed loop: keep ``in_flight`` jobs running; returns jobs, trigger times, end times.
+    With ``memory``, each progress report appends (jobs finished, its value) to ``samples``."""
     from devstack.stack import FINAL_STATES
 
     jobs: dict[str, dict[str, Any]] = {}
@@ -166,7 +174,11 @@ def run_jobs(
                 finished[run["id"]] = time.time()
                 states[state] += 1
         if time.monotonic() - last_report > 30:
-            print(f"  {len(finished)} finished ({dict(states)}), {len(running)} in flight")
+            line = f"  {len(finished)} finished ({dict(states)}), {len(running)} in flight"
+            if memory is not None and samples is not None:
+                samples.append((len(finished), memory()))
+                line += f"; process worker {samples[-1][1]:.0f} MiB"
+            print(line)
             last_report = time.monotonic()
         time.sleep(0.2)
 
@@ -239,7 +251,16 @@ def main() -> int:
 
         started = time.monotonic()
         deadline = started + 60 * args.max_minutes
-        jobs, triggered, _ = run_jobs(stack, deployment, args.jobs, args.in_flight, deadline)
+        worker_memory = [(0, memory_start["process worker"])]
+        jobs, triggered, _ = run_jobs(
+            stack,
+            deployment,
+            args.jobs,
+            args.in_flight,
+            deadline,
+            worker_memory,
+            lambda: rss_mib(worker.popen.pid),
+        )
         wall = time.monotonic() - started
         memory_end = {
             "server": tree_rss_mib(server.popen.pid),
@@ -316,6 +337,15 @@ def main() -> int:
     print("Resident memory, MiB (start -> end; the server with its children):")
     for name in memory_start:
         print(f"  {name:15s} {memory_start[name]:8.0f} -> {memory_end[name]:8.0f}")
+    worker_memory.append((len(jobs), memory_end["process worker"]))
+    curve = ", ".join(f"{done}: {mib:.0f}" for done, mib in worker_memory)
+    print(f"  process worker by jobs finished: {curve}")
+    warm = next(((d, m) for d, m in worker_memory if d >= len(jobs) // 10), None)
+    if warm is not None and warm[1] > 0:
+        end = memory_end["process worker"]
+        growth = 100 * (end - warm[1]) / warm[1]
+        print(f"  process worker from job {warm[0]} (the first tenth done) to the end: "
+              f"{warm[1]:.0f} -> {end:.0f} MiB ({growth:+.1f} %)")  # fmt: skip
 
     def tally(counts: dict[str, int], expected: int) -> str:
         values = [counts.get(job_id, 0) for job_id in job_ids]
