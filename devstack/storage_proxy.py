@@ -16,14 +16,17 @@ Faults, set while it runs (tests use them to play a misbehaving gateway):
   its own;
 * :meth:`StorageProxy.drop_answer` passes the next K matching requests on, reads the server's
   whole answer and resets the client's connection instead of passing it back (the request took
-  effect, the client never learns it).
+  effect, the client never learns it);
+* :meth:`StorageProxy.delay` passes matching requests on S seconds late: the round trip to a
+  storage server that is not on this machine (benchmarks use it).
 
 Patterns are regular expressions searched in ``"METHOD /path"`` of the client's request (the
 path with its ``/storage/v1`` prefix and query), e.g. ``r"^PATCH /storage/v1/upload/"``.
 
 In process: ``StorageProxy(upstream).start()`` runs it on a thread of its own; ``stop()`` ends
 it. Standing: ``python3 -m devstack.storage_proxy --upstream http://127.0.0.1:5000 --port 0``
-prints ``listening on <url>`` once it accepts connections.
+prints ``listening on <url>`` once it accepts connections (``--delay-ms N``: every request
+``delay``-ed by N ms).
 """
 
 from __future__ import annotations
@@ -67,7 +70,8 @@ class ProtocolError(Exception):
 
 @dataclass
 class Fault:
-    """One injected fault; ``kind`` is ``stall``, ``reset``, ``fail`` or ``drop_answer``."""
+    """One injected fault; ``kind`` is ``stall``, ``reset``, ``fail``, ``drop_answer`` or
+    ``delay``."""
 
     kind: str
     pattern: re.Pattern[str]
@@ -400,6 +404,13 @@ class StorageProxy:
         resets the client's connection."""
         return self._add(Fault("drop_answer", re.compile(pattern), remaining=times, every=every))
 
+    def delay(self, pattern: str, *, seconds: float, times: int | None = None) -> Fault:
+        """Passes the next ``times`` matching requests (None: all) on ``seconds`` late, each on
+        its own (requests in flight together wait together)."""
+        if seconds < 0:
+            raise ValueError(f"seconds must not be negative, got {seconds}")
+        return self._add(Fault("delay", re.compile(pattern), seconds=seconds, remaining=times))
+
     def clear_faults(self) -> None:
         """Removes every fault and releases requests held by a stall."""
         with self._lock:
@@ -520,6 +531,9 @@ class StorageProxy:
             self._record(head, failure.status)
             await self._answer(writer, failure.status, "injected failure", keep=not client_close)
             return not client_close
+        delay = self._take("delay", target)
+        if delay is not None and delay.seconds:
+            await asyncio.sleep(delay.seconds)
         stall = self._take("stall", target)
         reset = self._take("reset", target)
         drop_answer = self._take("drop_answer", target)
@@ -657,11 +671,16 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--upstream", required=True, help="the storage server, http://host:port")
     parser.add_argument("--host", default="127.0.0.1")
     parser.add_argument("--port", type=int, default=0)
+    parser.add_argument(
+        "--delay-ms", type=float, default=0.0, help="pass every request on this much later"
+    )
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s")
 
     async def run() -> None:
         proxy = StorageProxy(args.upstream, host=args.host, port=args.port)
+        if args.delay_ms:
+            proxy.delay("", seconds=args.delay_ms / 1000)
         await proxy.serve()
         logger.info("listening on %s", proxy.url)
         await asyncio.Event().wait()

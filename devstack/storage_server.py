@@ -41,6 +41,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 
 from devstack import storage_build
+from devstack.databases import create_database, drop_database
 from devstack.tokens import role_key
 
 logger = logging.getLogger(__name__)
@@ -153,25 +154,11 @@ def shim_sql() -> str:
 
 def _create_database(admin_dsn: str, name: str) -> str:
     import psycopg
-    from psycopg import sql
-    from psycopg.conninfo import make_conninfo
 
-    with psycopg.connect(admin_dsn, autocommit=True) as admin:
-        admin.execute(sql.SQL("create database {}").format(sql.Identifier(name)))
-    dsn = _as_url(make_conninfo(admin_dsn, dbname=name))
+    dsn = _as_url(create_database(admin_dsn, name))
     with psycopg.connect(dsn, autocommit=True) as conn:
         conn.execute(shim_sql().encode())
     return dsn
-
-
-def _drop_database(admin_dsn: str, name: str) -> None:
-    import psycopg
-    from psycopg import sql
-
-    with psycopg.connect(admin_dsn, autocommit=True) as admin:
-        admin.execute(
-            sql.SQL("drop database if exists {} with (force)").format(sql.Identifier(name))
-        )
 
 
 def _as_url(dsn: str) -> str:
@@ -431,7 +418,7 @@ def stop(folder: Path | None = None) -> bool:
     _terminate(instance.server_pid, instance.server_started, "storage server")
     if instance.dsn or instance.database:
         try:
-            _drop_database(instance.admin_dsn, instance.database)
+            drop_database(instance.admin_dsn, instance.database)
             logger.info("Dropped database %s.", instance.database)
         except Exception as exc:  # the PostgreSQL server may already be gone
             logger.warning("Could not drop database %s: %s", instance.database, exc)

@@ -2,7 +2,8 @@
 
 ``backfill_legacy_buckets`` lists the eleven legacy buckets (contract section 7), maps every
 object onto ``{user_id}/{job_id}/{index}.{ext}`` in the target bucket and, unless it is a dry
-run (the default), copies in batches with bounded concurrency: each copy is checked before it
+run (the default), copies in batches with bounded concurrency (the next batch's target folders
+are listed while a batch copies): each copy is checked before it
 counts (its listed size and MD5 ETag, or, in a run that removes its sources, read back with the
 source's size and SHA-256), its missing ``{index}.thumb.webp`` is made, and
 every step lands in the manifest (JSON lines, see :mod:`genjobs.backfill.manifest`), which is
@@ -24,6 +25,7 @@ Neither imports torch: they run on CPU workers.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 from collections import Counter
 from datetime import UTC, datetime
 from pathlib import Path
@@ -243,15 +245,16 @@ async def backfill_legacy_buckets(
         progress = await acreate_progress_artifact(
             0.0, key="backfill-progress", description="Legacy backfill progress"
         )
-        for number, batch in enumerate(batched(work, batch_size), start=1):
-            await steps.copy_batch(number, batch)
-            writer.sync()
-            recorded = await steps.record_copies(batch)
-            if delete_sources:
-                await steps.remove_sources(batch, recorded)
-            done = min(number * batch_size, len(work))
-            await aupdate_progress_artifact(progress, 99.0 * done / len(work))
-            logger.info("Batch %d done: %d of %d source(s) handled.", number, done, len(work))
+        async with contextlib.aclosing(steps.probed_ahead(batched(work, batch_size))) as batches:
+            async for number, batch, probed in batches:
+                await steps.copy_batch(number, batch, probed)
+                writer.sync()
+                recorded = await steps.record_copies(batch)
+                if delete_sources:
+                    await steps.remove_sources(batch, recorded)
+                done = min(number * batch_size, len(work))
+                await aupdate_progress_artifact(progress, 99.0 * done / len(work))
+                logger.info("Batch %d done: %d of %d source(s) handled.", number, done, len(work))
         verified_duplicates = run.record_duplicates(duplicates)
         recorded = await steps.record_copies(verified_duplicates)
         if delete_sources:

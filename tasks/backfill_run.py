@@ -1,15 +1,18 @@
 """The backfill's batches driven through its tasks, each with the retry policy that governs it.
 
 :class:`TargetProber` lists target folders in one task and retries each folder that failed in
-its own. :class:`BackfillSteps` runs one batch (probe, copy in one task, each transiently
-failed source again in its own retried task), compares colliding sources, records verified
-copies in ``public.backfilled_objects`` and removes recorded sources; what each step decides
-and records is :class:`genjobs.backfill.run_state.BackfillRun`'s.
+its own. :class:`BackfillSteps` lists each batch's target folders while the batch before copies,
+copies a batch in one task (each transiently failed source again in its own retried task),
+compares colliding sources, records verified copies in ``public.backfilled_objects`` and removes
+recorded sources; what each step decides and records is
+:class:`genjobs.backfill.run_state.BackfillRun`'s.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
+from collections.abc import AsyncGenerator
 from dataclasses import dataclass
 from typing import Any
 
@@ -31,6 +34,9 @@ from tasks.backfill import (
 )
 from tasks.retries import database_policy, storage_policy, with_retries
 
+Probed = tuple[dict[str, ObjectInfo], dict[str, str]]
+"""Target objects found, by path, and the folders that could not be listed (folder -> error)."""
+
 
 @dataclass
 class TargetProber:
@@ -51,9 +57,7 @@ class TargetProber:
             concurrency,
         )
 
-    async def __call__(
-        self, bucket: str, prefixes: list[str]
-    ) -> tuple[dict[str, ObjectInfo], dict[str, str]]:
+    async def __call__(self, bucket: str, prefixes: list[str]) -> Probed:
         """Objects found, by path, and the folders still unlisted (folder -> error)."""
         listing: Listing = await self.batch_task(self.storage, bucket, prefixes, self.concurrency)
         found = dict(listing.found)
@@ -112,10 +116,45 @@ class BackfillSteps:
         )
         return primaries + compared, duplicates + more
 
-    async def copy_batch(self, number: int, batch: list[PlannedCopy]) -> None:
-        """Probe the batch's targets, record what starts, copy, and record every outcome."""
+    async def probe(self, batch: list[PlannedCopy]) -> Probed:
+        """What the batch's target folders hold now: objects found, by path, and the folders
+        still unlisted (folder -> error)."""
         prefixes = sorted({job_prefix_of(item) for item in batch})
-        found, unknown = await self.prober(self.run.plan.target_bucket, prefixes)
+        return await self.prober(self.run.plan.target_bucket, prefixes)
+
+    async def probed_ahead(
+        self, batches: list[list[PlannedCopy]]
+    ) -> AsyncGenerator[tuple[int, list[PlannedCopy], Probed], None]:
+        """Each batch, numbered from 1, with its probe; the next batch's target folders are
+        listed while the caller copies this one, so the storage connections do not wait for
+        the listing between batches.
+
+        Sound because no two batches share a target: each planned copy has a target and a
+        thumbnail of its own (sources mapping onto one asset are a collision group, resolved
+        to one copy), and a batch's orders read only their own paths from its probe. A probe
+        that runs while the batch before writes into the same job folder may see those other
+        objects; it never misses one that was there before the run. Use it with
+        ``contextlib.aclosing``: a probe still running when the caller stops is cancelled.
+        """
+        if not batches:
+            return
+        ahead = asyncio.ensure_future(self.probe(batches[0]))
+        try:
+            for number, batch in enumerate(batches, start=1):
+                probed = await ahead
+                if number < len(batches):
+                    ahead = asyncio.ensure_future(self.probe(batches[number]))
+                yield number, batch, probed
+        finally:
+            if not ahead.done():
+                ahead.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await ahead
+
+    async def copy_batch(self, number: int, batch: list[PlannedCopy], probed: Probed) -> None:
+        """Record what starts (given the batch's ``probed`` targets), copy, and record every
+        outcome."""
+        found, unknown = probed
         orders = self.run.orders_for(batch, found, unknown)
         if not orders:
             return

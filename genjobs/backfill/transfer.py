@@ -3,9 +3,10 @@
 Each object is downloaded once: its bytes are fingerprinted (size, SHA-256, MD5), written to the
 target (by the server where it can copy, else uploaded), and thumbnailed. A copy counts only once
 the target is verified: by its listed size and MD5 ETag, which the server computes from the bytes
-it stored, or by reading the target back and comparing size and SHA-256 where the listing carries
-no MD5 (a backend without ETags, an object stored in parts) and in a run that removes its sources
-(a source goes only once a copy with its SHA-256 is read back).
+it stored (after a server-side copy, the row the server answers the copy with holds the same size
+and ETag and spares the listing), or by reading the target back and comparing size and SHA-256
+where the listing carries no MD5 (a backend without ETags, an object stored in parts) and in a
+run that removes its sources (a source goes only once a copy with its SHA-256 is read back).
 
 :func:`copy_and_verify` raises storage errors a retry could fix and returns refusals for good
 (a MIME type or size the target refuses, a source that vanished) as a result.
@@ -125,16 +126,26 @@ def _read_optional(storage: StorageBackend, bucket: str, path: str) -> bytes | N
         raise
 
 
+@dataclass(frozen=True)
+class _Written:
+    """How :func:`_write_target` wrote a target, and the target as the server recorded it
+    where its answer said (a server-side copy's row: size and ETag)."""
+
+    method: CopyMethod
+    fell_back: bool
+    recorded: ObjectInfo | None = None
+
+
 def _write_target(
     storage: StorageBackend, item: PlannedCopy, data: bytes, server_copy: bool
-) -> tuple[CopyMethod, bool]:
+) -> _Written:
     source = item.source
     if server_copy:
         try:
-            storage.copy(
+            recorded = storage.copy(
                 source.bucket, source.path, item.target_path, destination_bucket=item.target_bucket
             )
-            return "server_copy", False
+            return _Written("server_copy", False, recorded)
         except StorageError as exc:
             if exc.retryable:
                 raise
@@ -142,9 +153,9 @@ def _write_target(
                 "Server-side copy of %s was refused (%s); uploading it instead.", item.key, exc.code
             )
             storage.put(item.target_bucket, item.target_path, data, source.content_type)
-            return "upload", True
+            return _Written("upload", True)
     storage.put(item.target_bucket, item.target_path, data, source.content_type)
-    return "upload", False
+    return _Written("upload", False)
 
 
 def copy_and_verify(
@@ -197,14 +208,15 @@ def copy_and_verify(
                 "listed); left alone",
             )
     try:
-        method, fell_back = _write_target(storage, item, data, server_copy)
+        written = _write_target(storage, item, data, server_copy)
     except StorageError as exc:
         if exc.retryable:
             raise
         return CopyResult(
             "refused", source_print, detail=f"The target refused the object: {exc.message}"
         )
-    listed = None if read_back else _listed_target(storage, item)
+    # The server's row of its copy tells what a listing would (the same size and ETag).
+    listed = None if read_back else written.recorded or _listed_target(storage, item)
     if not _target_holds(storage, item, source_print, listed):
         raise StorageError(
             f"The copy of {item.key} at {item.target_bucket}/{item.target_path} does not hold "
@@ -216,9 +228,9 @@ def copy_and_verify(
     return CopyResult(
         "copied",
         source_print,
-        method=method,
+        method=written.method,
         written=True,
-        server_copy_refused=fell_back,
+        server_copy_refused=written.fell_back,
         source_bytes=data,
     )
 

@@ -104,8 +104,9 @@ class StorageBackend(Protocol):
 
     def copy(
         self, bucket: str, source: str, destination: str, destination_bucket: str | None = None
-    ) -> None:
-        """Copy an object, server-side where the store can."""
+    ) -> ObjectInfo | None:
+        """Copy an object, server-side where the store can. Returns the destination as the
+        store recorded it (size, ETag) where its answer says, else None."""
         ...
 
     def remove(self, bucket: str, paths: builtins.list[str]) -> builtins.list[str]:

@@ -114,6 +114,7 @@ class LocalFolderStorage:
     def copy(
         self, bucket: str, source: str, destination: str, destination_bucket: str | None = None
     ) -> None:
+        """Copy through this process; returns None (the folder keeps no ETag to report)."""
         target_bucket = destination_bucket or bucket
         data = self.get(bucket, source)
         self.put(

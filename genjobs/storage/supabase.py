@@ -200,6 +200,9 @@ class SupabaseStorage:
         # Whether the server copies into another bucket (``destinationBucket``): unknown until
         # the first such copy tells (see :meth:`copy`), then fixed for this backend.
         self._copies_across_buckets: bool | None = None
+        # Buckets this backend has seen answer: an empty listing in one of them needs no
+        # request to tell that the bucket exists (see :meth:`list`).
+        self._buckets_seen: set[str] = set()
 
     @classmethod
     def from_supabase(
@@ -295,7 +298,9 @@ class SupabaseStorage:
 
         The server lists one folder level per request (folders come back with ``id`` null) and
         answers an empty list for a missing bucket; an empty result is therefore checked against
-        the bucket so that a missing one raises ``BUCKET_NOT_FOUND`` as the local backend does.
+        the bucket so that a missing one raises ``BUCKET_NOT_FOUND`` as the local backend does,
+        once per bucket and backend: a bucket that answered once is taken to exist (a bucket
+        removed since lists as empty; what is written there then fails).
         """
         folder, _, rest = prefix.rpartition("/")
         found: list[ObjectInfo] = []
@@ -314,14 +319,19 @@ class SupabaseStorage:
                             pending.append(full)
                     elif full.startswith(prefix):
                         found.append(self._object_info(full, entry))
-            if not found:
+            if not found and bucket not in self._buckets_seen:
                 self._require_bucket(bucket)
+        self._buckets_seen.add(bucket)
         return sorted(found, key=lambda info: info.path)
 
     def copy(
         self, bucket: str, source: str, destination: str, destination_bucket: str | None = None
-    ) -> None:
+    ) -> ObjectInfo | None:
         """Copy an object on the server, overwriting the destination.
+
+        Returns the destination as the server recorded it, where its answer carries the new
+        object's row (size, MIME type, ETag: servers of 1.x do); None where it does not, or
+        where the bytes went through this process.
 
         Into another bucket the server is asked to copy (``destinationBucket``) until it shows
         that it cannot: a server that does not know the field copies within the source bucket
@@ -336,7 +346,7 @@ class SupabaseStorage:
         target_bucket = destination_bucket or bucket
         if target_bucket != bucket and self._copies_across_buckets is False:
             self._copy_through_client(bucket, source, target_bucket, destination)
-            return
+            return None
         body = {"bucketId": bucket, "sourceKey": source, "destinationKey": destination}
         if target_bucket != bucket:
             body["destinationBucket"] = target_bucket
@@ -349,12 +359,13 @@ class SupabaseStorage:
                 raise
             logger.debug("Copy target %s/%s exists; overwriting it", target_bucket, destination)
             self._copy_through_client(bucket, source, target_bucket, destination)
-            return
-        if target_bucket == bucket:
-            return
+            return None
         if answer.get("Key") == f"{target_bucket}/{destination}":
-            self._copies_across_buckets = True
-            return
+            if target_bucket != bucket:
+                self._copies_across_buckets = True
+            return self._copied_info(destination, answer)
+        if target_bucket == bucket:
+            return None
         self._copies_across_buckets = False
         logger.warning(
             "The storage server does not copy into another bucket (it answered %s for a copy "
@@ -364,6 +375,7 @@ class SupabaseStorage:
         )
         self._remove_stray_copy(bucket, source, destination)
         self._copy_through_client(bucket, source, target_bucket, destination)
+        return None
 
     def _remove_stray_copy(self, bucket: str, source: str, stray: str) -> None:
         """Remove the copy a server made at ``bucket/stray`` instead of in another bucket,
@@ -496,6 +508,17 @@ class SupabaseStorage:
             created_at=_parse_time(entry.get("created_at")),
             etag=_plain_etag(metadata.get("eTag")),
         )
+
+    @classmethod
+    def _copied_info(cls, destination: str, answer: dict[str, Any]) -> ObjectInfo | None:
+        """The copy's destination from the server's answer: its row, where the answer holds
+        one for that path with a size (else None: the caller lists it instead)."""
+        metadata = answer.get("metadata")
+        if answer.get("name") != destination or not isinstance(metadata, dict):
+            return None
+        if not isinstance(metadata.get("size", metadata.get("contentLength")), int):
+            return None
+        return cls._object_info(destination, answer)
 
     def _copy_through_client(
         self, bucket: str, source: str, target_bucket: str, destination: str

@@ -28,6 +28,7 @@ from prefect.client.orchestration import get_client
 from prefect.client.schemas.filters import ArtifactFilter, ArtifactFilterFlowRunId
 from pydantic import SecretStr
 
+from devstack.databases import scratch_database
 from devstack.storage_proxy import StorageProxy
 from devstack.storage_standin import CONTRACT_BUCKETS
 from genjobs.settings import Settings
@@ -553,24 +554,11 @@ def migrated_database(prefix: str) -> Iterator[str]:
     admin_dsn = os.environ.get("GENJOBS_TEST_PG_DSN")
     if not admin_dsn:
         pytest.skip("GENJOBS_TEST_PG_DSN is not set (start one with scripts/start_postgres.sh)")
-    import psycopg
-    from psycopg import sql
-    from psycopg.conninfo import make_conninfo
-
     from genjobs.db.migrations import apply_migrations
 
-    name = f"{prefix}_{uuid.uuid4().hex[:12]}"
-    with psycopg.connect(admin_dsn, autocommit=True) as admin:
-        admin.execute(sql.SQL("create database {}").format(sql.Identifier(name)))
-    dsn = make_conninfo(admin_dsn, dbname=name)
-    try:
+    with scratch_database(admin_dsn, prefix) as dsn:
         apply_migrations(dsn, bootstrap=True)
         yield dsn
-    finally:
-        with psycopg.connect(admin_dsn, autocommit=True) as admin:
-            admin.execute(
-                sql.SQL("drop database if exists {} with (force)").format(sql.Identifier(name))
-            )
 
 
 @pytest.fixture(scope="session")

@@ -1,5 +1,6 @@
 """One download per object: the backfill's copy reads its source once and verifies the target
-by the listing's size and MD5 ETag, on the real Storage server, counted at the network seam."""
+by the listing's size and MD5 ETag (a server-side copy by the row the server answers it with), on
+the real Storage server, counted at the network seam."""
 
 from __future__ import annotations
 
@@ -136,3 +137,53 @@ def test_the_listing_tells_only_with_an_md5_etag_of_the_same_size() -> None:
     assert listed_match(in_parts, source) is None
     no_etag = ObjectInfo(path="p", size=3, content_type=None, created_at=None)
     assert listed_match(no_etag, source) is None
+
+
+def listings(proxy: StorageProxy, bucket: str) -> int:
+    listing = f"/object/list/{bucket}"
+    return sum(1 for seen in proxy.seen() if seen.method == "POST" and listing in seen.path)
+
+
+def server_copy_order(
+    real_storage: RealStorage, storage: SupabaseStorage, data: bytes, *, read_back: bool
+) -> CopyOrder:
+    """A server-side copy order for a new legacy source holding ``data``."""
+    legacy = real_storage.create_bucket("legacy")
+    storage.put(legacy, "job_4/a.png", data, "image/png")
+    return CopyOrder(
+        item=planned(legacy, "job_4/a.png"),
+        target_preexisting=False,
+        thumbnail_preexisting=False,
+        server_copy=True,
+        read_back=read_back,
+    )
+
+
+def test_a_server_copy_is_verified_by_the_servers_answer_without_a_listing(
+    real_storage: RealStorage, storage: SupabaseStorage, fault_proxy: StorageProxy
+) -> None:
+    data = png((30, 60, 90))
+    order = server_copy_order(real_storage, storage, data, read_back=False)
+    before = listings(fault_proxy, TARGET)
+
+    outcome = backfill_object(storage, order, existing={})
+
+    assert (outcome.outcome, outcome.method, outcome.written) == ("copied", "server_copy", True)
+    assert outcome.fingerprint == fingerprint(data)
+    # The copy's answer carries the new row (size, MD5 ETag): no listing, no download.
+    assert listings(fault_proxy, TARGET) == before
+    assert downloads(fault_proxy, TARGET, order.item.target_path) == 0
+    assert storage.get(TARGET, order.item.target_path) == data
+
+
+def test_a_run_that_removes_sources_reads_a_server_copy_back(
+    real_storage: RealStorage, storage: SupabaseStorage, fault_proxy: StorageProxy
+) -> None:
+    order = server_copy_order(real_storage, storage, png((90, 60, 30)), read_back=True)
+
+    outcome = backfill_object(storage, order, existing={})
+
+    assert (outcome.outcome, outcome.method) == ("copied", "server_copy")
+    # A source may go only once its copy was read back with the same SHA-256: the server's
+    # answer is not enough for that.
+    assert downloads(fault_proxy, TARGET, order.item.target_path) == 1

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import base64
 import os
+import time
 from collections.abc import Iterator
 
 import httpx
@@ -120,3 +121,24 @@ def test_faults_fail_then_reset_then_pass(
     assert passed.status_code == 200
     assert [seen.status for seen in fault_proxy.seen()] == [502, 0, 200]
     assert real_storage.object_names(real_bucket) == ["u/g.png"]
+
+
+def test_a_delay_passes_matching_requests_on_late_and_others_at_once(
+    client: httpx.Client, fault_proxy: StorageProxy, real_bucket: str
+) -> None:
+    stored = client.post(
+        f"/object/{real_bucket}/u/d.png", content=b"late", headers={"content-type": "image/png"}
+    )
+    assert stored.status_code == 200, stored.text
+    late = fault_proxy.delay(r"^GET /storage/v1/object/", seconds=0.4, times=1)
+
+    started = time.perf_counter()
+    first = client.get(f"/object/{real_bucket}/u/d.png")
+    first_seconds = time.perf_counter() - started
+    second = client.get(f"/object/{real_bucket}/u/d.png")
+
+    assert (first.content, second.content) == (b"late", b"late")
+    assert first_seconds >= 0.4
+    assert late.hits == 1  # the second one went on at once
+    with pytest.raises(ValueError, match="negative"):
+        fault_proxy.delay("", seconds=-1)

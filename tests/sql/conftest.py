@@ -9,13 +9,13 @@ rolled back, so tests never see each other's rows.
 from __future__ import annotations
 
 import os
-import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any
 
 import pytest
 
+from devstack.databases import scratch_database
 from genjobs.db.migrations import apply_migrations
 
 DSN_ENV = "GENJOBS_TEST_PG_DSN"
@@ -70,27 +70,15 @@ def schema_snapshot(dsn: str) -> dict[str, Any]:
 
 @pytest.fixture(scope="session")
 def migrated_db() -> Iterator[MigratedDatabase]:
-    import psycopg
-    from psycopg import sql
-    from psycopg.conninfo import conninfo_to_dict, make_conninfo
+    from psycopg.conninfo import conninfo_to_dict
 
-    admin_dsn = os.environ[DSN_ENV]
-    name = f"genjobs_sql_{uuid.uuid4().hex[:12]}"
-    with psycopg.connect(admin_dsn, autocommit=True) as admin:
-        admin.execute(sql.SQL("create database {}").format(sql.Identifier(name)))
-    dsn = make_conninfo(admin_dsn, dbname=name)
-    assert conninfo_to_dict(dsn)["dbname"] == name
-    try:
+    with scratch_database(os.environ[DSN_ENV], "genjobs_sql") as dsn:
+        assert conninfo_to_dict(dsn)["dbname"].startswith("genjobs_sql_")
         applied, snapshots = [], []
         for _ in range(2):
             applied.append(apply_migrations(dsn, bootstrap=True))
             snapshots.append(schema_snapshot(dsn))
         yield MigratedDatabase(dsn=dsn, applied=applied, snapshots=snapshots)
-    finally:
-        with psycopg.connect(admin_dsn, autocommit=True) as admin:
-            admin.execute(
-                sql.SQL("drop database if exists {} with (force)").format(sql.Identifier(name))
-            )
 
 
 @pytest.fixture

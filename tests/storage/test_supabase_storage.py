@@ -456,14 +456,26 @@ def test_list_descends_folders_pages_and_filters_by_prefix(
 
 
 def test_list_of_empty_and_missing_buckets(
-    real_storage: RealStorage, real_bucket: str, storage: SupabaseStorage
+    real_storage: RealStorage, real_bucket: str, fault_proxy: StorageProxy
 ) -> None:
-    assert storage.list(real_bucket) == []
-    assert storage.list(real_bucket, "u/") == []
+    with _through(real_storage, fault_proxy) as storage:
+        assert storage.list(real_bucket) == []
+        assert storage.list(real_bucket, "u/") == []
+        assert storage.list(real_bucket, "v/w/") == []
 
-    error = _storage_error(lambda: storage.list("no-such-bucket"))
+        error = _storage_error(lambda: storage.list("no-such-bucket"))
+        again = _storage_error(lambda: storage.list("no-such-bucket", "u/"))
 
-    assert (error.code, error.status, error.retryable) == ("BUCKET_NOT_FOUND", "404", False)
+    for refused in (error, again):
+        assert (refused.code, refused.status) == ("BUCKET_NOT_FOUND", "404")
+        assert not refused.retryable
+    # An empty listing asks whether its bucket exists once: the bucket that answered is known.
+    bucket_reads = [seen.path for seen in fault_proxy.seen() if "/bucket/" in seen.path]
+    assert bucket_reads == [
+        f"/storage/v1/bucket/{real_bucket}",
+        "/storage/v1/bucket/no-such-bucket",
+        "/storage/v1/bucket/no-such-bucket",
+    ]
 
 
 def test_copy_within_a_bucket_is_server_side_and_overwrites(
