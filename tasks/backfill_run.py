@@ -148,8 +148,9 @@ class BackfillSteps:
         finally:
             if not ahead.done():
                 ahead.cancel()
-                with contextlib.suppress(asyncio.CancelledError):
-                    await ahead
+            # Its result or error is no longer wanted (the caller stopped, or has it already).
+            with contextlib.suppress(asyncio.CancelledError, Exception):
+                await ahead
 
     async def copy_batch(self, number: int, batch: list[PlannedCopy], probed: Probed) -> None:
         """Record what starts (given the batch's ``probed`` targets), copy, and record every

@@ -330,7 +330,7 @@ class SupabaseStorage:
         """Copy an object on the server, overwriting the destination.
 
         Returns the destination as the server recorded it, where its answer carries the new
-        object's row (size, MIME type, ETag: servers of 1.x do); None where it does not, or
+        object's row (size, MIME type, ETag; v1.70.6 does); None where it does not, or
         where the bytes went through this process.
 
         Into another bucket the server is asked to copy (``destinationBucket``) until it shows

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import gc
 from pathlib import Path
 from typing import Any
 
@@ -178,3 +179,29 @@ async def test_a_caller_that_stops_cancels_the_probe_under_way() -> None:
                 await asyncio.sleep(0)
                 raise RuntimeError("stopped")
     assert steps.probed == ["b1", "b2"] and steps.cancelled == ["b2"]
+
+
+async def test_a_probe_that_failed_ahead_is_collected_when_its_caller_stops() -> None:
+    class FailingAhead(HeldProbes):
+        async def probe(self, batch: list[Any]) -> Probed:
+            if batch[0] == "b2":
+                raise RuntimeError("the listing failed")
+            return await super().probe(batch)
+
+    loop = asyncio.get_running_loop()
+    reported: list[dict[str, Any]] = []
+    loop.set_exception_handler(lambda _loop, context: reported.append(context))
+    try:
+        with pytest.raises(ValueError, match="stopped"):
+            async with contextlib.aclosing(
+                FailingAhead().probed_ahead([["b1"], ["b2"]])
+            ) as batches:
+                async for _number, _batch, _probed in batches:
+                    await asyncio.sleep(0.01)  # the probe ahead fails meanwhile
+                    raise ValueError("stopped")
+        gc.collect()
+        await asyncio.sleep(0)
+    finally:
+        loop.set_exception_handler(None)
+    # The failed probe's error was taken: no "Task exception was never retrieved".
+    assert reported == []
