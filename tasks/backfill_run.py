@@ -134,7 +134,9 @@ class BackfillSteps:
         to one copy), and a batch's orders read only their own paths from its probe. A probe
         that runs while the batch before writes into the same job folder may see those other
         objects; it never misses one that was there before the run. Use it with
-        ``contextlib.aclosing``: a probe still running when the caller stops is cancelled.
+        ``contextlib.aclosing``: a probe still running when the caller stops is waited for
+        (it only lists), so that its task run ends in a final state rather than Running for
+        ever, as a cancelled one would; its result or error is then dropped.
         """
         if not batches:
             return
@@ -146,10 +148,8 @@ class BackfillSteps:
                     ahead = asyncio.ensure_future(self.probe(batches[number]))
                 yield number, batch, probed
         finally:
-            if not ahead.done():
-                ahead.cancel()
-            # Its result or error is no longer wanted (the caller stopped, or has it already).
-            with contextlib.suppress(asyncio.CancelledError, Exception):
+            # The caller stopped, or has this probe's result already.
+            with contextlib.suppress(Exception):
                 await ahead
 
     async def copy_batch(self, number: int, batch: list[PlannedCopy], probed: Probed) -> None:
