@@ -2,17 +2,19 @@
 side by side in one run, with the storage server near (loopback) and far (a round trip added).
 
     eval "$(bash scripts/storage_server.sh start)"
+    eval "$(bash scripts/start_postgres.sh)"    # optional: the runs' project databases
     python benchmarks/backfill_flow_rate.py [--objects 300] [--rounds 2] [--latency-ms 0,20]
 
 Each run seeds ``--objects`` legacy SDXL images (noise PNGs of ``--size-kb``, three per job,
 ``--jobs-per-user`` jobs per user folder) into ``sdxl_image_fast`` on the real storage server and
 runs ``backfill_legacy_buckets`` (``dry_run=False``, ``batch_size`` and ``concurrency`` as given,
-``since`` the round's start so that only its own sources count) on a temporary Prefect API, once
-per path, the paths alternating, and removes what it seeded and wrote afterwards (so that each
-run's inventory lists only its own sources):
+``since`` the run's start so that only its own sources count) on a temporary Prefect API, once
+per path, the paths alternating (after one uncounted run of each), and removes what it seeded and
+wrote afterwards (so that each run's inventory lists only its own sources):
 
 - ``shipped``: the flow as it is: the next batch's target folders are listed while a batch copies,
-  and a server-side copy is verified by the row the server answers it with;
+  a server-side copy is verified by the row the server answers it with, and an empty listing
+  asks whether its bucket exists once per run;
 - ``previous``: each batch's folders listed when its turn comes, every copy verified by listing
   its folder afterwards, and every empty listing followed by a request that tells whether its
   bucket exists (the flow before; the same code with those three steps put back).
@@ -204,27 +206,34 @@ def main(argv: list[str] | None = None) -> int:
         else:
             print("GENJOBS_TEST_PG_DSN is not set: the runs record nothing in a project database.")
         seeding = SupabaseStorage.from_supabase(proxies[min(latencies)], key, timeout=60.0)
+
+        def run(path: str, count: int, name: str) -> tuple[int, float]:
+            """One backfill run of ``count`` fresh sources on ``path``: (copied, seconds)."""
+            since = datetime.now(UTC)
+            users = seed(seeding, count, payload, args.jobs_per_user)
+            with previous_path() if path == "previous" else contextlib.nullcontext():
+                started = time.perf_counter()
+                summary = asyncio.run(backfill_legacy_buckets(
+                    dry_run=False, buckets=[SOURCE], target_bucket=TARGET,
+                    batch_size=args.batch_size, concurrency=args.concurrency,
+                    since=since, manifest_path=str(Path(home) / f"{name}.jsonl"),
+                ))  # fmt: skip
+                seconds = time.perf_counter() - started
+            remove_users(seeding, users)
+            copied = summary.outcomes.get("copied", 0)
+            if copied != count:
+                print(f"  warning: {path} copied {copied} of {count}: {summary.outcomes}")
+            return copied, seconds
+
+        for path in PATHS:  # first runs, not counted: imports, the API's and the server's caches
+            os.environ["GENJOBS_SUPABASE_URL"] = proxies[min(latencies)]
+            run(path, 12, f"warm-up-{path}")
         for round_number in range(args.rounds):
             for latency in latencies:
                 os.environ["GENJOBS_SUPABASE_URL"] = proxies[latency]
                 for path in PATHS:
-                    since = datetime.now(UTC)
-                    users = seed(seeding, args.objects, payload, args.jobs_per_user)
-                    manifest = Path(home) / f"{path}-{latency}-{round_number}.jsonl"
-                    with previous_path() if path == "previous" else contextlib.nullcontext():
-                        started = time.perf_counter()
-                        summary = asyncio.run(backfill_legacy_buckets(
-                            dry_run=False, buckets=[SOURCE], target_bucket=TARGET,
-                            batch_size=args.batch_size, concurrency=args.concurrency,
-                            since=since, manifest_path=str(manifest),
-                        ))  # fmt: skip
-                        seconds = time.perf_counter() - started
-                    copied = summary.outcomes.get("copied", 0)
-                    if copied != args.objects:
-                        print(f"  warning: {path} copied {copied} of {args.objects}: "
-                              f"{summary.outcomes}")  # fmt: skip
+                    copied, seconds = run(path, args.objects, f"{path}-{latency}-{round_number}")
                     rates[(path, latency)].append(copied / seconds)
-                    remove_users(seeding, users)
                     print(f"  round {round_number + 1}, {latency:g} ms, {path}: {copied} objects "
                           f"in {seconds:.2f} s, {copied / seconds:.1f} objects/s")  # fmt: skip
         seeding.close()
