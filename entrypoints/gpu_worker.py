@@ -22,18 +22,21 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import dataclasses
 import logging
-import sys
+import os
 import time
 from collections.abc import Sequence
-from typing import Any
+from typing import Any, NoReturn
 from uuid import UUID
 
 import anyio
 from prefect.client.schemas.objects import TaskRun
 from prefect.client.subscriptions import Subscription
 from prefect.events import emit_event
+from prefect.events.worker import EventsWorker
+from prefect.logging.handlers import APILogWorker
 from prefect.settings import get_current_settings
 from prefect.task_worker import StopTaskWorker, TaskWorker
 
@@ -54,6 +57,7 @@ logger = logging.getLogger("entrypoints.gpu_worker")
 
 ALL_FAMILIES: tuple[Family, ...] = ("sdxl", "wan")
 SUBSCRIPTION_PATH = "/task_runs/subscriptions/scheduled"
+EXIT_DRAIN_SECONDS = 2.0
 
 
 class GpuTaskWorker(TaskWorker):
@@ -72,12 +76,17 @@ class GpuTaskWorker(TaskWorker):
         """Stop at once, with exit status 0, and say so. A render this process held stops with
         it, and its flow submits it again (``render_stall_seconds``).
 
-        Prefect's own handler stops the worker in Prefect's loop thread and then calls
-        ``sys.exit``; which of the two ends the process varies between runs, and one of the two
-        ends it without a word."""
+        Nothing is raised here. Prefect's own handler raises out of whatever the main thread
+        was running, and the task worker swallows it where that was the decoding of a received
+        run's parameters (the process then went on serving). The exit is handed to the event
+        loop instead, which runs it between two callbacks.
+        """
         self.stopping = True
-        logger.info("GPU worker stopped by SIGTERM.")
-        sys.exit(0)
+        try:
+            loop = asyncio.get_running_loop()
+        except RuntimeError:  # no loop runs in this thread: nothing to wait for
+            _exit_after_sigterm()
+        loop.call_soon_threadsafe(_exit_after_sigterm)
 
     def _may_take(self) -> bool:
         free = self._limiter is None or self._limiter.available_tokens >= 1
@@ -135,6 +144,17 @@ class GpuTaskWorker(TaskWorker):
                 await subscription.websocket.close()
             except Exception:  # not connected, or already closed by the server
                 logger.debug("The task subscription was already closed.")
+
+
+def _exit_after_sigterm() -> NoReturn:
+    """Say why, send what Prefect's services still hold (at most a few seconds), and exit 0."""
+    logger.info("GPU worker stopped by SIGTERM.")
+    for service in (EventsWorker, APILogWorker):
+        with contextlib.suppress(Exception):
+            service.drain_all(timeout=EXIT_DRAIN_SECONDS)
+    for handler in logger.handlers:
+        handler.flush()
+    os._exit(0)
 
 
 def gpu_connections(device: str) -> Connections:

@@ -17,15 +17,20 @@ import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
+from uuid import uuid4
 
 import httpx
 import pytest
 from prefect.client.orchestration import get_client
 from prefect.settings import get_current_settings
+from prefect.states import Cancelled
 
 from flows.generate import generate_job
 from genjobs.devserver.receiver import CallbackReceiver
-from tasks.render import SUPERSEDED
+from genjobs.jobs.payload import parse_job
+from genjobs.jobs.plan import plan_job
+from tasks.render import SUPERSEDED, render_sdxl
+from tasks.render_dispatch import submit
 from tests.deploy.test_render_dispatch import TIMED, timed_connections
 from tests.flows.helpers import sdxl_job
 
@@ -202,3 +207,27 @@ async def test_a_gpu_worker_stops_on_sigterm_with_status_zero(
 
     assert workers[0].popen.wait(timeout=30) == 0, workers[0].output()
     assert "GPU worker stopped by SIGTERM." in workers[0].output()
+
+
+async def test_a_gpu_worker_taking_a_queued_render_stops_on_sigterm_with_status_zero(
+    tmp_path: Path, model_cache: Path, workers: list[WorkerProcess]
+) -> None:
+    # A render waits in the queue, so the worker receives it as it starts and decodes its
+    # parameters (importing the flow) when the signal comes: Prefect's own handler raised out of
+    # that decoding, the task worker swallowed it and the process went on serving.
+    plan = plan_job(parse_job(sdxl_job(num_images=1)))
+    queued = await submit(render_sdxl, plan, uuid4())
+    env = worker_env(tmp_path / "home", model_cache)
+    workers.append(WorkerProcess("taking", env, tmp_path))
+    try:
+        await asyncio.wait_for(sigterm_handled(workers[0]), 120)
+
+        workers[0].popen.send_signal(signal.SIGTERM)
+
+        assert workers[0].popen.wait(timeout=30) == 0, workers[0].output()
+        assert "GPU worker stopped by SIGTERM." in workers[0].output()
+    finally:  # no later worker of this session renders it
+        async with get_client() as client:
+            await client.set_task_run_state(
+                queued, Cancelled(name=SUPERSEDED, message="test over"), force=True
+            )
