@@ -53,6 +53,20 @@ FAST = "benchmarks.fast_renderer:FastRenderer"
 RETRIGGER_SAMPLE = 50
 
 
+def add_database_argument(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--database-url",
+        help="Prefect server database, e.g. postgresql+asyncpg://user@host/db (default SQLite)",
+    )
+
+
+def clean_environment() -> None:
+    """No analytics, and none of the caller's GENJOBS_ settings: the stack sets its own."""
+    os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
+    for name in [n for n in os.environ if n.startswith("GENJOBS_")]:
+        del os.environ[name]
+
+
 def job() -> dict[str, Any]:
     return job_payload(resolution="256x256")
 
@@ -202,14 +216,9 @@ def main() -> int:
     )
     parser.add_argument("--gpu-workers", type=int, default=1)
     parser.add_argument("--max-minutes", type=float, default=60.0)
-    parser.add_argument(
-        "--database-url",
-        help="Prefect server database, e.g. postgresql+asyncpg://user@host/db (default SQLite)",
-    )
+    add_database_argument(parser)
     args = parser.parse_args()
-    os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
-    for name in [n for n in os.environ if n.startswith("GENJOBS_")]:
-        del os.environ[name]
+    clean_environment()
 
     root = Path(tempfile.mkdtemp(prefix="genjobs-scale-"))
     clock = time.monotonic()

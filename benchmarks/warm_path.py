@@ -58,6 +58,7 @@ REPO_ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO_ROOT))
 
 from benchmarks.common import job_payload  # noqa: E402
+from benchmarks.scale import add_database_argument, clean_environment  # noqa: E402
 
 SECRET = "warm-path-callback-secret"
 FAST = "benchmarks.fast_renderer:FastRenderer"
@@ -112,14 +113,12 @@ def main() -> int:
     )
     parser.add_argument("--process-limit", type=int, default=16, help="worker --limit")
     parser.add_argument("--plain-jobs", type=int, default=8, help="plain calls to subtract")
-    parser.add_argument("--database-url", help="Prefect server database (default SQLite)")
+    add_database_argument(parser)
     parser.add_argument("--paths", default=",".join(PATHS), help="which paths, comma-separated")
     args = parser.parse_args()
     paths = [name for name in args.paths.split(",") if name]
-    os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
+    clean_environment()
     os.environ["PREFECT_LOGGING_LEVEL"] = "WARNING"
-    for name in [n for n in os.environ if n.startswith("GENJOBS_")]:
-        del os.environ[name]
 
     import certifi
 

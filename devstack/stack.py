@@ -283,10 +283,12 @@ class LocalStack:
         new_name: str,
         without_job_variables: Sequence[str],
         extra_env: Mapping[str, str] | None = None,
+        **overrides: Any,
     ) -> str:
         """A second deployment of the same flow, pool and pull steps, less some job variables
         (``command``: the same jobs through the plain process worker) and with ``extra_env`` in
-        its runs' environment; returns its id."""
+        its runs' environment; returns its id. ``overrides`` replace fields of the deployment
+        (``entrypoint`` and ``flow_id``: another flow on the same pool and pull steps)."""
         source = self.request("GET", f"/deployments/name/{flow_name}/{deployment}").json()
         body = {
             key: source[key]
@@ -307,6 +309,7 @@ class LocalStack:
         if extra_env:
             job_variables["env"] = {**job_variables.get("env", {}), **extra_env}
         body.update(name=new_name, job_variables=job_variables, work_queue_name=new_name)
+        body.update(overrides)
         answer = self.request("POST", "/deployments/", json=body)
         answer.raise_for_status()
         return str(answer.json()["id"])

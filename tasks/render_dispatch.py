@@ -27,7 +27,7 @@ import logging
 import time
 from datetime import UTC, datetime, timedelta
 from typing import Any
-from uuid import UUID
+from uuid import UUID, uuid4
 
 import httpx
 
@@ -43,7 +43,6 @@ from prefect.events.filters import (
     EventResourceFilter,
 )
 from prefect.states import Cancelled, State
-from prefect.task_runs import TaskRunWaiter
 from prefect.types import DateTime
 from prefect.utilities.engine import emit_task_run_state_change_event
 
@@ -53,6 +52,7 @@ from genjobs.errors import RenderTimeout
 from genjobs.jobs.plan import RenderPlan
 from genjobs.settings import Settings
 from tasks.render import GPU_RENDER_TASKS, SUPERSEDED, render_assets
+from tasks.render_completion import RenderCompletion
 
 logger = logging.getLogger(__name__)
 
@@ -111,18 +111,33 @@ class QueuedRender:
         self.settings = settings
         self.task = GPU_RENDER_TASKS[plan.family].with_options(tags=render_tags(plan))
         self.task_run_id: UUID | None = None
+        self.completion: RenderCompletion | None = None
         self.submitted = 0.0
 
     async def submit(self) -> None:
-        TaskRunWaiter.instance()  # listen for completion events before the submission
-        self.task_run_id = await submit(self.task, self.plan)
+        """Queue the render, listening for its final state before its task run exists."""
+        await self._stop_listening()
+        task_run_id = uuid4()
+        self.completion = RenderCompletion(task_run_id)
+        await self.completion.start()
+        try:
+            self.task_run_id = await submit(self.task, self.plan, task_run_id)
+        except BaseException:
+            await self._stop_listening()
+            raise
         self.submitted = time.monotonic()
+
+    async def _stop_listening(self) -> None:
+        if self.completion is not None:
+            await self.completion.close()
+            self.completion = None
 
     async def withdraw(self, message: str) -> None:
         """Mark the queued render Cancelled/Superseded: no worker renders it any more, and one
         that already started stops at its next step."""
         if self.task_run_id is None:
             return
+        await self._stop_listening()
         async with get_client() as client:
             await client.set_task_run_state(
                 self.task_run_id, Cancelled(name=SUPERSEDED, message=message), force=True
@@ -152,6 +167,14 @@ class QueuedRender:
             RenderTimeout: The render was lost or stuck once more than ``render_resubmits``.
             JobError: Whatever the render raised (for example JobCancelled, OutOfMemory).
         """
+        try:
+            state = await self._final_state()
+        finally:
+            await self._stop_listening()
+        batch: RenderedBatch = await state.aresult()  # raises what the render raised
+        return batch
+
+    async def _final_state(self) -> State[Any]:
         plan, settings = self.plan, self.settings
         assert self.task_run_id is not None, "submit() first"
         run_logger = get_run_logger()
@@ -161,9 +184,8 @@ class QueuedRender:
         stalled = f"its worker sent no heartbeat for {settings.render_stall_seconds:.0f} s"
         while True:
             try:
-                state = await TaskRunWaiter.wait_for_task_run(
-                    self.task_run_id, timeout=settings.render_poll_seconds
-                )
+                assert self.completion is not None
+                state = await self.completion.wait(settings.render_poll_seconds)
                 if state is None:  # no completion event yet: how is it doing?
                     state = await _read_state(self.task_run_id)
             except _API_TROUBLE as exc:
@@ -218,11 +240,10 @@ class QueuedRender:
             )
             await self.submit()
             running_since = None
-        batch: RenderedBatch = await state.aresult()  # raises what the render raised
-        return batch
+        return state
 
 
-async def submit(task: Task[..., Any], plan: RenderPlan) -> UUID:
+async def submit(task: Task[..., Any], plan: RenderPlan, task_run_id: UUID) -> UUID:
     """Queue a background render, as ``task.delay(plan)`` does, on the flow's own event loop.
 
     ``delay()`` is synchronous: it runs the submission on another event loop with an API client
@@ -230,7 +251,7 @@ async def submit(task: Task[..., Any], plan: RenderPlan) -> UUID:
     and its stored parameters are created with the run's client, then the Scheduled event is
     emitted, as ``delay()`` does.
     """
-    task_run = await task.create_run(parameters={"plan": plan}, deferred=True)
+    task_run = await task.create_run(id=task_run_id, parameters={"plan": plan}, deferred=True)
     assert task_run.state is not None  # created Scheduled
     emit_task_run_state_change_event(
         task_run=task_run, initial_state=None, validated_state=task_run.state
