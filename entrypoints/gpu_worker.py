@@ -26,6 +26,7 @@ import contextlib
 import dataclasses
 import logging
 import os
+import sys
 import time
 from collections.abc import Sequence
 from typing import Any, NoReturn
@@ -152,8 +153,9 @@ def _exit_after_sigterm() -> NoReturn:
     for service in (EventsWorker, APILogWorker):
         with contextlib.suppress(Exception):
             service.drain_all(timeout=EXIT_DRAIN_SECONDS)
-    for handler in logger.handlers:
-        handler.flush()
+    for stream in (sys.stdout, sys.stderr):
+        with contextlib.suppress(Exception):
+            stream.flush()
     os._exit(0)
 
 
