@@ -13,7 +13,8 @@ legacy-sized PNGs and copies them these ways, each on fresh sources and targets:
   copy by the server or an upload, verification by the listed size and MD5 ETag, the thumbnail.
 
 It prints each rate and the backfill's rates as ratios to the previous path and to a plain
-download + upload, all measured in this one run.
+download + upload, and the server's copy as a ratio to a plain download + upload, all measured
+in this one run.
 
 The stand-in shares this process (and its GIL) with the client, so the figures compare the
 methods with each other; they are not a forecast for a remote Supabase project.
@@ -21,10 +22,15 @@ methods with each other; they are not a forecast for a remote Supabase project.
 With ``--storage-url`` and ``--service-key`` (default: GENJOBS_TEST_SUPABASE_URL and
 GENJOBS_TEST_STORAGE_SERVICE_KEY, which ``scripts/storage_server.sh start`` exports) it measures a
 real storage server instead, e.g. v1.70.6 on loopback; the source bucket is created there when
-missing.
+missing. With ``--latency-ms`` or ``--link-mbit`` it reaches that server (``--upstream-url``, the
+server itself: GENJOBS_TEST_STORAGE_UPSTREAM_URL) through a standing proxy process
+(devstack/storage_proxy.py) that passes every request on that much later and carries bodies at
+most that many megabits a second each way, all connections sharing the link: a Supabase project
+a network away, where the bytes each method moves decide its rate.
 
 Usage: ``python benchmarks/backfill_copy_rate.py [--objects 200] [--size-kb 256]
-[--storage-url URL --service-key KEY]`` (with the project installed, e.g. ``pip install -e .``).
+[--storage-url URL --service-key KEY] [--latency-ms 20 --link-mbit 100]`` (with the project
+installed, e.g. ``pip install -e .``).
 """
 
 from __future__ import annotations
@@ -39,7 +45,7 @@ import time
 import uuid
 from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
-from contextlib import contextmanager
+from contextlib import ExitStack, contextmanager
 from pathlib import Path
 
 import httpx
@@ -48,6 +54,7 @@ from PIL import Image
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # devstack is not installed
 
+from benchmarks.common import standing_proxy
 from devstack.storage_standin import StorageStandIn
 from genjobs.backfill.legacy_paths import LegacyObject, parse_legacy_path
 from genjobs.backfill.plan import PlannedCopy
@@ -104,9 +111,37 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--concurrency", type=int, default=4)
     parser.add_argument("--storage-url", default=os.environ.get("GENJOBS_TEST_SUPABASE_URL"))
     parser.add_argument("--service-key", default=os.environ.get("GENJOBS_TEST_STORAGE_SERVICE_KEY"))
+    parser.add_argument(
+        "--upstream-url",
+        default=os.environ.get("GENJOBS_TEST_STORAGE_UPSTREAM_URL"),
+        help="the storage server itself, behind the proxy of --latency-ms and --link-mbit",
+    )
+    parser.add_argument("--latency-ms", type=float, default=0.0, help="added to every request")
+    parser.add_argument(
+        "--link-mbit", type=float, default=0.0, help="link to the server, Mbit/s each way (0: none)"
+    )
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.WARNING)
+    link = ""
+    with ExitStack() as stack:
+        if args.latency_ms or args.link_mbit:
+            if not (args.upstream_url and args.service_key):
+                parser.error(
+                    "--latency-ms and --link-mbit need a real server: run "
+                    '`eval "$(bash scripts/storage_server.sh start)"` first'
+                )
+            args.storage_url = stack.enter_context(
+                standing_proxy(args.upstream_url, args.latency_ms, args.link_mbit)
+            )
+            link = f", {args.latency_ms:g} ms added to each request" + (
+                f", a link of {args.link_mbit:g} Mbit/s each way" if args.link_mbit else ""
+            )
+        results, megabytes, where = measure_all(args)
+    report(args, results, megabytes, where + link)
 
+
+def measure_all(args: argparse.Namespace) -> tuple[dict[str, float], float, str]:
+    """Seconds for each method, the megabytes of one method's objects, and the server's name."""
     with storage_server(args.storage_url, args.service_key) as (url, token, where):
         storage = SupabaseStorage.from_supabase(url, token, timeout=30.0)
         user = str(uuid.uuid4())
@@ -180,7 +215,12 @@ def main(argv: list[str] | None = None) -> None:
             "backfill, upload": backfill(server_copy=False),
         }
         storage.close()
+    return results, megabytes, where
 
+
+def report(
+    args: argparse.Namespace, results: dict[str, float], megabytes: float, where: str
+) -> None:
     print(
         f"{args.objects} objects of about {args.size_kb} KiB ({megabytes:.1f} MB), "
         f"concurrency {args.concurrency}, {where}"
@@ -196,6 +236,10 @@ def main(argv: list[str] | None = None) -> None:
             f"{name}: {previous / results[name]:.2f}x the previous backfill path, "
             f"{plain / results[name]:.2f}x a plain download + upload"
         )
+    print(
+        f"server copy, other bucket: {plain / results['server copy, other bucket']:.2f}x "
+        "a plain download + upload"
+    )
 
 
 if __name__ == "__main__":

@@ -4,6 +4,7 @@ side by side in one run, with the storage server near (loopback) and far (a roun
     eval "$(bash scripts/storage_server.sh start)"
     eval "$(bash scripts/start_postgres.sh)"    # optional: the runs' project databases
     python benchmarks/backfill_flow_rate.py [--objects 300] [--rounds 2] [--latency-ms 0,20]
+        [--link-mbit 0]
 
 Each run seeds ``--objects`` legacy SDXL images (noise PNGs of ``--size-kb``, three per job,
 ``--jobs-per-user`` jobs per user folder) into ``sdxl_image_fast`` on the real storage server and
@@ -21,7 +22,8 @@ wrote afterwards (so that each run's inventory lists only its own sources):
 
 The flow reaches the server through a standing proxy of its own (``python -m
 devstack.storage_proxy --delay-ms N``, a process beside this one) that adds ``--latency-ms`` to
-every request (0: loopback): a Supabase project is a round trip away from its workers. With
+every request (0: loopback): a Supabase project is a round trip away from its workers; with
+``--link-mbit N`` the proxy also carries bodies at most N megabits a second each way. With
 ``GENJOBS_TEST_PG_DSN`` set (scripts/start_postgres.sh) each run records
 its copies in a fresh migrated project database, as a deployed run does; else it runs without
 one (and says so). It prints objects per second for each path and latency, and the ratio. The
@@ -37,10 +39,8 @@ import contextlib
 import logging
 import os
 import statistics
-import subprocess
 import sys
 import tempfile
-import threading
 import time
 import uuid
 from collections import defaultdict
@@ -56,6 +56,7 @@ os.environ["PREFECT_LOGGING_LEVEL"] = "ERROR"  # before Prefect is imported
 os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
 
 from benchmarks.backfill_copy_rate import SOURCE, TARGET, noise_png, storage_server  # noqa: E402
+from benchmarks.common import standing_proxy  # noqa: E402
 from devstack.databases import scratch_database  # noqa: E402
 from genjobs.storage.supabase import SupabaseStorage  # noqa: E402
 from tasks.backfill_run import BackfillSteps, Probed  # noqa: E402
@@ -91,29 +92,6 @@ def previous_path() -> Iterator[None]:
         BackfillSteps.probed_ahead = shipped_probes  # type: ignore[method-assign]
         SupabaseStorage._copied_info = shipped_answer  # type: ignore[method-assign]
         SupabaseStorage.list = shipped_list  # type: ignore[method-assign]
-
-
-@contextlib.contextmanager
-def delayed_proxy(upstream: str, delay_ms: float) -> Iterator[str]:
-    """A standing storage proxy process passing every request on ``delay_ms`` late; its URL."""
-    process = subprocess.Popen(
-        [sys.executable, "-m", "devstack.storage_proxy", "--upstream", upstream,
-         "--delay-ms", str(delay_ms)],
-        cwd=REPO, stderr=subprocess.PIPE, text=True,
-    )  # fmt: skip
-    try:
-        assert process.stderr is not None
-        for line in process.stderr:
-            if "listening on " in line:
-                url = line.rsplit("listening on ", 1)[1].split()[0].rstrip(",")
-                break
-        else:
-            raise RuntimeError(f"the storage proxy ended: exit code {process.wait()}")
-        threading.Thread(target=process.stderr.read, daemon=True).start()  # keep it draining
-        yield url
-    finally:
-        process.terminate()
-        process.wait(timeout=10)
 
 
 @contextlib.contextmanager
@@ -168,6 +146,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--rounds", type=int, default=2, help="alternations of the paths")
     parser.add_argument("--latency-ms", default="0,20", help="added per request, comma-separated")
     parser.add_argument("--size-kb", type=int, default=256)
+    parser.add_argument(
+        "--link-mbit", type=float, default=0.0, help="link to the server, Mbit/s each way (0: none)"
+    )
     parser.add_argument("--jobs-per-user", type=int, default=5)
     parser.add_argument("--batch-size", type=int, default=50)
     parser.add_argument("--concurrency", type=int, default=4)
@@ -193,7 +174,7 @@ def main(argv: list[str] | None = None) -> int:
     payload = [noise_png(args.size_kb, n) for n in range(8)]
     with contextlib.ExitStack() as stack:
         proxies = {
-            latency: stack.enter_context(delayed_proxy(args.storage_url, latency))
+            latency: stack.enter_context(standing_proxy(args.storage_url, latency, args.link_mbit))
             for latency in latencies
         }
         _, key, _ = stack.enter_context(storage_server(proxies[latencies[0]], args.service_key))
@@ -240,6 +221,7 @@ def main(argv: list[str] | None = None) -> int:
 
     print(f"\n{args.objects} objects of about {args.size_kb} KiB per run, batches of "
           f"{args.batch_size}, concurrency {args.concurrency}, {args.rounds} round(s), "
+          + (f"a link of {args.link_mbit:g} Mbit/s each way, " if args.link_mbit else "") +
           "median objects/s of the whole flow (inventory, plan, copies, thumbnails, "
           "records):")  # fmt: skip
     print(f"{'added latency':<16}" + "".join(f"{p:>12}" for p in PATHS) + f"{'ratio':>9}")

@@ -7,10 +7,14 @@ API keeps the benchmark's runs out of the user's own database.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import statistics
+import subprocess
 import sys
+import threading
 import uuid
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -75,3 +79,29 @@ def figure(name: str, new: float, baseline: float, unit: str, target: str, note:
         f"ratio {ratio:.3f} (target {target})"
     )
     return f"{line}; {note}" if note else line
+
+
+@contextlib.contextmanager
+def standing_proxy(upstream: str, delay_ms: float = 0.0, link_mbit: float = 0.0) -> Iterator[str]:
+    """A storage proxy process of its own (devstack/storage_proxy.py) in front of the storage
+    server ``upstream``: every request passed on ``delay_ms`` late, bodies carried over a link
+    of ``link_mbit`` megabits a second each way (0: no limit), as a Supabase project a network
+    away is reached; yields its URL (what a client takes as SUPABASE_URL)."""
+    process = subprocess.Popen(
+        [sys.executable, "-m", "devstack.storage_proxy", "--upstream", upstream,
+         "--delay-ms", str(delay_ms), "--link-mbit", str(link_mbit)],
+        cwd=REPO_ROOT, stderr=subprocess.PIPE, text=True,
+    )  # fmt: skip
+    try:
+        assert process.stderr is not None
+        for line in process.stderr:
+            if "listening on " in line:
+                url = line.rsplit("listening on ", 1)[1].split()[0].rstrip(",")
+                break
+        else:
+            raise RuntimeError(f"the storage proxy ended: exit code {process.wait()}")
+        threading.Thread(target=process.stderr.read, daemon=True).start()  # keep it draining
+        yield url
+    finally:
+        process.terminate()
+        process.wait(timeout=10)

@@ -18,7 +18,10 @@ Faults, set while it runs (tests use them to play a misbehaving gateway):
   whole answer and resets the client's connection instead of passing it back (the request took
   effect, the client never learns it);
 * :meth:`StorageProxy.delay` passes matching requests on S seconds late: the round trip to a
-  storage server that is not on this machine (benchmarks use it).
+  storage server that is not on this machine (benchmarks use it);
+* :meth:`StorageProxy.limit_link` carries body bytes at most so fast in each direction, all
+  connections sharing one link (uploads towards the server, answers back): a storage server at
+  the end of a network link rather than on loopback (benchmarks use it).
 
 Patterns are regular expressions searched in ``"METHOD /path"`` of the client's request (the
 path with its ``/storage/v1`` prefix and query), e.g. ``r"^PATCH /storage/v1/upload/"``.
@@ -26,7 +29,7 @@ path with its ``/storage/v1`` prefix and query), e.g. ``r"^PATCH /storage/v1/upl
 In process: ``StorageProxy(upstream).start()`` runs it on a thread of its own; ``stop()`` ends
 it. Standing: ``python3 -m devstack.storage_proxy --upstream http://127.0.0.1:5000 --port 0``
 prints ``listening on <url>`` once it accepts connections (``--delay-ms N``: every request
-``delay``-ed by N ms).
+``delay``-ed by N ms; ``--link-mbit N``: ``limit_link`` to N megabits a second each way).
 """
 
 from __future__ import annotations
@@ -62,6 +65,25 @@ HOP_BY_HOP = frozenset(
 )
 MAX_HEAD = 64 * 1024
 CHUNK = 64 * 1024
+
+
+class Link:
+    """One direction of a network link of ``bytes_per_second``, shared by every connection:
+    bytes leave in the order they are offered, each chunk once the link has carried those
+    before it. Lives on the proxy's event loop (no locking)."""
+
+    def __init__(self, bytes_per_second: float) -> None:
+        if bytes_per_second <= 0:
+            raise ValueError(f"a link carries a positive rate, got {bytes_per_second}")
+        self.bytes_per_second = bytes_per_second
+        self._busy_until = 0.0
+
+    async def carry(self, size: int) -> None:
+        """Returns once ``size`` more bytes have crossed the link."""
+        loop = asyncio.get_running_loop()
+        done = max(loop.time(), self._busy_until) + size / self.bytes_per_second
+        self._busy_until = done
+        await asyncio.sleep(done - loop.time())
 
 
 class ProtocolError(Exception):
@@ -279,6 +301,8 @@ class StorageProxy:
         self._thread: threading.Thread | None = None
         self._release: asyncio.Event | None = None
         self._clients: set[asyncio.StreamWriter] = set()
+        self._uplink: Link | None = None
+        self._downlink: Link | None = None
 
     # -- lifecycle -----------------------------------------------------------------------------
     @property
@@ -410,6 +434,13 @@ class StorageProxy:
         if seconds < 0:
             raise ValueError(f"seconds must not be negative, got {seconds}")
         return self._add(Fault("delay", re.compile(pattern), seconds=seconds, remaining=times))
+
+    def limit_link(self, up_bytes_per_second: float, down_bytes_per_second: float) -> None:
+        """Carry request bodies towards the server at most ``up_bytes_per_second`` and answers'
+        bodies back at most ``down_bytes_per_second``, over all connections together. Set
+        before traffic flows; it stays until the proxy stops."""
+        self._uplink = Link(up_bytes_per_second)
+        self._downlink = Link(down_bytes_per_second)
 
     def clear_faults(self) -> None:
         """Removes every fault and releases requests held by a stall."""
@@ -563,6 +594,7 @@ class StorageProxy:
             await upstream_writer.drain()
 
             release = self._release
+            uplink = self._uplink
 
             upstream_gone = False
 
@@ -572,6 +604,8 @@ class StorageProxy:
                 nonlocal upstream_gone
                 if upstream_gone:
                     return
+                if uplink is not None and data:
+                    await uplink.carry(len(data))
                 try:
                     out.write(data)
                     await out.drain()
@@ -649,7 +683,11 @@ class StorageProxy:
         version = "HTTP/1.1"
         sink.write(_serialize(f"{version} {status_line.split(' ', 1)[1]}", out_headers))
 
+        downlink = self._downlink
+
         async def hook(_sent: int, _counted: int, data: bytes, out: asyncio.StreamWriter) -> None:
+            if downlink is not None and data:
+                await downlink.carry(len(data))
             out.write(data)
             await out.drain()
 
@@ -674,6 +712,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument(
         "--delay-ms", type=float, default=0.0, help="pass every request on this much later"
     )
+    parser.add_argument(
+        "--link-mbit",
+        type=float,
+        default=0.0,
+        help="carry bodies at most this many megabits a second each way (0: no limit)",
+    )
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s")
 
@@ -681,6 +725,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         proxy = StorageProxy(args.upstream, host=args.host, port=args.port)
         if args.delay_ms:
             proxy.delay("", seconds=args.delay_ms / 1000)
+        if args.link_mbit:
+            rate = args.link_mbit * 1e6 / 8
+            proxy.limit_link(rate, rate)
         await proxy.serve()
         logger.info("listening on %s", proxy.url)
         await asyncio.Event().wait()

@@ -3,6 +3,7 @@ the prefix in resumable-upload URLs, refusals answered before the body is all se
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import os
 import time
@@ -142,3 +143,60 @@ def test_a_delay_passes_matching_requests_on_late_and_others_at_once(
     assert late.hits == 1  # the second one went on at once
     with pytest.raises(ValueError, match="negative"):
         fault_proxy.delay("", seconds=-1)
+
+
+def test_a_limited_link_carries_bodies_unchanged_no_faster_than_its_rate_each_way(
+    client: httpx.Client, fault_proxy: StorageProxy, real_bucket: str
+) -> None:
+    # 3 MiB each way at 8 MiB/s up and 4 MiB/s down: at least 0.375 s up and 0.75 s down.
+    fault_proxy.limit_link(8 * 2**20, 4 * 2**20)
+
+    started = time.perf_counter()
+    stored = client.post(
+        f"/object/{real_bucket}/u/link.png", content=BODY, headers={"content-type": "image/png"}
+    )
+    up_seconds = time.perf_counter() - started
+    started = time.perf_counter()
+    read = client.get(f"/object/{real_bucket}/u/link.png")
+    down_seconds = time.perf_counter() - started
+
+    assert stored.status_code == 200, stored.text
+    assert read.content == BODY
+    assert up_seconds >= len(BODY) / (8 * 2**20)
+    assert down_seconds >= len(BODY) / (4 * 2**20)
+    with pytest.raises(ValueError, match="positive rate"):
+        fault_proxy.limit_link(0, 1)
+
+
+def test_a_limited_link_is_shared_by_concurrent_requests(
+    fault_proxy: StorageProxy, real_storage: RealStorage, real_bucket: str
+) -> None:
+    with httpx.Client(
+        base_url=f"{fault_proxy.url}/storage/v1", headers=real_storage.headers(), timeout=30
+    ) as http:
+        for name in ("s1", "s2"):
+            stored = http.post(
+                f"/object/{real_bucket}/u/{name}.png",
+                content=BODY,
+                headers={"content-type": "image/png"},
+            )
+            assert stored.status_code == 200, stored.text
+    fault_proxy.limit_link(64 * 2**20, 6 * 2**20)
+
+    async def both() -> list[bytes]:
+        async with httpx.AsyncClient(
+            base_url=f"{fault_proxy.url}/storage/v1", headers=real_storage.headers(), timeout=30
+        ) as http:
+            answers = await asyncio.gather(
+                http.get(f"/object/{real_bucket}/u/s1.png"),
+                http.get(f"/object/{real_bucket}/u/s2.png"),
+            )
+        return [answer.content for answer in answers]
+
+    started = time.perf_counter()
+    bodies = asyncio.run(both())
+    seconds = time.perf_counter() - started
+
+    assert bodies == [BODY, BODY]
+    # Two bodies over one 6 MiB/s link, not one each: at least twice the time of one.
+    assert seconds >= 2 * len(BODY) / (6 * 2**20)
