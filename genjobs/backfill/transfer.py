@@ -10,9 +10,10 @@ run that removes its sources (a source goes only once a copy with its SHA-256 is
 
 :func:`copy_and_verify` raises storage errors a retry could fix and returns refusals for good
 (a MIME type or size the target refuses, a source that vanished) as a result.
-:func:`run_copy_batch` does a whole batch on a bounded thread pool and reports each object's
-outcome, transient failures included (the caller retries those one by one with
-:func:`backfill_single`).
+:func:`run_copy_batch` does a whole batch and reports each object's outcome, transient failures
+included (the caller retries those one by one with :func:`backfill_single`). Its sources are
+read ahead of their copies, on threads of their own, so that the link from the server stays busy
+while earlier objects are written and thumbnailed (:class:`ReadAhead` bounds the bytes held).
 
 A batch is safe to run again: it lists the targets afresh, and an object it finds that the
 order says did not exist before the run is its own work, verified again rather than copied again.
@@ -23,7 +24,9 @@ from __future__ import annotations
 import hashlib
 import logging
 import re
-from concurrent.futures import ThreadPoolExecutor
+import threading
+from collections.abc import Callable
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Literal
 
@@ -166,6 +169,7 @@ def copy_and_verify(
     may_overwrite: bool,
     server_copy: bool,
     read_back: bool = False,
+    read_source: Callable[[], bytes] | None = None,
 ) -> CopyResult:
     """Copy one source to its target and verify the target, downloading the source once.
 
@@ -179,12 +183,14 @@ def copy_and_verify(
             when the server refuses.
         read_back: Verify the written target by reading it back (size and SHA-256) rather than
             by its listed size and MD5 ETag: a run that removes its sources does.
+        read_source: Returns the source's bytes or raises the StorageError of reading them
+            (a read started ahead); default: download the source now.
 
     Raises:
         StorageError: A retryable failure, or a verification mismatch (retryable).
     """
     try:
-        data = storage.get(item.source.bucket, item.source.path)
+        data = read_source() if read_source else storage.get(item.source.bucket, item.source.path)
     except StorageError as exc:
         if exc.retryable:
             raise
@@ -364,9 +370,13 @@ def list_prefixes(
 
 
 def backfill_object(
-    storage: StorageBackend, order: CopyOrder, existing: dict[str, ObjectInfo]
+    storage: StorageBackend,
+    order: CopyOrder,
+    existing: dict[str, ObjectInfo],
+    read_source: Callable[[], bytes] | None = None,
 ) -> CopyOutcome:
-    """Copy, verify and thumbnail one source; retryable storage errors are raised."""
+    """Copy, verify and thumbnail one source; retryable storage errors are raised.
+    ``read_source``: as for :func:`copy_and_verify`."""
     item = order.item
     target_there = item.target_path in existing
     result = copy_and_verify(
@@ -376,6 +386,7 @@ def backfill_object(
         may_overwrite=order.may_overwrite,
         server_copy=order.server_copy,
         read_back=order.read_back,
+        read_source=read_source,
     )
     base = {
         "key": item.key,
@@ -419,6 +430,44 @@ def backfill_single(storage: StorageBackend, order: CopyOrder) -> CopyOutcome:
     return backfill_object(storage, order, existing)
 
 
+READ_AHEAD_BYTES = 256 * 2**20
+"""The most source bytes a batch holds at once: read ahead, or being copied and thumbnailed."""
+
+
+class ReadAhead:
+    """Bytes held by the sources of a batch, taken in the batch's order and given back when an
+    object is done with them.
+
+    A source waits for its turn (every source before it has taken its share) and for room
+    within ``budget`` bytes; one larger than the budget goes alone, when nothing else is held.
+    Turns in order mean the earliest sources always hold their bytes, so the copies, which
+    run in order too, never wait for a read that waits on them.
+    """
+
+    def __init__(self, budget: int) -> None:
+        if budget < 1:
+            raise ValueError(f"the read-ahead budget must be at least one byte, got {budget}")
+        self.budget = budget
+        self.held = 0
+        self._turn = 0
+        self._changed = threading.Condition()
+
+    def take(self, turn: int, size: int) -> None:
+        """Block until it is ``turn``'s turn and ``size`` bytes fit, then hold them."""
+        with self._changed:
+            self._changed.wait_for(
+                lambda: self._turn == turn and (self.held == 0 or self.held + size <= self.budget)
+            )
+            self.held += size
+            self._turn += 1
+            self._changed.notify_all()
+
+    def give_back(self, size: int) -> None:
+        with self._changed:
+            self.held -= size
+            self._changed.notify_all()
+
+
 def run_copy_batch(
     storage: StorageBackend,
     orders: list[CopyOrder],
@@ -426,29 +475,48 @@ def run_copy_batch(
     target_bucket: str,
     concurrency: int,
     max_objects_per_second: float | None = None,
+    read_ahead_bytes: int = READ_AHEAD_BYTES,
 ) -> list[CopyOutcome]:
-    """Run :func:`backfill_object` for each order on ``concurrency`` threads, in order.
+    """Run :func:`backfill_object` for each order, in order, ``concurrency`` at a time, with
+    the sources read ahead on ``concurrency`` threads of their own (at most
+    ``read_ahead_bytes`` held, by the planned sizes), so that downloads go on while earlier
+    objects are written: a batch otherwise moves in step, every thread downloading, then every
+    thread uploading, each direction of the link idle half the time.
 
     Lists the targets' folders first (so a repeated attempt sees its own earlier writes).
     A retryable storage error of one object (or of its folder's listing) becomes a ``failed``
     outcome marked transient; any other exception a ``failed`` outcome that is not.
+    ``max_objects_per_second`` spaces the objects' first requests (the source reads).
     """
+    if not orders:
+        return []
     prefixes = sorted({job_prefix_of(order.item) for order in orders})
     listing = list_prefixes(storage, target_bucket, prefixes, concurrency)
     limiter = RateLimiter(max_objects_per_second)
+    held = ReadAhead(read_ahead_bytes)
+    workers = max(1, min(concurrency, len(orders)))
 
-    def one(order: CopyOrder) -> CopyOutcome:
+    def read(turn: int, order: CopyOrder) -> bytes:
+        size = max(order.item.size, 1)
+        held.take(turn, size)
+        try:
+            limiter.wait()
+            return storage.get(order.item.source.bucket, order.item.source.path)
+        except BaseException:
+            held.give_back(size)
+            raise
+
+    def one(order: CopyOrder, source: Future[bytes] | None) -> CopyOutcome:
         unlisted = listing.failed.get(job_prefix_of(order.item))
-        if unlisted is not None:
+        if unlisted is not None or source is None:
             return CopyOutcome(
                 key=order.item.key,
                 outcome="failed",
                 transient=True,
                 detail=f"the target folder could not be listed: {unlisted}",
             )
-        limiter.wait()
         try:
-            return backfill_object(storage, order, listing.found)
+            return backfill_object(storage, order, listing.found, read_source=source.result)
         except StorageError as exc:
             if not exc.retryable:
                 logger.exception("Backfill of %s failed", order.item.key)
@@ -460,11 +528,23 @@ def run_copy_batch(
             return CopyOutcome(
                 key=order.item.key, outcome="failed", detail=f"{type(exc).__name__}: {exc}"
             )
+        finally:
+            if source.exception() is None:  # waits for the read; its bytes are done with
+                held.give_back(max(order.item.size, 1))
 
-    if not orders:
-        return []
-    with ThreadPoolExecutor(max_workers=max(1, min(concurrency, len(orders)))) as pool:
-        return list(pool.map(one, orders))
+    with (
+        ThreadPoolExecutor(max_workers=workers, thread_name_prefix="backfill-read") as readers,
+        ThreadPoolExecutor(max_workers=workers, thread_name_prefix="backfill-copy") as copiers,
+    ):
+        reads: list[Future[bytes] | None] = []
+        turn = 0
+        for order in orders:
+            if job_prefix_of(order.item) in listing.failed:
+                reads.append(None)
+                continue
+            reads.append(readers.submit(read, turn, order))
+            turn += 1
+        return list(copiers.map(one, orders, reads))
 
 
 @dataclass(frozen=True)
