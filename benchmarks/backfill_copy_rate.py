@@ -54,7 +54,7 @@ from PIL import Image
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # devstack is not installed
 
-from benchmarks.common import standing_proxy
+from benchmarks.common import add_link_arguments, through_link
 from devstack.storage_standin import StorageStandIn
 from genjobs.backfill.legacy_paths import LegacyObject, parse_legacy_path
 from genjobs.backfill.plan import PlannedCopy
@@ -111,31 +111,12 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--concurrency", type=int, default=4)
     parser.add_argument("--storage-url", default=os.environ.get("GENJOBS_TEST_SUPABASE_URL"))
     parser.add_argument("--service-key", default=os.environ.get("GENJOBS_TEST_STORAGE_SERVICE_KEY"))
-    parser.add_argument(
-        "--upstream-url",
-        default=os.environ.get("GENJOBS_TEST_STORAGE_UPSTREAM_URL"),
-        help="the storage server itself, behind the proxy of --latency-ms and --link-mbit",
-    )
-    parser.add_argument("--latency-ms", type=float, default=0.0, help="added to every request")
-    parser.add_argument(
-        "--link-mbit", type=float, default=0.0, help="link to the server, Mbit/s each way (0: none)"
-    )
+    add_link_arguments(parser)
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.WARNING)
-    link = ""
     with ExitStack() as stack:
-        if args.latency_ms or args.link_mbit:
-            if not (args.upstream_url and args.service_key):
-                parser.error(
-                    "--latency-ms and --link-mbit need a real server: run "
-                    '`eval "$(bash scripts/storage_server.sh start)"` first'
-                )
-            args.storage_url = stack.enter_context(
-                standing_proxy(args.upstream_url, args.latency_ms, args.link_mbit)
-            )
-            link = f", {args.latency_ms:g} ms added to each request" + (
-                f", a link of {args.link_mbit:g} Mbit/s each way" if args.link_mbit else ""
-            )
+        linked, link = through_link(parser, args, stack)
+        args.storage_url = linked or args.storage_url
         results, megabytes, where = measure_all(args)
     report(args, results, megabytes, where + link)
 

@@ -7,6 +7,7 @@ API keeps the benchmark's runs out of the user's own database.
 
 from __future__ import annotations
 
+import argparse
 import contextlib
 import os
 import statistics
@@ -105,3 +106,35 @@ def standing_proxy(upstream: str, delay_ms: float = 0.0, link_mbit: float = 0.0)
     finally:
         process.terminate()
         process.wait(timeout=10)
+
+
+def add_link_arguments(parser: argparse.ArgumentParser) -> None:
+    """``--latency-ms`` and ``--link-mbit`` (see :func:`through_link`), and ``--upstream-url``."""
+    parser.add_argument(
+        "--upstream-url",
+        default=os.environ.get("GENJOBS_TEST_STORAGE_UPSTREAM_URL"),
+        help="the storage server itself, behind the proxy of --latency-ms and --link-mbit",
+    )
+    parser.add_argument("--latency-ms", type=float, default=0.0, help="added to every request")
+    parser.add_argument(
+        "--link-mbit", type=float, default=0.0, help="link to the server, Mbit/s each way (0: none)"
+    )
+
+
+def through_link(
+    parser: argparse.ArgumentParser, args: argparse.Namespace, stack: contextlib.ExitStack
+) -> tuple[str | None, str]:
+    """The URL of the storage server over the link that ``args`` name (a :func:`standing_proxy`
+    kept open by ``stack``; None when they name none), and a few words that say so."""
+    if not (args.latency_ms or args.link_mbit):
+        return None, ""
+    if not (args.upstream_url and args.service_key):
+        parser.error(
+            "--latency-ms and --link-mbit need a real server: run "
+            '`eval "$(bash scripts/storage_server.sh start)"` first'
+        )
+    url = stack.enter_context(standing_proxy(args.upstream_url, args.latency_ms, args.link_mbit))
+    words = f", {args.latency_ms:g} ms added to each request"
+    if args.link_mbit:
+        words += f", a link of {args.link_mbit:g} Mbit/s each way"
+    return url, words

@@ -37,7 +37,8 @@ from __future__ import annotations
 
 import builtins
 import logging
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
+from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
 from datetime import datetime
 from typing import Any
@@ -73,6 +74,9 @@ logger = logging.getLogger(__name__)
 
 DEFAULT_CACHE_CONTROL = "3600"
 LIST_PAGE_SIZE = 1000
+LIST_CONCURRENCY = 8
+"""Folders of one level a listing asks for at once: a bucket of many user folders is one
+request per folder, each a round trip to the project."""
 REMOVE_BATCH_SIZE = 1000
 STORAGE_PATH = "/storage/v1/"
 
@@ -171,6 +175,7 @@ class SupabaseStorage:
         resumable_upload_threshold_bytes: Objects larger than this go through ``resumable``.
         cache_control: ``cache-control`` seconds sent with every upload.
         list_page_size: ``limit`` of each list request.
+        list_concurrency: Folders of one level listed at once (:meth:`list`).
         owns_client: Close the client's HTTP session in :meth:`close`.
     """
 
@@ -182,10 +187,13 @@ class SupabaseStorage:
         resumable_upload_threshold_bytes: int = RESUMABLE_UPLOAD_THRESHOLD,
         cache_control: str = DEFAULT_CACHE_CONTROL,
         list_page_size: int = LIST_PAGE_SIZE,
+        list_concurrency: int = LIST_CONCURRENCY,
         owns_client: bool = False,
     ):
         if list_page_size < 1:
             raise ValueError(f"list_page_size must be at least 1, got {list_page_size}")
+        if list_concurrency < 1:
+            raise ValueError(f"list_concurrency must be at least 1, got {list_concurrency}")
         self._client = client
         if resumable_upload_threshold_bytes < 1:
             raise ValueError(
@@ -196,6 +204,7 @@ class SupabaseStorage:
         self.resumable_upload_threshold_bytes = resumable_upload_threshold_bytes
         self.cache_control = cache_control
         self.list_page_size = list_page_size
+        self.list_concurrency = list_concurrency
         self._owns_client = owns_client
         # Whether the server copies into another bucket (``destinationBucket``): unknown until
         # the first such copy tells (see :meth:`copy`), then fixed for this backend.
@@ -296,29 +305,35 @@ class SupabaseStorage:
     def list(self, bucket: str, prefix: str = "") -> list[ObjectInfo]:
         """Every object whose path starts with ``prefix``, descending into folders.
 
-        The server lists one folder level per request (folders come back with ``id`` null) and
-        answers an empty list for a missing bucket; an empty result is therefore checked against
+        The server lists one folder level per request (folders come back with ``id`` null), so
+        the folders of each level are listed ``list_concurrency`` at a time. It answers an empty
+        list for a missing bucket; an empty result is therefore checked against
         the bucket so that a missing one raises ``BUCKET_NOT_FOUND`` as the local backend does,
         once per bucket and backend: a bucket that answered once is taken to exist (a bucket
         removed since lists as empty; what is written there then fails).
         """
         folder, _, rest = prefix.rpartition("/")
         found: list[ObjectInfo] = []
-        pending = [folder]
+        level = [folder]
+
+        def entries(current: str) -> list[dict[str, Any]]:
+            return list(self._list_folder(bucket, current, rest if current == folder else ""))
+
         with translate_errors("list", f"{bucket}/{prefix}"):
-            while pending:
-                current = pending.pop()
-                search = rest if current == folder else ""
-                for entry in self._list_folder(bucket, current, search):
-                    name = entry.get("name")
-                    if not isinstance(name, str) or not name:
-                        continue
-                    full = f"{current}/{name}" if current else name
-                    if entry.get("id") is None:
-                        if (full + "/").startswith(prefix) or prefix.startswith(full + "/"):
-                            pending.append(full)
-                    elif full.startswith(prefix):
-                        found.append(self._object_info(full, entry))
+            while level:
+                deeper: list[str] = []
+                for current, listed in zip(level, self._each_folder(entries, level), strict=True):
+                    for entry in listed:
+                        name = entry.get("name")
+                        if not isinstance(name, str) or not name:
+                            continue
+                        full = f"{current}/{name}" if current else name
+                        if entry.get("id") is None:
+                            if (full + "/").startswith(prefix) or prefix.startswith(full + "/"):
+                                deeper.append(full)
+                        elif full.startswith(prefix):
+                            found.append(self._object_info(full, entry))
+                level = deeper
             if not found and bucket not in self._buckets_seen:
                 self._require_bucket(bucket)
         self._buckets_seen.add(bucket)
@@ -472,6 +487,18 @@ class SupabaseStorage:
                 code=exc.code,
                 retryable=False,
             ) from exc.__cause__
+
+    def _each_folder(
+        self,
+        entries: Callable[[str], builtins.list[dict[str, Any]]],
+        folders: builtins.list[str],
+    ) -> builtins.list[builtins.list[dict[str, Any]]]:
+        """``entries(folder)`` of each folder, in order, ``list_concurrency`` at a time."""
+        if len(folders) == 1 or self.list_concurrency == 1:
+            return [entries(folder) for folder in folders]
+        workers = min(self.list_concurrency, len(folders))
+        with ThreadPoolExecutor(max_workers=workers, thread_name_prefix="storage-list") as pool:
+            return builtins.list(pool.map(entries, folders))
 
     def _list_folder(self, bucket: str, folder: str, search: str) -> Iterator[dict[str, Any]]:
         offset = 0

@@ -10,6 +10,8 @@ import json
 import logging
 import random
 import socket
+import threading
+import time
 import uuid
 from collections.abc import Callable
 from datetime import UTC, datetime
@@ -453,6 +455,43 @@ def test_list_descends_folders_pages_and_filters_by_prefix(
     assert first.etag == hashlib.md5(b"x").hexdigest()
     list_calls = [seen for seen in fault_proxy.seen() if "/object/list/" in seen.path]
     assert len(list_calls) > len({seen.path for seen in list_calls})
+
+
+def test_list_asks_for_the_folders_of_a_level_at_once_and_misses_none(
+    real_storage: RealStorage, real_bucket: str, fault_proxy: StorageProxy
+) -> None:
+    # Nine user folders (one with a folder of its own), more than the four listed at once.
+    names = [f"user-{n}/job_{n}_1754611200.png" for n in range(9)] + [
+        "user-0/deeper/0.png",
+        "user-0/deeper/1.png",
+        "root.png",
+    ]
+    with real_storage.backend() as seeding:
+        for name in names:
+            seeding.put(real_bucket, name, name.encode(), "image/png")
+    listing = fault_proxy.delay(r"^POST /storage/v1/object/list/", seconds=0.5)
+    result: list[list[str]] = []
+
+    def walk() -> None:
+        with _through(real_storage, fault_proxy, list_concurrency=4, list_page_size=5) as storage:
+            result.append([info.path for info in storage.list(real_bucket)])
+
+    walker = threading.Thread(target=walk)
+    walker.start()
+    samples: list[tuple[float, int]] = []  # (when, list requests arrived so far)
+    while walker.is_alive():
+        samples.append((time.monotonic(), listing.hits))
+        time.sleep(0.02)
+    walker.join()
+    # Requests held 0.5 s each: one after another, at most two arrive within 0.25 s.
+    most_within = max(
+        later - hits for at, hits in samples for when, later in samples if 0 <= when - at <= 0.25
+    )
+
+    assert result == [sorted(names)]
+    assert most_within >= 4
+    with pytest.raises(ValueError, match="list_concurrency"):
+        _through(real_storage, fault_proxy, list_concurrency=0)
 
 
 def test_list_of_empty_and_missing_buckets(
