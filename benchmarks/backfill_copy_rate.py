@@ -16,6 +16,9 @@ It prints each rate and the backfill's rates as ratios to the previous path and 
 download + upload, and the server's copy as a ratio to a plain download + upload, all measured
 in this one run.
 
+Afterwards it removes what it seeded and wrote (everything under its own fresh user folder in
+both buckets), so that a later run's inventory does not list it.
+
 The stand-in shares this process (and its GIL) with the client, so the figures compare the
 methods with each other; they are not a forecast for a remote Supabase project.
 
@@ -104,6 +107,16 @@ def storage_server(url: str | None, key: str | None) -> Iterator[tuple[str, str,
         yield standin.url, standin.token(), "stand-in in this process"
 
 
+def remove_users(storage: SupabaseStorage, users: list[str]) -> None:
+    """Remove what a run seeded and wrote (the benchmark's own users), so that the next run's
+    inventory lists only its own sources."""
+    for bucket in (SOURCE, TARGET):
+        for user in users:
+            paths = [info.path for info in storage.list(bucket, f"{user}/")]
+            if paths:
+                storage.remove(bucket, paths)
+
+
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--objects", type=int, default=200)
@@ -187,15 +200,18 @@ def measure_all(args: argparse.Namespace) -> tuple[dict[str, float], float, str]
             assert methods == {"server_copy" if server_copy else "upload"}, methods
             return seconds
 
-        results = {
-            "server copy, same bucket": measure(same_bucket),
-            "server copy, other bucket": measure(other_bucket),
-            "download + upload": measure(through_client),
-            "previous backfill path": measure(previous_path),
-            "backfill, server copy": backfill(server_copy=True),
-            "backfill, upload": backfill(server_copy=False),
-        }
-        storage.close()
+        try:
+            results = {
+                "server copy, same bucket": measure(same_bucket),
+                "server copy, other bucket": measure(other_bucket),
+                "download + upload": measure(through_client),
+                "previous backfill path": measure(previous_path),
+                "backfill, server copy": backfill(server_copy=True),
+                "backfill, upload": backfill(server_copy=False),
+            }
+        finally:
+            remove_users(storage, [user])  # its own fresh folder, so that no later run lists it
+            storage.close()
     return results, megabytes, where
 
 

@@ -55,7 +55,13 @@ sys.path.insert(0, str(REPO))  # devstack is not installed
 os.environ["PREFECT_LOGGING_LEVEL"] = "ERROR"  # before Prefect is imported
 os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
 
-from benchmarks.backfill_copy_rate import SOURCE, TARGET, noise_png, storage_server  # noqa: E402
+from benchmarks.backfill_copy_rate import (  # noqa: E402
+    SOURCE,
+    TARGET,
+    noise_png,
+    remove_users,
+    storage_server,
+)
 from benchmarks.common import standing_proxy  # noqa: E402
 from devstack.databases import scratch_database  # noqa: E402
 from genjobs.storage.supabase import SupabaseStorage  # noqa: E402
@@ -128,16 +134,6 @@ def seed(
             )
         )
     return sorted({path.split("/", 1)[0] for path in paths})
-
-
-def remove_users(storage: SupabaseStorage, users: list[str]) -> None:
-    """Remove what a run seeded and wrote (the benchmark's own users), so that the next run's
-    inventory lists only its own sources."""
-    for bucket in (SOURCE, TARGET):
-        for user in users:
-            paths = [info.path for info in storage.list(bucket, f"{user}/")]
-            if paths:
-                storage.remove(bucket, paths)
 
 
 def main(argv: list[str] | None = None) -> int:
