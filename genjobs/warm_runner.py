@@ -408,16 +408,21 @@ def _warm_up() -> None:
       project's worker type among them, about 0.2 s);
     - complete Prefect's client schemas, which pydantic otherwise builds in each process on
       their first validation (the flow run, the deployment, the state updates: about 8 % of a
-      forked run's CPU);
+      forked run's CPU), and its event, event filter and artifact models (the pull step's
+      event and the suspension observer's filter before the run proposes Running, the
+      render's completion filter, the asset artifacts: about 7 ms of each run's CPU);
     - build the project's TLS context (genjobs/tls.py), which reads the CA bundle (about 6 %).
 
     None of it starts a thread or opens a connection.
     """
+    from prefect import artifacts
     from prefect.client.schemas import actions, filters, objects, responses
+    from prefect.events import filters as event_filters
+    from prefect.events.schemas import events
     from prefect.plugins import load_prefect_collections
 
     load_prefect_collections()
-    for module in (objects, responses, actions, filters):
+    for module in (objects, responses, actions, filters, events, event_filters, artifacts):
         for value in vars(module).values():
             if (
                 isinstance(value, type)

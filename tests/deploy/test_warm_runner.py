@@ -202,7 +202,13 @@ def test_preloading_the_generation_flow_starts_no_thread(tmp_path: Path) -> None
         "from genjobs.warm_runner import PRELOAD, WarmRunner\n"
         "WarmRunner(Path('unused.sock')).preload()\n"
         "import flows.generate, prefect.flow_engine\n"
-        "print(threading.active_count(), sorted(PRELOAD))\n"
+        "from prefect.artifacts import MarkdownArtifact\n"
+        "from prefect.client.schemas.objects import FlowRun\n"
+        "from prefect.events.filters import EventFilter\n"
+        "from prefect.events.schemas.events import Event\n"
+        "models = (FlowRun, Event, EventFilter, MarkdownArtifact)\n"
+        "built = [model.__pydantic_complete__ for model in models]\n"
+        "print(threading.active_count(), all(built), sorted(PRELOAD))\n"
     )
     done = subprocess.run(
         [sys.executable, "-c", code],
@@ -213,6 +219,9 @@ def test_preloading_the_generation_flow_starts_no_thread(tmp_path: Path) -> None
         timeout=120,
     )
     assert done.returncode == 0, done.stderr
-    count, _ = done.stdout.split(" ", 1)
+    count, built, _ = done.stdout.split(" ", 2)
     assert count == "1"
+    # The models a forked run builds first (its flow run, the pull step's event, the
+    # suspension observer's filter, the asset artifacts) are complete before any fork.
+    assert built == "True"
     assert "flows.generate" in done.stdout
