@@ -61,6 +61,7 @@ from types import FrameType
 from pydantic import BaseModel
 
 from genjobs.plain_http_ca import spare_ca_bundle_reads, write_plain_http_ca_file
+from genjobs.settings import make_private_dir
 from genjobs.tls import ssl_context
 from genjobs.warm_client import HEADER, SOCKET_NAME
 
@@ -135,7 +136,9 @@ class WarmRunner:
         return time.perf_counter() - started
 
     def _listen(self) -> socket.socket:
-        self.socket_path.parent.mkdir(parents=True, exist_ok=True)
+        # Usually GENJOBS_HOME, which holds undelivered callbacks: a folder made here is
+        # private (0700), as the flows make it; one that exists stays as it is.
+        make_private_dir(self.socket_path.parent)
         with contextlib.suppress(FileNotFoundError):
             probe = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
             with probe:

@@ -225,3 +225,23 @@ def test_preloading_the_generation_flow_starts_no_thread(tmp_path: Path) -> None
     # suspension observer's filter, the asset artifacts) are complete before any fork.
     assert built == "True"
     assert "flows.generate" in done.stdout
+
+
+def test_a_runner_makes_the_missing_folder_of_its_socket_private(tmp_path: Path) -> None:
+    """The socket's folder is usually GENJOBS_HOME (undelivered callbacks): a runner started
+    before any flow made it must not make it readable by other users."""
+    script = tmp_path / "runner.py"
+    script.write_text(CHILD_SCRIPT)
+    sock = tmp_path / "home" / "state" / "runner.sock"
+    with (tmp_path / "runner.log").open("wb") as log:
+        process = subprocess.Popen(
+            [sys.executable, str(script), str(sock)], env=_env(), stdout=log, stderr=log
+        )
+        try:
+            _wait_for(sock.exists, "the runner's socket")
+        finally:
+            process.send_signal(signal.SIGTERM)
+            process.wait(timeout=30)
+
+    modes = [(tmp_path / "home").stat().st_mode & 0o777, sock.parent.stat().st_mode & 0o777]
+    assert modes == [0o700, 0o700]
