@@ -18,10 +18,15 @@ bundle's OpenSSL memory grew a process worker from 95 to 215 MiB over 1,000 jobs
 (Prefect passes a worker's settings on to its runs), so the file is never removed: a run may
 outlive the worker.
 
+As it takes a generation run whose renders go to the GPU workers, the worker validates the
+payload and queues the render itself, before it starts the run's process: the GPU worker renders
+while the run starts, and the run adopts that render (tasks/render_ahead.py). It does so only
+where the run's Prefect settings are its own; a refused payload is queued nothing.
+
 Everything else is the process worker's, unchanged: the job template and its variables, the
 flow-run command (``python -m genjobs.warm_client`` on the GPU pool), the limit, cancellation and
 crash reporting. Only public members of Prefect's worker classes are used: ``setup``,
-``teardown`` and ``get_and_submit_flow_runs``.
+``teardown``, ``run`` and ``get_and_submit_flow_runs``.
 
 The project registers the type through the ``prefect.collections`` entry point, so with the
 project installed::
@@ -41,15 +46,18 @@ from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
+import anyio.abc
+from prefect.client.schemas.objects import FlowRun
 from prefect.events import Event
 from prefect.events.clients import get_events_subscriber
 from prefect.events.filters import EventFilter, EventNameFilter
 from prefect.logging.loggers import get_worker_logger
 from prefect.settings import PREFECT_API_SSL_CERT_FILE, get_current_settings, temporary_settings
-from prefect.workers.process import ProcessWorker
+from prefect.workers.process import ProcessJobConfiguration, ProcessWorker, ProcessWorkerResult
 
 from genjobs.plain_http_ca import spares_bundle, write_plain_http_ca_file
 from genjobs.settings import Settings
+from tasks.render_ahead import plan_ahead, queue_render_ahead, settings_differ
 
 WAKE_EVENT = "prefect.flow-run.Scheduled"
 RESUBSCRIBE_SECONDS = 5.0
@@ -151,6 +159,52 @@ class EventDrivenProcessWorker(ProcessWorker):
             await super().teardown(*exc_info)
         finally:
             self._leave_settings()
+
+    async def run(
+        self,
+        flow_run: FlowRun,
+        configuration: ProcessJobConfiguration,
+        task_status: anyio.abc.TaskStatus[int] | None = None,
+    ) -> ProcessWorkerResult:
+        """Queue the run's render (where it is a generation run), then run it as the process
+        worker does."""
+        await self._queue_render_ahead(flow_run, configuration)
+        return await super().run(flow_run, configuration, task_status)
+
+    async def _queue_render_ahead(
+        self, flow_run: FlowRun, configuration: ProcessJobConfiguration
+    ) -> None:
+        """Queue the render of ``flow_run`` (tasks/render_ahead.py); never raises: the run
+        queues its own render where this one is not there."""
+        logger = get_worker_logger(self)
+        try:
+            plan = plan_ahead(
+                configuration.labels.get("prefect.io/flow-name"),
+                flow_run.parameters,
+                configuration.env,
+            )
+            if plan is None:
+                return
+            differ = settings_differ(configuration.env)
+            if differ:
+                logger.info(
+                    "Worker %r leaves the render of flow run %s to the run: its Prefect "
+                    "settings differ from the worker's (%s).",
+                    self.name,
+                    flow_run.id,
+                    ", ".join(differ),
+                )
+                return
+            await queue_render_ahead(flow_run.id, plan)
+        except Exception as exc:
+            logger.warning(
+                "Worker %r could not queue the render of flow run %s; the run queues it itself: %s",
+                self.name,
+                flow_run.id,
+                exc,
+            )
+            return
+        logger.info("Worker %r queued the render of job %s.", self.name, plan.job_id)
 
     def _leave_settings(self) -> None:
         self._settings.close()

@@ -50,6 +50,7 @@ from tasks.encode import encode_assets
 from tasks.hook_context import hook_run_context
 from tasks.metadata import assemble_metadata, publish_asset_artifacts
 from tasks.render import FlowRunCancelled
+from tasks.render_ahead import GENERATE_FLOW_NAME
 from tasks.render_dispatch import start_render
 from tasks.run_logger import run_logger
 from tasks.upload import check_job_folder, undo_uploads, upload_job_assets
@@ -226,7 +227,7 @@ async def _callback_delivered(flow_run: FlowRun) -> bool | None:
 
 
 @flow(
-    name="generate-job",
+    name=GENERATE_FLOW_NAME,
     flow_run_name=_flow_run_name,
     # Nothing of a run is persisted: its outcome goes to the backend in the callback. Naming
     # both spares every run Prefect's three look-ups of the server's default result storage.

@@ -32,15 +32,15 @@ import os
 import socket
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Coroutine, Iterator
 from contextvars import ContextVar
 from typing import Any
 from uuid import UUID
 
 import httpx
 import numpy as np
-from prefect import get_run_logger, task
-from prefect.artifacts import create_progress_artifact, update_progress_artifact
+from prefect import Task, get_run_logger, task
+from prefect.artifacts import ProgressArtifact, update_progress_artifact
 from prefect.cache_policies import NO_CACHE
 from prefect.client.orchestration import SyncPrefectClient, get_client
 from prefect.client.schemas.objects import StateType
@@ -139,13 +139,14 @@ class RenderWatch:
 
     # -- before and after the pipeline -------------------------------------------------------
     def start(self) -> None:
-        """Before the pipeline: a background render checks it was not superseded while it
-        waited in the queue (Prefect itself refuses to start it once its flow run stopped)."""
+        """Before the pipeline: a background render checks that it was not superseded while it
+        waited in the queue and that its flow run has not ended (a run whose process never
+        started, for one; tasks/render_ahead.py)."""
         if self.background:
             with get_client(sync_client=True) as client:
                 self.client = client
                 try:
-                    self._probe(self._superseded_while_queued)
+                    self._probe(self._stopped_while_queued)
                 finally:
                     self.client = None
             if self._stop is not None:
@@ -170,15 +171,18 @@ class RenderWatch:
             self._monitor.join(timeout=30)
 
     # The artifact helpers pick their async form inside an async task run, even in this thread;
-    # ``_sync=True`` asks for the blocking form the monitor thread needs.
+    # ``_sync=True`` asks for the blocking form the monitor thread needs. The flow run is named:
+    # a render its worker queued (tasks/render_ahead.py) runs without the run's context.
     def _create_artifact(self) -> None:
+        artifact = ProgressArtifact(
+            progress=0.0,
+            key=f"render-progress-{self.plan.job_id}",
+            description=f"Render of job {self.plan.job_id} ({self.plan.job_type})",
+            flow_run_id=self.flow_run_id,
+        )
         try:
-            self._artifact_id = create_progress_artifact(  # type: ignore[assignment, call-arg]
-                progress=0.0,
-                key=f"render-progress-{self.plan.job_id}",
-                description=f"Render of job {self.plan.job_id} ({self.plan.job_type})",
-                _sync=True,
-            )
+            created = artifact.create(_sync=True)  # type: ignore[call-arg]
+            self._artifact_id = created.id  # type: ignore[union-attr]
         except Exception as exc:
             logger.warning(
                 "Could not create the progress artifact of job %s: %s", self.plan.job_id, exc
@@ -254,12 +258,21 @@ class RenderWatch:
             return f"The render of job {self.plan.job_id} was superseded by a new submission"
         return None
 
+    def _stopped_while_queued(self) -> str | None:
+        return self._superseded_while_queued() or self._flow_run_stop_reason()
+
     def _stop_reason(self) -> str | None:
         assert self.client is not None
         if self.background and self.task_run_id is not None:
             state = self.client.read_task_run(self.task_run_id).state
             if state is not None and state.name == SUPERSEDED:
                 return f"The render of job {self.plan.job_id} was superseded by a new submission"
+        return self._flow_run_stop_reason()
+
+    def _flow_run_stop_reason(self) -> str | None:
+        """Why the render's flow run wants it no more: it was cancelled (raises
+        :class:`FlowRunCancelled`) or it ended; ``None`` while it waits for the render."""
+        assert self.client is not None
         if self.flow_run_id is None:
             return None
         flow_state = self.client.read_flow_run(self.flow_run_id).state
@@ -422,3 +435,13 @@ async def render_wan(plan: RenderPlan) -> RenderedBatch:
 
 GPU_RENDER_TASKS = {"sdxl": render_sdxl, "wan": render_wan}
 """The background task each model family's renders go to on the GPU workers."""
+
+
+def render_tags(plan: RenderPlan) -> list[str]:
+    """Tags of a render task run: the job type and model family, and ``gpu``."""
+    return ["gpu", f"job-type:{plan.job_type}", f"family:{plan.family}"]
+
+
+def gpu_render_task(plan: RenderPlan) -> Task[[RenderPlan], Coroutine[Any, Any, RenderedBatch]]:
+    """The background task that renders ``plan`` on the GPU workers, with its tags."""
+    return GPU_RENDER_TASKS[plan.family].with_options(tags=render_tags(plan))

@@ -83,6 +83,11 @@ class RenderCompletion:
         except Exception as exc:  # the flow polls instead
             logger.debug("The final state of render %s is polled: %s", self.task_run_id, exc)
 
+    def ended(self, state: State[Any]) -> None:
+        """The render's final state, read from the API: :meth:`wait` returns it at once."""
+        self.state = state
+        self._arrived.set()
+
     async def wait(self, timeout: float) -> State[Any] | None:
         """The render's final state, or ``None`` if it has not arrived within ``timeout``."""
         with contextlib.suppress(TimeoutError):

@@ -36,12 +36,14 @@ import prefect.task_worker  # noqa: F401
 from prefect import Task, get_run_logger
 from prefect.client.orchestration import get_client
 from prefect.client.schemas.objects import StateType
+from prefect.context import FlowRunContext
 from prefect.events.filters import (
     EventFilter,
     EventNameFilter,
     EventOccurredFilter,
     EventResourceFilter,
 )
+from prefect.exceptions import ObjectNotFound
 from prefect.states import Cancelled, State
 from prefect.types import DateTime
 from prefect.utilities.engine import emit_task_run_state_change_event
@@ -51,7 +53,8 @@ from genjobs.connections import Connections
 from genjobs.errors import RenderTimeout
 from genjobs.jobs.plan import RenderPlan
 from genjobs.settings import Settings
-from tasks.render import GPU_RENDER_TASKS, SUPERSEDED, render_assets
+from tasks.render import SUPERSEDED, gpu_render_task, render_assets, render_tags
+from tasks.render_ahead import plan_key, render_ahead_id
 from tasks.render_completion import RenderCompletion
 
 logger = logging.getLogger(__name__)
@@ -65,11 +68,6 @@ _API_TROUBLE = (httpx.HTTPError, OSError)
 def heartbeat_resource(task_run_id: UUID) -> dict[str, str]:
     """The resource of a render's heartbeat events: the render's task run."""
     return {"prefect.resource.id": f"genjobs.render.{task_run_id}"}
-
-
-def render_tags(plan: RenderPlan) -> list[str]:
-    """Tags of a render task run: the job type and model family, and ``gpu``."""
-    return ["gpu", f"job-type:{plan.job_type}", f"family:{plan.family}"]
 
 
 class LocalRender:
@@ -97,7 +95,8 @@ async def start_render(plan: RenderPlan, settings: Settings) -> LocalRender | Qu
     """
     if settings.render_dispatch == "gpu_workers":
         queued = QueuedRender(plan, settings)
-        await queued.submit()
+        if not await queued.adopt():
+            await queued.submit()
         return queued
     return LocalRender(plan)
 
@@ -109,7 +108,7 @@ class QueuedRender:
     def __init__(self, plan: RenderPlan, settings: Settings) -> None:
         self.plan = plan
         self.settings = settings
-        self.task = GPU_RENDER_TASKS[plan.family].with_options(tags=render_tags(plan))
+        self.task = gpu_render_task(plan)
         self.task_run_id: UUID | None = None
         self.completion: RenderCompletion | None = None
         self.submitted = 0.0
@@ -126,6 +125,37 @@ class QueuedRender:
             await self._stop_listening()
             raise
         self.submitted = time.monotonic()
+
+    async def adopt(self) -> bool:
+        """Take over the render the project's worker queued for this flow run, where it
+        queued one of this plan (tasks/render_ahead.py); ``False`` where there is none to take
+        over (one of another plan is withdrawn first).
+        """
+        flow_run = FlowRunContext.get()
+        if flow_run is None or flow_run.flow_run is None:
+            return False
+        task_run_id = render_ahead_id(flow_run.flow_run.id)
+        self.completion = RenderCompletion(task_run_id)  # before the read: no end is missed
+        await self.completion.start()
+        try:
+            async with get_client() as client:
+                task_run = await client.read_task_run(task_run_id)
+        except ObjectNotFound:
+            await self._stop_listening()
+            return False
+        except BaseException:
+            await self._stop_listening()
+            raise
+        self.task_run_id = task_run_id
+        self.submitted = time.monotonic()
+        if task_run.dynamic_key != plan_key(self.plan):
+            await self.withdraw("The worker queued a render of another plan than the run's")
+            self.task_run_id = None
+            return False
+        if task_run.state is not None and task_run.state.is_final():
+            self.completion.ended(task_run.state)  # before the subscription
+        logger.debug("Flow run %s renders with the render its worker queued.", task_run.flow_run_id)
+        return True
 
     async def _stop_listening(self) -> None:
         if self.completion is not None:

@@ -20,6 +20,7 @@ import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
+from uuid import UUID
 
 import httpx
 import pytest
@@ -29,6 +30,8 @@ from devstack.stack import LocalStack, blocks_script, local_stack
 from entrypoints.flow_worker import WORKER_CA_NAME
 from genjobs.devserver.receiver import CallbackReceiver
 from genjobs.storage.base import asset_path, thumbnail_path
+from tasks.render_ahead import plan_key, render_ahead_id
+from tasks.validate import checked_plan
 from tests.flows.helpers import USER_ID, sdxl_job
 from tests.real_storage import RealStorage
 
@@ -177,6 +180,13 @@ def test_a_job_triggered_twice_with_one_key_runs_once_and_lands_everywhere(
     (render,) = settled_renders(stack, first["id"])
     assert render["state"]["type"] == "COMPLETED" and render["run_count"] == 1
     assert {"gpu", "job-type:sdxl_image_fast", "family:sdxl"} <= set(render["tags"])
+    # The worker queued the render as it took the run, before the run's process started
+    # (tasks/render_ahead.py); the run adopted it and queued none of its own.
+    assert render["id"] == str(render_ahead_id(UUID(first["id"])))
+    assert render["dynamic_key"] == plan_key(checked_plan(job, ()))
+    states = stack.request("GET", "/flow_run_states/", params={"flow_run_id": first["id"]}).json()
+    (running,) = [s["timestamp"] for s in states if s["type"] == "RUNNING"]
+    assert _seconds_between(render["created"], running) > 0
     artifacts = {a["key"]: a for a in stack.artifacts_of(first["id"])}
     table = artifacts[f"assets-{job['id']}"]
     assert table["type"] == "table"

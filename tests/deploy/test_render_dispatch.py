@@ -24,7 +24,6 @@ from prefect.states import Cancelling
 
 from entrypoints.gpu_worker import GpuTaskWorker
 from flows.generate import generate_job
-from genjobs import progress
 from genjobs.connections import Connections, connections_from_settings
 from genjobs.devserver.receiver import CallbackReceiver
 from tasks.render import SUPERSEDED, render_sdxl, serving_with
@@ -34,17 +33,6 @@ from tests.settings_env import install_settings
 
 pytestmark = pytest.mark.usefixtures("prefect_api")
 TIMED = "devstack.timed_renderer:TimedRenderer"
-
-
-@pytest.fixture
-def steps() -> Iterator[list[tuple[int, int]]]:
-    """Every render step reported in this process, as (done, total)."""
-    seen: list[tuple[int, int]] = []
-    unsubscribe = progress.subscribe(
-        lambda stage, done, total: seen.append((done, total)) if stage == "render" else None
-    )
-    yield seen
-    unsubscribe()
 
 
 def timed_connections(

@@ -1,0 +1,204 @@
+"""A render queued by the worker as it takes a generation run (tasks/render_ahead.py), on the
+session's Prefect API: the run adopts it, withdraws one of another plan, and a render queued for
+a run that ended stops before its first step. What the worker decides to queue is checked
+without an API.
+
+The renders use the timed renderer, local storage and the local callback receiver; the GPU
+worker runs in a thread of this process (tests/deploy/test_render_dispatch.py).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import time
+from collections.abc import Callable
+from typing import Any
+from uuid import UUID
+
+import pytest
+from prefect.client.orchestration import get_client
+from prefect.client.schemas.objects import FlowRun, TaskRun
+from prefect.flow_engine import run_flow
+from prefect.settings import PREFECT_API_URL, get_current_settings
+from prefect.states import Crashed, State
+
+from flows.generate import generate_job
+from genjobs.connections import Connections
+from genjobs.devserver.receiver import CallbackReceiver
+from genjobs.errors import InvalidPayload, JobError
+from genjobs.jobs.plan import RenderPlan
+from tasks.render import SUPERSEDED, render_sdxl
+from tasks.render_ahead import (
+    GENERATE_FLOW_NAME,
+    plan_ahead,
+    plan_key,
+    queue_render_ahead,
+    render_ahead_id,
+    settings_differ,
+)
+from tasks.validate import checked_plan
+from tests.deploy.test_render_dispatch import gpu_worker_thread
+from tests.flows.helpers import USER_ID, sdxl_job, task_runs
+
+GPU_ENV = {"GENJOBS_RENDER_DISPATCH": "gpu_workers"}
+
+
+# -- what a worker queues ---------------------------------------------------------------------
+def test_a_worker_plans_the_render_of_a_generation_run_as_the_run_itself_would() -> None:
+    job = sdxl_job(num_images=3)
+    plan = plan_ahead(GENERATE_FLOW_NAME, {"job": job}, GPU_ENV)
+
+    assert plan == checked_plan(job, ())
+    assert plan is not None and plan.num_images == 3 and len(plan.seeds) == 3
+    assert plan_key(plan) == plan_key(checked_plan(job, ()))  # the run finds the same key
+    assert plan_key(plan) != plan_key(checked_plan(sdxl_job(num_images=3), ()))  # another job
+
+
+def test_a_worker_queues_nothing_for_other_flows_local_renders_or_refused_payloads() -> None:
+    job = sdxl_job()
+    assert plan_ahead("backfill-legacy-buckets", {"job": job}, GPU_ENV) is None
+    assert plan_ahead(GENERATE_FLOW_NAME, {"other": job}, GPU_ENV) is None
+    assert plan_ahead(GENERATE_FLOW_NAME, {"job": job}, {}) is None  # renders in process
+    local = {"GENJOBS_RENDER_DISPATCH": "in_process"}
+    assert plan_ahead(GENERATE_FLOW_NAME, {"job": job}, local) is None
+    refused = sdxl_job(resolution="12x12")
+    with pytest.raises(InvalidPayload, match="resolution"):
+        checked_plan(refused, ())  # the run's own validation names the field
+    assert plan_ahead(GENERATE_FLOW_NAME, {"job": refused}, GPU_ENV) is None
+
+
+def test_a_worker_plans_with_the_runs_reference_hosts_not_its_own() -> None:
+    job = sdxl_job(num_images=1, pipeline="img2img")
+    job["metadata"]["reference_image_url"] = "http://10.1.2.3:9000/ref.png"
+    with pytest.raises(JobError, match=r"10\.1\.2\.3"):
+        checked_plan(job, ())
+    assert plan_ahead(GENERATE_FLOW_NAME, {"job": job}, GPU_ENV) is None
+    allowed = {**GPU_ENV, "GENJOBS_REFERENCE_ALLOW_HOSTS": "10.1.2.3:9000"}
+    plan = plan_ahead(GENERATE_FLOW_NAME, {"job": job}, allowed)
+    assert plan is not None and plan == checked_plan(job, ("10.1.2.3:9000",))
+
+
+def test_a_run_whose_prefect_settings_differ_from_the_workers_is_named() -> None:
+    own = {**os.environ, **get_current_settings().to_environment_variables(exclude_unset=True)}
+    assert settings_differ(own) == []
+    per_run = {**own, "PREFECT__FLOW_RUN_ID": "x", "GENJOBS_RENDER_DISPATCH": "gpu_workers"}
+    assert settings_differ(per_run) == []  # per-run values and the project's settings
+    other_storage = {**own, "PREFECT_TASKS_SCHEDULING_DEFAULT_STORAGE_BLOCK": "s3-bucket/x"}
+    assert settings_differ(other_storage) == ["PREFECT_TASKS_SCHEDULING_DEFAULT_STORAGE_BLOCK"]
+    other_api = {**own, "PREFECT_API_URL": "http://elsewhere:4200/api"}
+    assert settings_differ(other_api) == ["PREFECT_API_URL"]
+    assert PREFECT_API_URL.value() != "http://elsewhere:4200/api"
+
+
+# -- the run and the render its worker queued -------------------------------------------------
+async def _flow_run_for(job: dict[str, Any]) -> FlowRun:
+    """A flow run of the generation flow, created as a deployment's trigger creates one."""
+    async with get_client() as client:
+        return await client.create_flow_run(generate_job, parameters={"job": job})
+
+
+async def _run(flow_run: FlowRun, job: dict[str, Any]) -> State[Any]:
+    state = await run_flow(  # type: ignore[misc]
+        generate_job, flow_run=flow_run, parameters={"job": job}, return_type="state"
+    )
+    assert isinstance(state, State)
+    return state
+
+
+async def _renders(flow_run_id: UUID) -> list[TaskRun]:
+    return [r for r in await task_runs(flow_run_id) if r.task_key.startswith("render")]
+
+
+async def _until_final(task_run_id: UUID, seconds: float = 30) -> TaskRun:
+    deadline = time.monotonic() + seconds
+    async with get_client() as client:
+        while True:
+            run = await client.read_task_run(task_run_id)
+            if (run.state and run.state.is_final()) or time.monotonic() > deadline:
+                return run
+            await asyncio.sleep(0.1)
+
+
+pytestmark = pytest.mark.usefixtures("prefect_api")
+
+
+async def test_a_run_adopts_the_render_its_worker_queued_even_when_it_already_ended(
+    timed: Callable[..., Connections],
+    receiver: CallbackReceiver,
+    steps: list[tuple[int, int]],
+) -> None:
+    # A poll far longer than the test may wait: the run must take the render's end from its
+    # read of the render, not from its next poll.
+    connections = timed(0.01, render_dispatch="gpu_workers", render_poll_seconds=60.0)
+    job = sdxl_job(num_images=3, num_inference_steps=10)
+    plan: RenderPlan = checked_plan(job, ())
+    flow_run = await _flow_run_for(job)
+    queued = await queue_render_ahead(flow_run.id, plan)
+    assert queued.id == render_ahead_id(flow_run.id) and queued.flow_run_id == flow_run.id
+
+    with gpu_worker_thread(connections, render_sdxl):
+        rendered = await _until_final(queued.id)
+        assert rendered.state is not None and rendered.state.is_completed()
+        state = await asyncio.wait_for(_run(flow_run, job), 30)
+
+    assert state.is_completed(), state.message
+    (render,) = await _renders(flow_run.id)  # the run queued none of its own
+    assert render.id == queued.id and render.dynamic_key == plan_key(plan)
+    assert steps.count((10, 10)) == 1 and len(steps) == 10  # rendered once
+    (payload,) = receiver.accepted(job["id"])
+    assert payload["status"] == "completed"
+    assert [a["url"] for a in payload["assets"]] == [
+        f"{USER_ID}/{job['id']}/{i}.png" for i in range(3)
+    ]
+    assert [a["metadata"]["seed"] for a in payload["assets"]] == list(plan.seeds)
+    folder = connections.settings.resolved_storage_root / "workspace-temp" / USER_ID / job["id"]
+    assert (folder / "0.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+async def test_a_render_queued_with_another_plan_is_withdrawn_and_the_run_renders_its_own(
+    timed: Callable[..., Connections],
+    receiver: CallbackReceiver,
+    steps: list[tuple[int, int]],
+) -> None:
+    connections = timed(0.01, render_dispatch="gpu_workers", render_poll_seconds=0.2)
+    job = sdxl_job(num_images=1, num_inference_steps=10)
+    flow_run = await _flow_run_for(job)
+    other = checked_plan({**job, "config": {**job["config"], "num_inference_steps": 12}}, ())
+    queued = await queue_render_ahead(flow_run.id, other)
+
+    running = asyncio.create_task(_run(flow_run, job))
+    withdrawn = await _until_final(queued.id)  # no GPU worker yet: only the run can end it
+    with gpu_worker_thread(connections, render_sdxl):
+        state = await asyncio.wait_for(running, 60)
+
+    assert withdrawn.state is not None and withdrawn.state.name == SUPERSEDED
+    assert state.is_completed(), state.message
+    renders = {r.id: r for r in await _renders(flow_run.id)}
+    assert set(renders) - {queued.id}, "the run queued its own render"
+    (own,) = [r for i, r in renders.items() if i != queued.id]
+    assert own.state is not None and own.state.is_completed()
+    assert steps == [(i, 10) for i in range(1, 11)]  # the run's plan (10 steps), once
+    (payload,) = receiver.accepted(job["id"])
+    assert payload["status"] == "completed" and len(payload["assets"]) == 1
+
+
+async def test_a_render_queued_for_a_run_that_ended_stops_before_its_first_step(
+    timed: Callable[..., Connections],
+    receiver: CallbackReceiver,
+    steps: list[tuple[int, int]],
+) -> None:
+    connections = timed(0.01, render_dispatch="gpu_workers")
+    job = sdxl_job(num_images=1, num_inference_steps=10)
+    flow_run = await _flow_run_for(job)
+    async with get_client() as client:  # its process never started
+        await client.set_flow_run_state(flow_run.id, Crashed(message="no process"), force=True)
+    queued = await queue_render_ahead(flow_run.id, checked_plan(job, ()))
+
+    with gpu_worker_thread(connections, render_sdxl):
+        ended = await _until_final(queued.id)
+
+    assert ended.state is not None and ended.state.is_final() and not ended.state.is_completed()
+    assert "ended" in (ended.state.message or ""), ended.state.message
+    assert steps == []  # not one render step
+    assert receiver.accepted(job["id"]) == []
