@@ -4,9 +4,16 @@ Select it with ``renderer_class="benchmarks.fast_renderer:FastRenderer"`` (or th
 variable ``GENJOBS_RENDERER_CLASS``). It loads no model, calls the step callback once per step
 without waiting, and returns a smooth gradient per seed (same seed, same pixels), so the encode,
 upload, metadata and callback steps see realistic, compressible images.
+
+``FAST_RENDER_SECONDS`` in the environment (a benchmark's, not a setting) makes each render
+last that long, spread over its steps, as a GPU would: a stand-in for GPU time that costs no
+CPU.
 """
 
 from __future__ import annotations
+
+import os
+import time
 
 import numpy as np
 from PIL import Image
@@ -16,6 +23,7 @@ from genjobs.render.base import RenderOutput, StepCallback
 from genjobs.settings import Settings
 
 RENDERER_CLASS = "benchmarks.fast_renderer:FastRenderer"
+RENDER_SECONDS_VARIABLE = "FAST_RENDER_SECONDS"
 
 
 def gradient(width: int, height: int, seed: int) -> np.ndarray:
@@ -43,8 +51,11 @@ class FastRenderer:
         on_step: StepCallback | None = None,
     ) -> RenderOutput:
         total = plan.denoising_steps
-        if on_step is not None:
-            for step in range(total):
+        pause = float(os.environ.get(RENDER_SECONDS_VARIABLE, "0")) / max(total, 1)
+        for step in range(total):
+            if pause:
+                time.sleep(pause)
+            if on_step is not None:
                 on_step(step + 1, total)
         frames = []
         for seed in plan.seeds:

@@ -10,6 +10,9 @@ through three paths, each on a work queue of its own:
 - ``shipped``: the project's worker (type ``genjobs-process``, entrypoints/flow_worker.py), which
   takes a run when the server schedules it and polls every ``--event-query-seconds`` besides,
   and the warm runner forking the flow run;
+- ``run-queues``: the shipped path with ``GENJOBS_RENDER_AHEAD=false`` in the worker's
+  environment: the worker leaves the render to the run, which queues it after its process
+  started and validated the payload (the path before tasks/render_ahead.py);
 - ``full-ca``: the shipped path, with ``PREFECT_API_SSL_CERT_FILE`` set to certifi's bundle in
   the worker's environment, as an operator may set it: the worker's API clients and those of
   the runs it starts (Prefect passes the worker's settings on) then read the full bundle
@@ -62,7 +65,7 @@ from benchmarks.scale import add_database_argument, clean_environment  # noqa: E
 
 SECRET = "warm-path-callback-secret"
 FAST = "benchmarks.fast_renderer:FastRenderer"
-PATHS = ("shipped", "full-ca", "polling", "process")
+PATHS = ("shipped", "run-queues", "full-ca", "polling", "process")
 
 
 def job() -> dict[str, Any]:
@@ -113,6 +116,12 @@ def main() -> int:
     )
     parser.add_argument("--process-limit", type=int, default=16, help="worker --limit")
     parser.add_argument("--plain-jobs", type=int, default=8, help="plain calls to subtract")
+    parser.add_argument(
+        "--render-seconds",
+        type=float,
+        default=0.0,
+        help="how long each render lasts (a sleep spread over its steps, as GPU time)",
+    )
     add_database_argument(parser)
     parser.add_argument("--paths", default=",".join(PATHS), help="which paths, comma-separated")
     args = parser.parse_args()
@@ -123,7 +132,7 @@ def main() -> int:
     import certifi
 
     from benchmarks.deployed_path import plain_connections, plain_job
-    from benchmarks.fast_renderer import FastRenderer
+    from benchmarks.fast_renderer import RENDER_SECONDS_VARIABLE, FastRenderer
     from benchmarks.scale import fast_sdxl_stack, percentile, rss_mib, tree_cpu_seconds
 
     root = Path(tempfile.mkdtemp(prefix="genjobs-warm-"))
@@ -131,6 +140,9 @@ def main() -> int:
     with fast_sdxl_stack(root, args.database_url, SECRET) as (stack, receiver, standin):
         deployments = {
             "shipped": stack.deployment_id("generate-job", "sdxl"),
+            "run-queues": stack.copy_deployment(
+                "generate-job", "sdxl", "sdxl-run-queues", without_job_variables=[]
+            ),
             "full-ca": stack.copy_deployment(
                 "generate-job", "sdxl", "sdxl-full-ca", without_job_variables=[]
             ),
@@ -143,13 +155,20 @@ def main() -> int:
         }
         queues = {"shipped": "sdxl", **{name: f"sdxl-{name}" for name in PATHS[1:]}}
         runner = stack.start_warm_runner()
-        stack.start_gpu_worker("gpu-0", families="sdxl")
+        os.environ[RENDER_SECONDS_VARIABLE] = str(args.render_seconds)  # the plain calls
+        stack.start_gpu_worker(
+            "gpu-0", families="sdxl", **{RENDER_SECONDS_VARIABLE: str(args.render_seconds)}
+        )
         stack.wait_for_task_workers(1)
         server = next(p for p in stack.processes if p.name == "server")
         gpu_worker = next(p for p in stack.processes if p.name == "gpu-0")
 
         def start_worker(path: str) -> Any:
-            shipped = path in ("shipped", "full-ca")
+            shipped = path in ("shipped", "run-queues", "full-ca")
+            env = {
+                "full-ca": {"PREFECT_API_SSL_CERT_FILE": certifi.where()},
+                "run-queues": {"GENJOBS_RENDER_AHEAD": "false"},
+            }.get(path, {})
             return stack.start_process_worker(
                 "gpu-pool",
                 limit=args.process_limit,
@@ -157,14 +176,15 @@ def main() -> int:
                 worker_type=None if shipped else "process",
                 name=f"{path}-worker",
                 queues=[queues[path]],
-                **({"PREFECT_API_SSL_CERT_FILE": certifi.where()} if path == "full-ca" else {}),
+                **env,
             )
 
         load = ", ".join(f"{v:.1f}" for v in os.getloadavg())
         print(f"Stack ready in {time.monotonic() - clock:.0f} s; {os.cpu_count()} CPUs, load "
               f"average {load}; Prefect's worker polls every {args.query_seconds} s, the "
               f"project's every {args.event_query_seconds} s and on each scheduled run; "
-              f"limit {args.process_limit}; fast renderer.")  # fmt: skip
+              f"limit {args.process_limit}; fast renderer, {args.render_seconds} s a "
+              "render.")  # fmt: skip
 
         # the same work called plainly, one at a time, against the same stand-ins
         connections = plain_connections(root / "plain", standin, receiver, SECRET, FAST)

@@ -118,12 +118,16 @@ class EventDrivenProcessWorker(ProcessWorker):
         self.ca_file: Path | None = None
         """The worker's own CA file while it runs (:func:`plain_http_ca_settings`)."""
         self._settings = contextlib.ExitStack()
+        self.render_ahead = True
+        """Whether it queues the renders of generation runs (GENJOBS_RENDER_AHEAD)."""
 
     async def setup(self) -> None:
         # First: the worker's client and every task it starts (each run's clients among them)
         # inherit the settings. Entered and left in the task that enters the worker.
         try:
-            home: Path | None = Settings().ensure_home()
+            settings = Settings()
+            self.render_ahead = settings.render_ahead
+            home: Path | None = settings.ensure_home()
         except Exception as exc:
             home = None
             get_worker_logger(self).warning(
@@ -176,6 +180,8 @@ class EventDrivenProcessWorker(ProcessWorker):
     ) -> None:
         """Queue the render of ``flow_run`` (tasks/render_ahead.py); never raises: the run
         queues its own render where this one is not there."""
+        if not self.render_ahead:
+            return
         logger = get_worker_logger(self)
         try:
             plan = plan_ahead(

@@ -149,6 +149,12 @@ class Settings(BaseSettings):
         description="'in_process' renders in the flow run's process; 'gpu_workers' hands the "
         "render to the GPU task workers, which keep their models loaded.",
     )
+    render_ahead: bool = Field(
+        default=True,
+        description="The project's worker (genjobs-process) queues a generation run's render "
+        "on the GPU workers as it takes the run, before the run's process starts "
+        "(tasks/render_ahead.py); false leaves the render to the run. Read by the worker.",
+    )
     render_queue_timeout_seconds: float = Field(
         default=3600.0,
         gt=0,
