@@ -19,10 +19,13 @@ from uuid import UUID
 import pytest
 from prefect.client.orchestration import get_client
 from prefect.client.schemas.objects import FlowRun, TaskRun
+from prefect.exceptions import ObjectNotFound
 from prefect.flow_engine import run_flow
 from prefect.settings import PREFECT_API_URL, get_current_settings
 from prefect.states import Crashed, State
+from prefect.workers.process import ProcessJobConfiguration
 
+from entrypoints.flow_worker import EventDrivenProcessWorker
 from flows.generate import generate_job
 from genjobs.connections import Connections
 from genjobs.devserver.receiver import CallbackReceiver
@@ -202,3 +205,49 @@ async def test_a_render_queued_for_a_run_that_ended_stops_before_its_first_step(
     assert "ended" in (ended.state.message or ""), ended.state.message
     assert steps == []  # not one render step
     assert receiver.accepted(job["id"]) == []
+
+
+# -- the worker's side ------------------------------------------------------------------------
+def _configuration(**env: str) -> ProcessJobConfiguration:
+    """A generation run's job configuration, as the worker prepares it: its own environment and
+    settings, the pool's variables, the flow's name."""
+    own = {**os.environ, **get_current_settings().to_environment_variables(exclude_unset=True)}
+    return ProcessJobConfiguration(
+        env={**own, **GPU_ENV, **env},
+        labels={"prefect.io/flow-name": GENERATE_FLOW_NAME},
+        command="python -m genjobs.warm_client",
+    )
+
+
+async def _render_ahead_of(flow_run_id: UUID) -> TaskRun | None:
+    async with get_client() as client:
+        try:
+            return await client.read_task_run(render_ahead_id(flow_run_id))
+        except ObjectNotFound:
+            return None
+
+
+async def test_the_worker_queues_the_render_unless_told_not_to_or_its_settings_differ(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    worker = EventDrivenProcessWorker(work_pool_name="gpu-pool")
+    queued, switched_off, other_settings, refused = [
+        await _flow_run_for(sdxl_job()) for _ in range(4)
+    ]
+    await worker._queue_render_ahead(queued, _configuration())
+    worker.render_ahead = False  # GENJOBS_RENDER_AHEAD=false in the worker's environment
+    await worker._queue_render_ahead(switched_off, _configuration())
+    worker.render_ahead = True
+    differing = _configuration(PREFECT_TASKS_SCHEDULING_DEFAULT_STORAGE_BLOCK="s3-bucket/x")
+    await worker._queue_render_ahead(other_settings, differing)
+    refused.parameters["job"]["config"]["resolution"] = "12x12"
+    await worker._queue_render_ahead(refused, _configuration())
+
+    render = await _render_ahead_of(queued.id)
+    assert render is not None and render.flow_run_id == queued.id
+    assert render.dynamic_key == plan_key(checked_plan(queued.parameters["job"], ()))
+    assert render.state is not None and render.state.is_scheduled()  # no GPU worker here
+    assert await _render_ahead_of(switched_off.id) is None
+    assert await _render_ahead_of(other_settings.id) is None
+    assert await _render_ahead_of(refused.id) is None
+    assert "PREFECT_TASKS_SCHEDULING_DEFAULT_STORAGE_BLOCK" in caplog.text
