@@ -55,9 +55,15 @@ from prefect.logging.loggers import get_worker_logger
 from prefect.settings import PREFECT_API_SSL_CERT_FILE, get_current_settings, temporary_settings
 from prefect.workers.process import ProcessJobConfiguration, ProcessWorker, ProcessWorkerResult
 
+from flows.generate import generate_job
 from genjobs.plain_http_ca import spares_bundle, write_plain_http_ca_file
 from genjobs.settings import Settings
-from tasks.render_ahead import plan_ahead, queue_render_ahead, settings_differ
+from tasks.render_ahead import (
+    own_prefect_environment,
+    plan_ahead,
+    queue_render_ahead,
+    settings_differ,
+)
 
 WAKE_EVENT = "prefect.flow-run.Scheduled"
 RESUBSCRIBE_SECONDS = 5.0
@@ -120,6 +126,7 @@ class EventDrivenProcessWorker(ProcessWorker):
         self._settings = contextlib.ExitStack()
         self.render_ahead = True
         """Whether it queues the renders of generation runs (GENJOBS_RENDER_AHEAD)."""
+        self._own_prefect_env: dict[str, str | None] | None = None  # read at its first run
 
     async def setup(self) -> None:
         # First: the worker's client and every task it starts (each run's clients among them)
@@ -191,7 +198,9 @@ class EventDrivenProcessWorker(ProcessWorker):
             )
             if plan is None:
                 return
-            differ = settings_differ(configuration.env)
+            if self._own_prefect_env is None:
+                self._own_prefect_env = own_prefect_environment()
+            differ = settings_differ(configuration.env, self._own_prefect_env)
             if differ:
                 logger.info(
                     "Worker %r leaves the render of flow run %s to the run: its Prefect "
@@ -201,7 +210,7 @@ class EventDrivenProcessWorker(ProcessWorker):
                     ", ".join(differ),
                 )
                 return
-            await queue_render_ahead(flow_run.id, plan)
+            await queue_render_ahead(generate_job, flow_run, plan, self.client)
         except Exception as exc:
             logger.warning(
                 "Worker %r could not queue the render of flow run %s; the run queues it itself: %s",

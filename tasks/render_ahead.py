@@ -7,14 +7,16 @@ which costs it another 0.1 s. The project's worker (entrypoints/flow_worker.py) 
 payload as it takes the run: it validates it with the flow's own code (tasks/validate.py) and
 queues the render itself (:func:`queue_render_ahead`) before it starts the run's process, so the
 GPU worker renders while the run starts. The run adopts that render instead of queuing one
-(``QueuedRender.adopt``, tasks/render_dispatch.py).
+(``QueuedRender.start``, tasks/render_dispatch.py).
 
 - **The same render.** The task run is the family's background task with the plan as its
   parameter, as the run would queue it, linked to the flow run: it is one of the run's task
   runs, and the run's cancellation or end stops it at the render's next check
-  (tasks/render.py). Its id derives from the flow run's (:func:`render_ahead_id`), its dynamic
-  key from the plan (:func:`plan_key`). The run adopts it only where that key is its own plan's;
-  otherwise it withdraws it (Superseded, which stops it) and queues its own.
+  (tasks/render.py). Its id derives from the flow run's and the attempt's
+  (:func:`render_ahead_id`), its dynamic key from the plan and the attempt (:func:`plan_key`):
+  a run started again (a retry) gets a render of its own, never the ended one of the attempt
+  before. The run adopts the render only where that key is its own plan's; otherwise it
+  withdraws it (Superseded, which stops it) and queues its own.
 - **The same settings.** The worker queues only where the run's Prefect settings are its own
   (:func:`settings_differ`): the render then reads its parameters from the storage the run would
   have written them to, and gets the settings the run would have handed it. The plan is made
@@ -34,10 +36,15 @@ from collections.abc import Mapping
 from typing import Any
 from uuid import UUID, uuid4, uuid5
 
-from prefect.client.orchestration import get_client
-from prefect.client.schemas.objects import TaskRun
-from prefect.context import serialize_context
-from prefect.results import ResultStore, get_or_create_default_task_scheduling_storage
+from prefect import Flow
+from prefect.client.orchestration import PrefectClient
+from prefect.client.schemas.objects import FlowRun, TaskRun
+from prefect.context import FlowRunContext, serialize_context
+from prefect.results import (
+    ResultStore,
+    get_or_create_default_task_scheduling_storage,
+    get_result_store,
+)
 from prefect.settings import get_current_settings
 from prefect.states import Scheduled, State
 from prefect.task_worker import store_parameters
@@ -54,16 +61,18 @@ RENDER_AHEAD_NAMESPACE = UUID("6f1d2c59-4b1e-4f0c-9a57-3e0f3b6c2d1a")
 KEY_PREFIX = "ahead-"
 
 
-def render_ahead_id(flow_run_id: UUID) -> UUID:
-    """The id of the render a worker queues for flow run ``flow_run_id``."""
-    return uuid5(RENDER_AHEAD_NAMESPACE, str(flow_run_id))
+def render_ahead_id(flow_run_id: UUID, attempt: int) -> UUID:
+    """The id of the render a worker queues for attempt ``attempt`` (the flow run's run count
+    once it runs: 1 for its first run) of flow run ``flow_run_id``."""
+    return uuid5(RENDER_AHEAD_NAMESPACE, f"{flow_run_id}/{attempt}")
 
 
-def plan_key(plan: RenderPlan) -> str:
+def plan_key(plan: RenderPlan, attempt: int) -> str:
     """The dynamic key of a render queued ahead: it names the plan (the run compares it with
-    its own), and no key of a task run the flow itself creates looks like it."""
+    its own) and the attempt, and no key of a task run the flow itself creates looks like it
+    (the server answers a create with a used key with the task run that has it)."""
     digest = hashlib.sha256(plan.model_dump_json().encode()).hexdigest()
-    return f"{KEY_PREFIX}{digest[:32]}"
+    return f"{KEY_PREFIX}{attempt}-{digest[:32]}"
 
 
 def _prefect_environment(env: Mapping[str, str | None]) -> dict[str, str | None]:
@@ -75,12 +84,17 @@ def _prefect_environment(env: Mapping[str, str | None]) -> dict[str, str | None]
     }
 
 
-def settings_differ(run_env: Mapping[str, str | None]) -> list[str]:
-    """The Prefect settings where a run's environment ``run_env`` differs from this process's
-    (its environment and its settings in force); empty where they agree."""
-    own = _prefect_environment(
+def own_prefect_environment() -> dict[str, str | None]:
+    """This process's Prefect settings as a run's environment carries them: its environment
+    and its settings in force (the worker reads them once: about 10 ms of CPU)."""
+    return _prefect_environment(
         {**os.environ, **get_current_settings().to_environment_variables(exclude_unset=True)}
     )
+
+
+def settings_differ(run_env: Mapping[str, str | None], own: Mapping[str, str | None]) -> list[str]:
+    """The Prefect settings where a run's environment ``run_env`` differs from ``own``
+    (:func:`own_prefect_environment`); empty where they agree."""
     run = _prefect_environment(run_env)
     return sorted(name for name in own.keys() | run.keys() if own.get(name) != run.get(name))
 
@@ -114,11 +128,19 @@ def plan_ahead(
         return None
 
 
-async def queue_render_ahead(flow_run_id: UUID, plan: RenderPlan) -> TaskRun:
-    """Queue the render of ``plan`` on the GPU workers for flow run ``flow_run_id``, from
-    outside the run, as the run itself queues it (Prefect's ``Task.create_run`` for a
-    background task, with the key and id of :func:`plan_key` and :func:`render_ahead_id`).
+async def queue_render_ahead(
+    flow: Flow[..., Any], flow_run: FlowRun, plan: RenderPlan, client: PrefectClient
+) -> TaskRun:
+    """Queue the render of ``plan`` on the GPU workers for the run of ``flow_run`` (of
+    ``flow``) about to start (its attempt ``run_count + 1``), from outside the run, as the run
+    itself queues it (Prefect's ``Task.create_run`` for a background task), with the key and id
+    of :func:`plan_key` and :func:`render_ahead_id`, through ``client``.
+
+    The render gets the context the run would hand it (:func:`run_context`): a GPU worker
+    renders inside it, so the render's events, and the task run the server records from them,
+    stay the run's.
     """
+    attempt = flow_run.run_count + 1
     task = gpu_render_task(plan)
     task.persist_result = True  # as Prefect marks a background task it queues
     parameters_id = uuid4()
@@ -127,21 +149,38 @@ async def queue_render_ahead(flow_run_id: UUID, plan: RenderPlan) -> TaskRun:
     state.state_details.task_parameters_id = parameters_id
     storage = await get_or_create_default_task_scheduling_storage()
     store = await ResultStore(result_storage=storage).aupdate_for_task(task)  # type: ignore[arg-type]
-    await store_parameters(
-        store, parameters_id, {"context": serialize_context(), "parameters": {"plan": plan}}
+    context = await run_context(flow, flow_run, client)
+    await store_parameters(store, parameters_id, {"context": context, "parameters": {"plan": plan}})
+    task_run = await client.create_task_run(
+        task=task,
+        flow_run_id=flow_run.id,
+        dynamic_key=plan_key(plan, attempt),
+        id=render_ahead_id(flow_run.id, attempt),
+        name=f"{task.name}-ahead",
+        state=state,
+        task_inputs={"plan": []},
     )
-    async with get_client() as client:
-        task_run = await client.create_task_run(
-            task=task,
-            flow_run_id=flow_run_id,
-            dynamic_key=plan_key(plan),
-            id=render_ahead_id(flow_run_id),
-            name=f"{task.name}-ahead",
-            state=state,
-            task_inputs={"plan": []},
-        )
     assert task_run.state is not None  # created Scheduled
     emit_task_run_state_change_event(
         task_run=task_run, initial_state=None, validated_state=task_run.state
     )
     return task_run
+
+
+async def run_context(
+    flow: Flow[..., Any], flow_run: FlowRun, client: PrefectClient
+) -> dict[str, Any]:
+    """The context a run of ``flow`` hands the renders it queues, as Prefect serialises it
+    inside the run (``serialize_context``): the flow run, the flow, its parameters and result
+    store, and the settings in force."""
+    result_store = await get_result_store().aupdate_for_flow(flow)
+    with FlowRunContext(
+        flow=flow,
+        flow_run=flow_run,
+        client=client,
+        task_runner=flow.task_runner.duplicate(),
+        parameters=flow_run.parameters,
+        result_store=result_store,
+        persist_result=flow.persist_result if flow.persist_result is not None else False,
+    ):
+        return serialize_context()

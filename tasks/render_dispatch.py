@@ -35,7 +35,7 @@ import httpx
 import prefect.task_worker  # noqa: F401
 from prefect import Task, get_run_logger
 from prefect.client.orchestration import get_client
-from prefect.client.schemas.objects import StateType
+from prefect.client.schemas.objects import StateType, TaskRun
 from prefect.context import FlowRunContext
 from prefect.events.filters import (
     EventFilter,
@@ -95,8 +95,7 @@ async def start_render(plan: RenderPlan, settings: Settings) -> LocalRender | Qu
     """
     if settings.render_dispatch == "gpu_workers":
         queued = QueuedRender(plan, settings)
-        if not await queued.adopt():
-            await queued.submit()
+        await queued.start()
         return queued
     return LocalRender(plan)
 
@@ -113,49 +112,54 @@ class QueuedRender:
         self.completion: RenderCompletion | None = None
         self.submitted = 0.0
 
+    async def start(self) -> None:
+        """Adopt the render the project's worker queued for this run's attempt, where it queued
+        one of this plan (tasks/render_ahead.py), or queue it. Outside a flow run, or where the
+        worker queued another plan (withdrawn here), :meth:`submit`."""
+        context = FlowRunContext.get()
+        if context is None or context.flow_run is None:
+            await self.submit()
+            return
+        attempt = context.flow_run.run_count  # read once Running: 1 for its first run
+        task_run_id = render_ahead_id(context.flow_run.id, attempt)
+        self.completion = RenderCompletion(task_run_id)  # before the read: no end is missed
+        await self.completion.start()
+        try:
+            async with get_client() as client:
+                task_run: TaskRun | None = await client.read_task_run(task_run_id)
+        except ObjectNotFound:
+            task_run = None
+        except BaseException:
+            await self._stop_listening()
+            raise
+        if task_run is None:  # the worker queued none: queue it under that id, heard already
+            await self._create(task_run_id)
+            return
+        self.task_run_id, self.submitted = task_run_id, time.monotonic()
+        if task_run.dynamic_key != plan_key(self.plan, attempt):
+            await self.withdraw("The worker queued a render of another plan than the run's")
+            await self.submit()
+            return
+        if task_run.state is not None and task_run.state.is_final():
+            self.completion.ended(task_run.state)  # it ended before the subscription
+        logger.debug("Flow run %s renders with the render its worker queued.", context.flow_run.id)
+
     async def submit(self) -> None:
         """Queue the render, listening for its final state before its task run exists."""
         await self._stop_listening()
         task_run_id = uuid4()
         self.completion = RenderCompletion(task_run_id)
         await self.completion.start()
+        await self._create(task_run_id)
+
+    async def _create(self, task_run_id: UUID) -> None:
+        """Create the render's task run, its completion already listened for."""
         try:
             self.task_run_id = await submit(self.task, self.plan, task_run_id)
         except BaseException:
             await self._stop_listening()
             raise
         self.submitted = time.monotonic()
-
-    async def adopt(self) -> bool:
-        """Take over the render the project's worker queued for this flow run, where it
-        queued one of this plan (tasks/render_ahead.py); ``False`` where there is none to take
-        over (one of another plan is withdrawn first).
-        """
-        flow_run = FlowRunContext.get()
-        if flow_run is None or flow_run.flow_run is None:
-            return False
-        task_run_id = render_ahead_id(flow_run.flow_run.id)
-        self.completion = RenderCompletion(task_run_id)  # before the read: no end is missed
-        await self.completion.start()
-        try:
-            async with get_client() as client:
-                task_run = await client.read_task_run(task_run_id)
-        except ObjectNotFound:
-            await self._stop_listening()
-            return False
-        except BaseException:
-            await self._stop_listening()
-            raise
-        self.task_run_id = task_run_id
-        self.submitted = time.monotonic()
-        if task_run.dynamic_key != plan_key(self.plan):
-            await self.withdraw("The worker queued a render of another plan than the run's")
-            self.task_run_id = None
-            return False
-        if task_run.state is not None and task_run.state.is_final():
-            self.completion.ended(task_run.state)  # before the subscription
-        logger.debug("Flow run %s renders with the render its worker queued.", task_run.flow_run_id)
-        return True
 
     async def _stop_listening(self) -> None:
         if self.completion is not None:

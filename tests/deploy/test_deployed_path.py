@@ -182,8 +182,8 @@ def test_a_job_triggered_twice_with_one_key_runs_once_and_lands_everywhere(
     assert {"gpu", "job-type:sdxl_image_fast", "family:sdxl"} <= set(render["tags"])
     # The worker queued the render as it took the run, before the run's process started
     # (tasks/render_ahead.py); the run adopted it and queued none of its own.
-    assert render["id"] == str(render_ahead_id(UUID(first["id"])))
-    assert render["dynamic_key"] == plan_key(checked_plan(job, ()))
+    assert render["id"] == str(render_ahead_id(UUID(first["id"]), 1))
+    assert render["dynamic_key"] == plan_key(checked_plan(job, ()), 1)
     states = stack.request("GET", "/flow_run_states/", params={"flow_run_id": first["id"]}).json()
     (running,) = [s["timestamp"] for s in states if s["type"] == "RUNNING"]
     assert _seconds_between(render["created"], running) > 0
