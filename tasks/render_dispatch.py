@@ -63,6 +63,10 @@ _NOT_STARTED = {StateType.SCHEDULED, StateType.PENDING}
 HEARTBEAT_EVENT = "genjobs.render.heartbeat"
 """The event a GPU worker emits every ``render_heartbeat_seconds`` for each render it holds."""
 _API_TROUBLE = (httpx.HTTPError, OSError)
+ADOPTED_RECHECKS = (0.25, 0.5, 1.0, 2.0)
+"""After it adopts a render that had not ended, a flow reads it again after these waits before
+its usual poll: a render that ended just before the flow subscribed sent its final event to no
+one, and the API records that state from the event only a moment later (later under load)."""
 
 
 def heartbeat_resource(task_run_id: UUID) -> dict[str, str]:
@@ -111,6 +115,7 @@ class QueuedRender:
         self.task_run_id: UUID | None = None
         self.completion: RenderCompletion | None = None
         self.submitted = 0.0
+        self.rechecks: list[float] = []  # waits before the next reads, then every poll
 
     async def start(self) -> None:
         """Adopt the render the project's worker queued for this run's attempt, where it queued
@@ -142,6 +147,8 @@ class QueuedRender:
             return
         if task_run.state is not None and task_run.state.is_final():
             self.completion.ended(task_run.state)  # it ended before the subscription
+        else:
+            self.rechecks = list(ADOPTED_RECHECKS)
         logger.debug("Flow run %s renders with the render its worker queued.", context.flow_run.id)
 
     async def submit(self) -> None:
@@ -219,7 +226,8 @@ class QueuedRender:
         while True:
             try:
                 assert self.completion is not None
-                state = await self.completion.wait(settings.render_poll_seconds)
+                wait = self.rechecks.pop(0) if self.rechecks else settings.render_poll_seconds
+                state = await self.completion.wait(min(wait, settings.render_poll_seconds))
                 if state is None:  # no completion event yet: how is it doing?
                     state = await _read_state(self.task_run_id)
             except _API_TROUBLE as exc:

@@ -172,6 +172,38 @@ async def test_a_run_adopts_the_render_its_worker_queued_even_when_it_already_en
     assert (folder / "0.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
 
+async def test_a_run_that_adopts_a_running_render_reads_it_again_soon_without_its_events(
+    timed: Callable[..., Connections],
+    receiver: CallbackReceiver,
+    steps: list[tuple[int, int]],
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    # The render's final event can reach no one (it ended just before the run subscribed, or
+    # here: the subscription fails), and the poll is far longer than the test may wait: the
+    # run must read the render again soon after adopting it.
+    connections = timed(0.1, render_dispatch="gpu_workers", render_poll_seconds=60.0)
+    job = sdxl_job(num_images=1, num_inference_steps=10)
+    flow_run = await _flow_run_for(job)
+    queued = await _queue(flow_run, checked_plan(job, ()))
+
+    def no_events(*args: Any, **kwargs: Any) -> Any:
+        raise OSError("the event stream is unreachable")
+
+    monkeypatch.setattr("tasks.render_completion.get_events_subscriber", no_events)
+    with gpu_worker_thread(connections, render_sdxl):
+        deadline = time.monotonic() + 30
+        while not steps and time.monotonic() < deadline:  # it renders when the run adopts it
+            await asyncio.sleep(0.05)
+        state = await asyncio.wait_for(_run(flow_run, job), 20)
+
+    assert state.is_completed(), state.message
+    (render,) = await _renders(flow_run.id)
+    assert render.id == queued.id
+    assert steps == [(i, 10) for i in range(1, 11)]
+    (payload,) = receiver.accepted(job["id"])
+    assert payload["status"] == "completed" and len(payload["assets"]) == 1
+
+
 async def test_a_render_queued_with_another_plan_is_withdrawn_and_the_run_renders_its_own(
     timed: Callable[..., Connections],
     receiver: CallbackReceiver,
@@ -300,3 +332,5 @@ async def test_the_worker_queues_the_render_unless_told_not_to_or_its_settings_d
     assert await _render_ahead_of(other_settings.id) is None
     assert await _render_ahead_of(refused.id) is None
     assert "PREFECT_TASKS_SCHEDULING_DEFAULT_STORAGE_BLOCK" in caplog.text
+    async with get_client() as client:  # its run never starts: a later GPU worker skips it
+        await client.set_flow_run_state(queued.id, Crashed(message="test over"), force=True)
