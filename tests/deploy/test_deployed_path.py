@@ -29,6 +29,8 @@ from PIL import Image
 from devstack.stack import LocalStack, blocks_script, local_stack
 from entrypoints.flow_worker import WORKER_CA_NAME
 from genjobs.devserver.receiver import CallbackReceiver
+from genjobs.render.sdxl import TINY_FOLDER_NAME
+from genjobs.render.tiny_sdxl import ensure_tiny_sdxl
 from genjobs.storage.base import asset_path, thumbnail_path
 from tasks.render_ahead import plan_key, render_ahead_id
 from tasks.validate import checked_plan
@@ -74,9 +76,9 @@ def stack(
                     real_storage.url, real_storage.service_key, receiver.url, SECRET, device="cpu"
                 )
             )
-            running.deploy("sdxl", "wan")
-            running.start_warm_runner()
-            running.start_process_worker("gpu-pool", query_seconds=WORKER_POLL_SECONDS)
+            # Built here once, so that both SDXL workers load it and all of them start together,
+            # while the deployments are made.
+            ensure_tiny_sdxl(model_cache / TINY_FOLDER_NAME)
             running.start_gpu_worker(
                 "gpu-wan",
                 families="wan",
@@ -86,8 +88,10 @@ def stack(
                 GENJOBS_CANCEL_CHECK_SECONDS="0.5",
             )
             running.start_gpu_worker("gpu-0", families="sdxl")
-            running.wait_for_task_workers(2)  # gpu-0 builds the tiny model; gpu-1 loads it
             running.start_gpu_worker("gpu-1", families="sdxl")
+            running.start_process_worker("gpu-pool", query_seconds=WORKER_POLL_SECONDS)
+            running.start_warm_runner()
+            running.deploy("sdxl", "wan")
             running.wait_for_task_workers(3)
         except Exception as exc:
             raise RuntimeError(f"The stack did not start:\n{running.logs()}") from exc

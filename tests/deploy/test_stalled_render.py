@@ -164,7 +164,7 @@ async def test_a_render_whose_worker_was_killed_is_submitted_again_and_completes
     logs.mkdir()
     workers += [WorkerProcess("first", env, logs), WorkerProcess("second", env, logs)]
     await asyncio.wait_for(subscribed_task_workers(2, workers), 120)
-    job = sdxl_job(num_images=1, num_inference_steps=50)  # 12.5 s of steps
+    job = sdxl_job(num_images=1, num_inference_steps=20)  # 5 s of steps
     running: asyncio.Task[Any] = asyncio.create_task(
         generate_job(job, return_state=True)  # type: ignore[arg-type]
     )

@@ -204,18 +204,18 @@ async def test_receiver_down_through_a_dozen_attempts_still_gets_one_accepted_de
     use_supabase: Callable[..., Connections], receiver: CallbackReceiver
 ) -> None:
     # The production window is 15 minutes of attempts whose delays double up to a minute; the
-    # same schedule scaled down (delays doubling from 0.2 s up to 1 s) meets an outage of 15 s.
+    # same schedule scaled down (delays doubling from 0.1 s up to 0.5 s, a 30 s window) outlasts
+    # a receiver that answers 503 twelve times.
     use_supabase(
-        callback_retry_window_seconds=60,
-        callback_retry_base_seconds=0.2,
-        callback_retry_cap_seconds=1.0,
+        callback_retry_window_seconds=30,
+        callback_retry_base_seconds=0.1,
+        callback_retry_cap_seconds=0.5,
     )
     job = sdxl_job(num_images=1)
-    receiver.down_for(15)
+    receiver.fail_next(12)
     state = await generate_job(job, return_state=True)
     assert state.is_completed(), state.message
-    answered = [r.answered for r in receiver.requests]
-    assert answered.count(503) >= 10 and answered[-1] == 200
+    assert [r.answered for r in receiver.requests] == [503] * 12 + [200]
     assert [p["status"] for p in receiver.accepted(job["id"])] == ["completed"]
 
 
